@@ -1,0 +1,75 @@
+"""Evaluation over a fixed set of held-out tasks: mean and 95% confidence interval."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable
+
+import torch
+from torch import Tensor
+
+from algorithms.learners import MetaLearner
+from algorithms.tasks import Episode
+
+
+def per_task_scores(predictions: Tensor, targets: Tensor, task_kind: str) -> Tensor:
+    """One score per task: accuracy for classification, MSE for regression.
+
+    Args:
+        predictions: ``(tasks, q, ways)`` logits or ``(tasks, q, 1)`` regression outputs.
+        targets: ``(tasks, q)`` labels or ``(tasks, q, 1)`` values.
+        task_kind: ``"classification"`` or ``"regression"``.
+
+    Returns:
+        ``(tasks,)`` scores.
+    """
+    if task_kind == "classification":
+        return (predictions.argmax(-1) == targets).float().mean(1)
+    return (predictions - targets).pow(2).flatten(1).mean(1)
+
+
+def summarize(scores: Tensor, split: str, metric: str) -> dict[str, float]:
+    """``{split/metric: mean, split/metric_ci95: 1.96·std/√n}`` over per-task scores."""
+    n = scores.numel()
+    std = scores.std().item() if n > 1 else 0.0
+    return {f"{split}/{metric}": scores.mean().item(), f"{split}/{metric}_ci95": 1.96 * std / math.sqrt(n)}
+
+
+def evaluate(
+    learner: MetaLearner,
+    episodes: Iterable[Episode],
+    *,
+    task_kind: str,
+    inner_steps: int | None = None,
+    split: str = "test",
+    device: torch.device | None = None,
+) -> dict[str, float]:
+    """Adapt to each held-out task and score its query set.
+
+    Args:
+        learner: the meta-learner; it is not modified.
+        episodes: batches of held-out tasks (see :func:`algorithms.tasks.fixed_episodes`).
+        task_kind: ``"classification"`` (reports ``accuracy``) or ``"regression"`` (``mse``).
+        inner_steps: adaptation steps at evaluation time (``None``: the learner's own).
+        split: the metric prefix, ``val`` or ``test``.
+        device: where to move each batch; ``None`` leaves it where it is.
+
+    Returns:
+        ``{f"{split}/accuracy": mean, f"{split}/accuracy_ci95": ...}`` or the ``mse`` pair,
+        plus ``f"{split}/loss"``: the mean query loss.
+    """
+    metric = "accuracy" if task_kind == "classification" else "mse"
+    scores, losses = [], []
+    with torch.no_grad():
+        for episode in episodes:
+            if device is not None:
+                episode = episode.to(device)
+            adapted = learner.adapt(episode.support_x, episode.support_y, inner_steps=inner_steps)
+            predictions = learner.predict(adapted, episode.query_x)
+            scores.append(per_task_scores(predictions, episode.query_y, task_kind).cpu())
+            loss_fn = getattr(learner, "loss_fn")
+            losses.append(loss_fn(predictions.flatten(0, 1), episode.query_y.flatten(0, 1)).item() * episode.tasks)
+    all_scores = torch.cat(scores)
+    result = summarize(all_scores, split, metric)
+    result[f"{split}/loss"] = sum(losses) / all_scores.numel()
+    return result

@@ -1,0 +1,112 @@
+"""Backbones of the meta-learning literature.
+
+Every backbone is ``head(body(x))`` with ``body`` and ``head`` as attributes: ANIL adapts only
+``head`` and Prototypical Networks use a backbone whose head is the identity.
+
+BatchNorm layers keep no running statistics (``track_running_stats=False``): they always
+normalise with the statistics of the batch they see, which for a per-task forward means per-task
+statistics at training and at test time, as in the MAML reference implementation. This also makes
+the forward pure, so it runs under ``torch.func.vmap``.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+
+class MLP(nn.Module):
+    """The regression network of the MAML paper: ``1 → 40 → 40 → 1`` with ReLU.
+
+    Args:
+        in_features: input dimension (1 for sinusoids).
+        hidden: widths of the hidden layers.
+        out_features: output dimension.
+
+    References:
+        Finn et al., "Model-Agnostic Meta-Learning for Fast Adaptation of Deep Networks",
+        ICML 2017, Section 5.1.
+    """
+
+    def __init__(self, in_features: int = 1, hidden: tuple[int, ...] = (40, 40), out_features: int = 1):
+        super().__init__()
+        layers: list[nn.Module] = []
+        width = in_features
+        for h in hidden:
+            layers += [nn.Linear(width, h), nn.ReLU()]
+            width = h
+        self.body = nn.Sequential(*layers)
+        self.head = nn.Linear(width, out_features)
+
+    def forward(self, x: Tensor) -> Tensor:
+        """Map ``x: (n, in_features)`` to ``(n, out_features)``."""
+        return self.head(self.body(x))
+
+
+def _conv_block(in_channels: int, out_channels: int) -> nn.Sequential:
+    return nn.Sequential(
+        nn.Conv2d(in_channels, out_channels, kernel_size=3, padding=1),
+        nn.BatchNorm2d(out_channels, track_running_stats=False),
+        nn.ReLU(),
+        nn.MaxPool2d(2),
+    )
+
+
+class Conv4(nn.Module):
+    """The standard four-block convolutional backbone of few-shot image classification.
+
+    Four blocks of ``3×3 conv (hidden filters) → BatchNorm → ReLU → 2×2 max-pool``, flattened,
+    then a linear head with ``ways`` outputs. ``ways=None`` gives an embedding network (identity
+    head), as Prototypical Networks use.
+
+    Args:
+        in_channels: image channels (1 for Omniglot).
+        image_size: height and width of the square input (28 for Omniglot, 84 for
+            miniImageNet).
+        ways: classes per episode, the head's output size; ``None`` for no head.
+        hidden: filters per convolution (64 in the papers).
+
+    References:
+        Vinyals et al., "Matching Networks for One Shot Learning", NeurIPS 2016; Finn et al.,
+        ICML 2017, Section 5.2; Snell et al., "Prototypical Networks for Few-shot Learning",
+        NeurIPS 2017.
+    """
+
+    def __init__(self, in_channels: int = 1, image_size: int = 28, ways: int | None = 5, hidden: int = 64):
+        super().__init__()
+        blocks = [_conv_block(in_channels, hidden)] + [_conv_block(hidden, hidden) for _ in range(3)]
+        self.body = nn.Sequential(*blocks, nn.Flatten())
+        size = image_size
+        for _ in range(4):
+            size //= 2
+        if size < 1:
+            raise ValueError(f"image_size={image_size} is too small for four 2x2 poolings; use at least 16")
+        self.embedding_dim = hidden * size * size
+        self.head: nn.Module = nn.Identity() if ways is None else nn.Linear(self.embedding_dim, ways)
+
+    def forward(self, x: Tensor) -> Tensor:
+        """Map ``x: (n, C, H, W)`` to logits ``(n, ways)`` (or embeddings without a head)."""
+        return self.head(self.body(x))
+
+
+def head_parameter_names(model: nn.Module) -> tuple[str, ...]:
+    """Names (as in ``named_parameters``) of the parameters under ``model.head``.
+
+    Raises:
+        ValueError: if the model has no ``head`` attribute with parameters.
+    """
+    head = getattr(model, "head", None)
+    names = tuple(f"head.{n}" for n, _ in head.named_parameters()) if isinstance(head, nn.Module) else ()
+    if not names:
+        raise ValueError(f"{type(model).__name__} has no 'head' with parameters; ANIL needs one to adapt")
+    return names
+
+
+def count_parameters(model: nn.Module) -> int:
+    """Number of trainable scalars in ``model``."""
+    return sum(p.numel() for p in model.parameters() if p.requires_grad)
+
+
+def default_device() -> torch.device:
+    """The first CUDA device when one is visible, else the CPU."""
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
