@@ -1,0 +1,233 @@
+"""The run configuration: one validated schema, filled in from YAML and ``--set key=value``.
+
+Defaults live here and nowhere else. Every field carries a one-line description, which the CLI
+also uses in its messages.
+"""
+
+from __future__ import annotations
+
+import copy
+import difflib
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from algorithms import ALGORITHMS
+from orchestrator.errors import UserError
+
+MODELS = ("mlp", "conv4")
+SINUSOID = "sinusoid"
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class ModelConfig(_Section):
+    """The backbone."""
+
+    name: str = Field("mlp", description="backbone: 'mlp' (sinusoid regression) or 'conv4' (images)")
+    hidden: tuple[int, ...] = Field((40, 40), description="hidden layer widths of the MLP")
+    filters: int = Field(64, ge=1, description="filters per convolution of Conv-4")
+
+    @model_validator(mode="after")
+    def _known_name(self) -> ModelConfig:
+        if self.name not in MODELS:
+            raise ValueError(f"unknown model {self.name!r}; valid models: {', '.join(MODELS)}")
+        if any(h < 1 for h in self.hidden):
+            raise ValueError(f"hidden widths must be >= 1, got {list(self.hidden)}")
+        return self
+
+
+class DataConfig(_Section):
+    """Where episodes come from and their shape."""
+
+    dataset: str = Field(SINUSOID, description="'sinusoid' (MAML regression tasks) or a dataset path")
+    ways: int = Field(5, ge=1, description="classes per episode (classification only)")
+    shots: int = Field(10, ge=1, description="support examples per class (per task for regression)")
+    queries: int = Field(10, ge=1, description="query examples per class (per task for regression)")
+
+
+class TrainConfig(_Section):
+    """Meta-training hyperparameters."""
+
+    iterations: int = Field(1000, ge=0, description="meta-iterations (meta-batches) to train for")
+    meta_batch_size: int = Field(25, ge=1, description="tasks per meta-iteration")
+    meta_lr: float = Field(0.001, gt=0, description="outer-loop (meta-optimiser) learning rate")
+    meta_optimizer: Literal["adam", "sgd"] = Field("adam", description="outer-loop optimiser")
+    inner_lr: float = Field(0.01, gt=0, description="inner-loop SGD step size (Meta-SGD: initial value)")
+    inner_steps: int = Field(1, ge=0, description="inner-loop SGD steps during meta-training")
+    first_order: bool = Field(False, description="drop second-order terms of the meta-gradient (FOMAML)")
+    strategy: Literal["auto", "vmap", "loop"] = Field(
+        "auto", description="run tasks batched (vmap), one by one (loop), or pick the faster (auto)"
+    )
+    eval_every: int = Field(500, ge=1, description="meta-iterations between meta-validation runs")
+
+
+class EvalConfig(_Section):
+    """Meta-validation and meta-test on fixed, seeded held-out tasks."""
+
+    inner_steps: int = Field(10, ge=0, description="inner-loop steps when adapting to held-out tasks")
+    val_tasks: int = Field(100, ge=1, description="meta-validation tasks, scored every eval_every")
+    test_tasks: int = Field(600, ge=1, description="meta-test tasks, scored once at the end")
+    queries: int | None = Field(None, ge=1, description="query examples of held-out tasks (default: data.queries)")
+    batch_size: int = Field(50, ge=1, description="held-out tasks adapted at once")
+    seed: int = Field(1234, description="seed of the held-out task sets, independent of the training seed")
+
+
+class RunConfig(_Section):
+    """One meta-training run: ``metasweep train CONFIG.yaml``."""
+
+    name: str = Field("run", description="run name; the default output directory is runs/<name>")
+    algorithm: str = Field("maml", description="meta-learner: " + ", ".join(ALGORITHMS))
+    model: ModelConfig = Field(default_factory=ModelConfig, description="the backbone")
+    data: DataConfig = Field(default_factory=DataConfig, description="where episodes come from")
+    train: TrainConfig = Field(default_factory=TrainConfig, description="meta-training hyperparameters")
+    eval: EvalConfig = Field(default_factory=EvalConfig, description="held-out evaluation")
+    seed: int = Field(0, description="seed of model initialisation and training episodes")
+    device: Literal["auto", "cpu", "cuda"] = Field("auto", description="'auto' uses a GPU when one is visible")
+    output_dir: str | None = Field(None, description="where checkpoints and metrics go (default: runs/<name>)")
+
+    @model_validator(mode="after")
+    def _consistent(self) -> RunConfig:
+        if self.algorithm not in ALGORITHMS:
+            raise ValueError(f"unknown algorithm {self.algorithm!r}; valid algorithms: {', '.join(ALGORITHMS)}")
+        regression = self.data.dataset == SINUSOID
+        if regression and self.model.name != "mlp":
+            raise ValueError(f"model {self.model.name!r} does not fit sinusoid regression; use model.name=mlp")
+        if regression and self.algorithm == "protonet":
+            raise ValueError("protonet classifies; it does not apply to sinusoid regression")
+        if not regression and self.model.name != "conv4":
+            raise ValueError(f"image datasets need model.name=conv4, got {self.model.name!r}")
+        return self
+
+    @property
+    def run_dir(self) -> Path:
+        """The output directory."""
+        return Path(self.output_dir) if self.output_dir else Path("runs") / self.name
+
+
+def load_config(
+    path: str | Path | None, overrides: Sequence[str] = (), schema: type[BaseModel] = RunConfig
+) -> Any:
+    """Read a YAML config, apply ``key=value`` overrides and validate it.
+
+    Args:
+        path: a YAML file, or ``None`` for the schema's defaults.
+        overrides: ``dotted.key=value`` strings; values are parsed as YAML (``0.05``, ``true``,
+            ``[40, 40]``).
+        schema: the pydantic model to validate against.
+
+    Returns:
+        A validated, frozen ``schema`` instance.
+
+    Raises:
+        UserError: unreadable file, invalid YAML, unknown key, wrong type or out-of-range value.
+    """
+    raw: dict[str, Any] = {}
+    source = "defaults"
+    if path is not None:
+        source = str(path)
+        p = Path(path)
+        if not p.is_file():
+            raise UserError(f"config file {source!r} does not exist or is not a file")
+        try:
+            loaded = yaml.safe_load(p.read_text())
+        except (OSError, UnicodeDecodeError) as exc:
+            raise UserError(f"cannot read config file {source!r}: {exc}") from None
+        except yaml.YAMLError as exc:
+            raise UserError(f"config file {source!r} is not valid YAML: {exc}") from None
+        if loaded is not None and not isinstance(loaded, dict):
+            raise UserError(f"config file {source!r} must hold a mapping of settings, got {type(loaded).__name__}")
+        raw = loaded or {}
+    return load_config_dict(raw, overrides, schema, source)
+
+
+def load_config_dict(
+    raw: dict[str, Any], overrides: Sequence[str] = (), schema: type[BaseModel] = RunConfig, source: str = "dict"
+) -> Any:
+    """Validate an already-parsed config (e.g. one saved in a checkpoint), with overrides.
+
+    Raises:
+        UserError: unknown key, wrong type or out-of-range value.
+    """
+    raw = copy.deepcopy(raw)
+    for item in overrides:
+        _apply_override(raw, item, schema)
+    try:
+        return schema.model_validate(raw)
+    except ValidationError as exc:
+        raise UserError(format_validation_error(exc, schema, source)) from None
+
+
+def _apply_override(raw: dict[str, Any], item: str, schema: type[BaseModel]) -> None:
+    key, sep, text = item.partition("=")
+    if not sep or not key:
+        raise UserError(f"--set expects key=value (e.g. train.inner_lr=0.05), got {item!r}")
+    parts = key.strip().split(".")
+    model: type[BaseModel] | None = schema
+    for depth, part in enumerate(parts):
+        if model is None:
+            raise UserError(f"--set {key}: {'.'.join(parts[:depth])} is a value, not a section")
+        if part not in model.model_fields:
+            raise UserError(f"--set {key}: {_unknown_key(part, model, parts[:depth])}")
+        annotation = model.model_fields[part].annotation
+        model = annotation if isinstance(annotation, type) and issubclass(annotation, BaseModel) else None
+    try:
+        value = yaml.safe_load(text)
+    except yaml.YAMLError:
+        value = text
+    node = raw
+    for part in parts[:-1]:
+        child = node.setdefault(part, {})
+        if not isinstance(child, dict):
+            raise UserError(f"--set {key}: {part!r} in the config file is not a section")
+        node = child
+    node[parts[-1]] = value
+
+
+def _unknown_key(key: str, model: type[BaseModel], section: list[str]) -> str:
+    where = f"in section '{'.'.join(section)}'" if section else "at the top level"
+    message = f"unknown key {key!r} {where}"
+    close = difflib.get_close_matches(key, list(model.model_fields), n=1)
+    if close:
+        message += f"; did you mean {close[0]!r}?"
+    return message + f" (valid keys: {', '.join(model.model_fields)})"
+
+
+def _section_model(schema: type[BaseModel], loc: tuple[Any, ...]) -> type[BaseModel]:
+    model = schema
+    for part in loc:
+        annotation = model.model_fields[part].annotation if part in model.model_fields else None
+        if not (isinstance(annotation, type) and issubclass(annotation, BaseModel)):
+            break
+        model = annotation
+    return model
+
+
+def format_validation_error(exc: ValidationError, schema: type[BaseModel], source: str) -> str:
+    """Turn pydantic's errors into one readable message, one line per problem."""
+    lines = [f"invalid config ({source}):"]
+    for err in exc.errors():
+        loc = tuple(err["loc"])
+        dotted = ".".join(str(p) for p in loc)
+        if err["type"] == "extra_forbidden":
+            section = _section_model(schema, loc[:-1])
+            lines.append(f"  {dotted}: {_unknown_key(str(loc[-1]), section, [str(p) for p in loc[:-1]])}")
+            continue
+        message = str(err["msg"]).removeprefix("Value error, ")
+        if loc:
+            given = err.get("input")
+            shown = "" if isinstance(given, dict) else f" (got {given!r})"
+            lines.append(f"  {dotted}: {message}{shown}")
+        else:
+            lines.append(f"  {message}")
+    return "\n".join(lines)
+
+
+def to_yaml(config: BaseModel) -> str:
+    """The config as YAML, every default spelled out (saved beside each run)."""
+    return yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False)

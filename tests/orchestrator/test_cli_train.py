@@ -1,0 +1,112 @@
+"""``metasweep train`` and ``metasweep evaluate`` end to end, through the real entry point."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from tests.conftest import ROOT, run_cli
+
+EXAMPLE = str(ROOT / "examples" / "sinusoid_maml.yaml")
+SHORT = [
+    "--set", "train.eval_every=200",
+    "--set", "eval.val_tasks=50",
+    "--set", "eval.test_tasks=100",
+    "--set", "eval.queries=50",
+    "--no-progress",
+]  # fmt: skip
+
+
+def last_json(stdout: str) -> dict[str, float]:
+    return json.loads(stdout.strip().splitlines()[-1])
+
+
+@pytest.mark.slow
+def test_training_beats_the_untrained_model_and_is_deterministic() -> None:
+    untrained = run_cli("train", EXAMPLE, "--set", "train.iterations=0", "--set", "name=zero", *SHORT)
+    assert untrained.returncode == 0, untrained.stderr
+    first = run_cli("train", EXAMPLE, "--set", "train.iterations=600", "--set", "name=a", *SHORT)
+    assert first.returncode == 0, first.stderr
+    again = run_cli("train", EXAMPLE, "--set", "train.iterations=600", "--set", "name=b", *SHORT)
+    assert again.returncode == 0, again.stderr
+
+    before, after, repeat = last_json(untrained.stdout), last_json(first.stdout), last_json(again.stdout)
+    # The untrained MLP predicts ~0 after 10 steps; meta-training must cut the MSE clearly.
+    assert after["test/mse"] < 0.5 * before["test/mse"], (before, after)
+    assert after["test/mse"] + after["test/mse_ci95"] < before["test/mse"] - before["test/mse_ci95"]
+    for key in ("train/loss", "val/mse", "test/mse", "test/mse_ci95"):
+        assert repeat[key] == after[key], key
+
+    run_dir = Path("runs/a")
+    assert (run_dir / "checkpoint.pt").is_file()
+    assert (run_dir / "config.yaml").is_file()
+    history = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    assert [h["iteration"] for h in history] == [200, 400, 600, 600]
+    assert "test/mse" in history[-1]
+
+
+@pytest.mark.slow
+def test_resume_continues_from_the_checkpoint() -> None:
+    straight = run_cli("train", EXAMPLE, "--set", "train.iterations=400", "--set", "name=s", *SHORT)
+    assert straight.returncode == 0, straight.stderr
+    half = run_cli("train", EXAMPLE, "--set", "train.iterations=200", "--set", "name=r", *SHORT)
+    assert half.returncode == 0, half.stderr
+    rest = run_cli("train", EXAMPLE, "--set", "train.iterations=400", "--set", "name=r", "--resume", *SHORT)
+    assert rest.returncode == 0, rest.stderr
+    assert last_json(rest.stdout)["test/mse"] == pytest.approx(last_json(straight.stdout)["test/mse"], rel=1e-6)
+    saved = torch.load("runs/r/checkpoint.pt", weights_only=True)
+    assert saved["iteration"] == 400
+
+
+@pytest.mark.slow
+def test_evaluate_rescores_with_other_inner_steps() -> None:
+    trained = run_cli("train", EXAMPLE, "--set", "train.iterations=200", "--set", "name=e", *SHORT)
+    assert trained.returncode == 0, trained.stderr
+    ten = run_cli("evaluate", "runs/e")
+    one = run_cli("evaluate", "runs/e", "--set", "eval.inner_steps=1")
+    assert ten.returncode == 0 and one.returncode == 0, ten.stderr + one.stderr
+    assert last_json(ten.stdout)["test/mse"] == pytest.approx(last_json(trained.stdout)["test/mse"], rel=1e-6)
+    assert last_json(one.stdout)["test/mse"] != last_json(ten.stdout)["test/mse"]
+
+
+@pytest.mark.parametrize(
+    ("args", "expected"),
+    [
+        (["train", "absent.yaml"], "does not exist"),
+        (["train", EXAMPLE, "--set", "algorithm=mamll"], "valid algorithms: maml, anil"),
+        (["train", EXAMPLE, "--set", "model.name=resnet"], "valid models: mlp, conv4"),
+        (["train", EXAMPLE, "--set", "train.inner_lrr=0.1"], "did you mean 'inner_lr'?"),
+        (["train", EXAMPLE, "--set", "train.inner_lr=-0.1"], "train.inner_lr: Input should be greater than 0"),
+        (["train", EXAMPLE, "--set", "data.shots=0"], "data.shots"),
+        (["train", EXAMPLE, "--set", "train.inner_steps=-1"], "train.inner_steps"),
+        (["train", EXAMPLE, "--set", "data.dataset=/no/such", "--set", "model.name=conv4"], "data.dataset"),
+        (["evaluate", "runs/none"], "no checkpoint"),
+        (["evaluate", "runs/none", "--set", "train.inner_lr=1"], "only takes eval.* overrides"),
+    ],
+)
+def test_bad_input_exits_2_with_one_message(args: list[str], expected: str) -> None:
+    result = run_cli(*args)
+    assert result.returncode == 2, result.stderr
+    assert expected in result.stderr
+    assert "Traceback" not in result.stderr
+    assert result.stderr.startswith("metasweep: error:")
+    assert not Path("runs").exists(), "a failed command must leave no run directory behind"
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has a GPU")
+def test_cuda_without_gpu_exits_2() -> None:
+    result = run_cli("train", EXAMPLE, "--set", "device=cuda")
+    assert result.returncode == 2
+    assert "no CUDA GPU is visible" in result.stderr
+    assert not Path("runs").exists()
+
+
+def test_help_lists_commands_and_options() -> None:
+    top = run_cli("--help")
+    assert top.returncode == 0
+    assert "train" in top.stdout and "evaluate" in top.stdout
+    sub = run_cli("train", "--help")
+    assert "--set" in sub.stdout and "KEY=VALUE" in sub.stdout and "--resume" in sub.stdout

@@ -1,0 +1,106 @@
+"""The run config schema: defaults, overrides and every kind of bad input."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from orchestrator.config import RunConfig, load_config, load_config_dict, to_yaml
+from orchestrator.errors import UserError
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def write(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "config.yaml"
+    path.write_text(text)
+    return path
+
+
+@pytest.mark.parametrize("name", ["sinusoid_maml.yaml", "sinusoid_metasgd.yaml"])
+def test_examples_validate(name: str) -> None:
+    cfg = load_config(ROOT / "examples" / name)
+    assert cfg.data.shots == 10
+    assert cfg.train.meta_batch_size == 25
+    assert cfg.train.meta_lr == 0.001
+    assert cfg.train.inner_lr == 0.01
+    assert cfg.train.inner_steps == 1
+    assert cfg.eval.inner_steps == 10
+    assert cfg.train.iterations == 70000
+
+
+def test_defaults_without_file() -> None:
+    cfg = load_config(None)
+    assert cfg == RunConfig()
+    assert cfg.algorithm == "maml"
+    assert cfg.eval.test_tasks == 600
+
+
+def test_override_types_are_parsed(tmp_path: Path) -> None:
+    cfg = load_config(
+        write(tmp_path, "algorithm: maml\n"),
+        ["train.inner_lr=0.05", "train.first_order=true", "model.hidden=[20, 20]", "name=x"],
+    )
+    assert cfg.train.inner_lr == 0.05
+    assert cfg.train.first_order is True
+    assert cfg.model.hidden == (20, 20)
+    assert cfg.name == "x"
+
+
+def test_yaml_round_trip() -> None:
+    cfg = load_config(None, ["algorithm=metasgd", "train.inner_steps=3"])
+    assert load_config_dict(__import__("yaml").safe_load(to_yaml(cfg))) == cfg
+
+
+@pytest.mark.parametrize(
+    ("text", "overrides", "expected"),
+    [
+        ("algorithm: mamll\n", [], "valid algorithms: maml, anil, metasgd, reptile, protonet"),
+        ("model: {name: resnet}\n", [], "valid models: mlp, conv4"),
+        ("train:\n  inner_lrr: 0.1\n", [], "did you mean 'inner_lr'?"),
+        ("trian: {}\n", [], "did you mean 'train'?"),
+        ("train:\n  inner_lr: -1\n", [], "train.inner_lr: Input should be greater than 0"),
+        ("train:\n  meta_lr: 0\n", [], "train.meta_lr: Input should be greater than 0"),
+        ("train:\n  inner_steps: -1\n", [], "train.inner_steps: Input should be greater than or equal to 0"),
+        ("data:\n  shots: 0\n", [], "data.shots: Input should be greater than or equal to 1"),
+        ("train:\n  inner_lr: fast\n", [], "train.inner_lr: Input should be a valid number"),
+        ("device: tpu\n", [], "device: Input should be 'auto', 'cpu' or 'cuda'"),
+        ("algorithm: protonet\n", [], "protonet classifies"),
+        ("model: {name: conv4}\n", [], "does not fit sinusoid regression"),
+        ("- 1\n- 2\n", [], "must hold a mapping"),
+        ("train: [1\n", [], "is not valid YAML"),
+        ("", ["train.inner_lrr=0.1"], "--set train.inner_lrr: unknown key 'inner_lrr' in section 'train'"),
+        ("", ["nope=1"], "unknown key 'nope' at the top level"),
+        ("", ["train.inner_lr.x=1"], "train.inner_lr is a value, not a section"),
+        ("", ["train.inner_lr"], "--set expects key=value"),
+    ],
+)
+def test_bad_input_is_one_clear_message(tmp_path: Path, text: str, overrides: list[str], expected: str) -> None:
+    with pytest.raises(UserError) as info:
+        load_config(write(tmp_path, text), overrides)
+    assert expected in str(info.value)
+
+
+def test_missing_file(tmp_path: Path) -> None:
+    with pytest.raises(UserError, match="does not exist"):
+        load_config(tmp_path / "absent.yaml")
+
+
+def test_every_field_is_described() -> None:
+    from pydantic import BaseModel
+
+    def walk(model: type[BaseModel]) -> None:
+        for name, field in model.model_fields.items():
+            assert field.description, f"{model.__name__}.{name} has no description"
+            ann = field.annotation
+            if isinstance(ann, type) and issubclass(ann, BaseModel):
+                walk(ann)
+
+    walk(RunConfig)
+
+
+def test_config_is_frozen() -> None:
+    cfg = load_config(None)
+    with pytest.raises(Exception, match="frozen"):
+        cfg.seed = 3  # type: ignore[misc]
