@@ -45,10 +45,13 @@ class ModelConfig(_Section):
 class DataConfig(_Section):
     """Where episodes come from and their shape."""
 
-    dataset: str = Field(SINUSOID, description="'sinusoid' (MAML regression tasks) or a dataset path")
+    dataset: str = Field(
+        SINUSOID, description="'sinusoid' (MAML regression) or a metasweep Parquet dataset path or URI"
+    )
     ways: int = Field(5, ge=1, description="classes per episode (classification only)")
     shots: int = Field(10, ge=1, description="support examples per class (per task for regression)")
     queries: int = Field(10, ge=1, description="query examples per class (per task for regression)")
+    rotations: bool = Field(False, description="add 90/180/270-degree rotations of each class as new classes")
 
 
 class TrainConfig(_Section):

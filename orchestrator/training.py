@@ -48,18 +48,34 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
-def build_task_source(config: RunConfig) -> TaskSource:
-    """The task distribution named by ``data.dataset``.
+@dataclass(frozen=True)
+class Sources:
+    """Where the training, validation and test episodes of a run come from."""
+
+    train: TaskSource
+    val: TaskSource
+    test: TaskSource
+
+
+def build_sources(config: RunConfig) -> Sources:
+    """The task distributions named by ``data.dataset``, one per split.
 
     Raises:
-        UserError: a dataset this version cannot read.
+        UserError: a missing or unreadable dataset, or episodes the dataset cannot hold.
     """
-    if config.data.dataset == SINUSOID:
-        return SinusoidTasks(shots=config.data.shots, queries=config.data.queries)
-    raise UserError(
-        f"data.dataset={config.data.dataset!r}: image datasets (Parquet) are not supported yet; "
-        f"use data.dataset: {SINUSOID}"
-    )
+    d = config.data
+    if d.dataset == SINUSOID:
+        sinusoid = SinusoidTasks(shots=d.shots, queries=d.queries)
+        return Sources(sinusoid, sinusoid, sinusoid)
+    from orchestrator.datasets import EpisodeSampler, load_dataset
+
+    dataset = load_dataset(d.dataset)
+    eval_queries = config.eval.queries or d.queries
+
+    def split(name: str, queries: int) -> EpisodeSampler:
+        return EpisodeSampler(dataset, name, d.ways, d.shots, queries, d.rotations)
+
+    return Sources(split("train", d.queries), split("val", eval_queries), split("test", eval_queries))
 
 
 def build_learner(config: RunConfig, source: TaskSource) -> nn.Module:
@@ -72,7 +88,7 @@ def build_learner(config: RunConfig, source: TaskSource) -> nn.Module:
         if config.model.name == "mlp":
             model: nn.Module = MLP(1, config.model.hidden, 1)
         else:
-            channels, size = getattr(source, "image_shape", (1, 28, 28))[:2]
+            size, _, channels = getattr(source, "image_shape", (28, 28, 1))
             ways = None if config.algorithm == "protonet" else config.data.ways
             model = Conv4(channels, size, ways, config.model.filters)
         loss_fn = F.mse_loss if regression else F.cross_entropy
@@ -151,12 +167,12 @@ class HeldOut:
     test: list[Episode]
 
 
-def held_out_episodes(config: RunConfig, source: TaskSource) -> HeldOut:
+def held_out_episodes(config: RunConfig, sources: Sources) -> HeldOut:
     """Seeded held-out episodes; they depend on ``eval.seed`` only, never on the training seed."""
     e = config.eval
     return HeldOut(
-        val=fixed_episodes(source, e.val_tasks, e.batch_size, e.seed, e.queries),
-        test=fixed_episodes(source, e.test_tasks, e.batch_size, e.seed + 1, e.queries),
+        val=fixed_episodes(sources.val, e.val_tasks, e.batch_size, e.seed, e.queries),
+        test=fixed_episodes(sources.test, e.test_tasks, e.batch_size, e.seed + 1, e.queries),
     )
 
 
@@ -200,8 +216,9 @@ def train(
         UserError: bad device, unreadable dataset, or a checkpoint from a different config.
     """
     device = resolve_device(config.device)
-    source = build_task_source(config)
-    held_out = held_out_episodes(config, source)
+    sources = build_sources(config)
+    source = sources.train
+    held_out = held_out_episodes(config, sources)
     state = new_state(config, source, device)
     run_dir = config.run_dir
     checkpoint = run_dir / CHECKPOINT
@@ -293,7 +310,7 @@ def evaluate_again(checkpoint: Path, overrides: list[str]) -> dict[str, float]:
     saved = load_checkpoint(checkpoint)
     config: RunConfig = load_config_dict(saved["config"], overrides, source=str(checkpoint))
     device = resolve_device(config.device)
-    source = build_task_source(config)
-    state = new_state(config, source, device)
+    sources = build_sources(config)
+    state = new_state(config, sources.train, device)
     state.load_state_dict(saved)
-    return evaluate_split(state.learner, held_out_episodes(config, source).test, source, config, "test")
+    return evaluate_split(state.learner, held_out_episodes(config, sources).test, sources.test, config, "test")

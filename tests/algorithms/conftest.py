@@ -131,3 +131,16 @@ def check_unchanged() -> Callable[[nn.Module, dict[str, Tensor]], None]:
 def grads() -> Callable[[nn.Module, Episode], tuple[Tensor, dict[str, Tensor]]]:
     """:func:`meta_grads`: the meta-loss and the gradient it leaves on every parameter."""
     return meta_grads
+
+
+@pytest.fixture(autouse=True)
+def single_thread():
+    """Run each test on one intra-op thread, then restore the setting.
+
+    These tensors are tiny, so extra threads only add synchronisation; on a busy two-core CPU,
+    OpenMP workers spin-waiting for a core made this suite about fifteen times slower.
+    """
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

@@ -1,0 +1,294 @@
+"""Parquet episodic datasets: importers, determinism, sampling invariants and bad input."""
+
+from __future__ import annotations
+
+import hashlib
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+import torch
+from PIL import Image
+
+from orchestrator import datasets
+from orchestrator.datasets import EpisodeSampler, load_dataset, read_metadata
+from orchestrator.errors import UserError
+
+OMNIGLOT = Path(__file__).resolve().parents[3] / "shared" / "data" / "omniglot"
+needs_omniglot = pytest.mark.skipif(
+    not (OMNIGLOT / "images_background_small1.zip").is_file(),
+    reason=f"Omniglot data not found at {OMNIGLOT} (see shared/data/omniglot/README.md)",
+)
+
+
+def make_folder(root: Path, classes: int = 6, per_class: int = 5, size: int = 12, mode: str = "L") -> Path:
+    """``root/class_i/img_j.png`` with distinct, reproducible pixels per image."""
+    rng = np.random.default_rng(0)
+    for c in range(classes):
+        folder = root / f"class_{c:02d}"
+        folder.mkdir(parents=True)
+        for j in range(per_class):
+            shape = (size, size) if mode == "L" else (size, size, 3)
+            Image.fromarray(rng.integers(0, 256, shape, dtype=np.uint8), mode=mode).save(folder / f"{j}.png")
+    return root
+
+
+def make_npz(path: Path, characters: int = 12, drawings: int = 20, size: int = 105) -> Path:
+    rng = np.random.default_rng(1)
+    images = rng.random((characters, drawings, size, size)) > 0.1
+    labels = np.repeat(np.arange(characters)[:, None], drawings, axis=1)
+    np.savez(path, images=images, labels=labels)
+    return path
+
+
+def sha(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+# ---- importers --------------------------------------------------------------------------------
+
+
+def test_image_folder_import_schema_and_metadata(tmp_path: Path) -> None:
+    root = make_folder(tmp_path / "photos", classes=10, per_class=4)
+    out = tmp_path / "d.parquet"
+    meta = datasets.import_image_folder(root, str(out), ratios=(0.6, 0.2, 0.2), progress=False)
+    assert meta["classes"] == {"train": 6, "val": 2, "test": 2}
+    assert meta["image_shape"] == [12, 12, 1]
+    table = pq.read_table(out)
+    assert table.schema.field("image").type == pa.binary(144)
+    assert table.num_rows == 40
+    assert set(table.column("split").to_pylist()) == {"train", "val", "test"}
+    ds = load_dataset(str(out))
+    # Pixels round-trip exactly: compare one image with its source file.
+    row = table.column("class_name").to_pylist().index("class_03")
+    expected = np.asarray(Image.open(root / "class_03" / "0.png"))
+    np.testing.assert_array_equal(ds.pixels[row, :, :, 0], expected)
+
+
+def test_image_folder_rgb_and_resize(tmp_path: Path) -> None:
+    root = make_folder(tmp_path / "rgb", classes=4, per_class=3, size=20, mode="RGB")
+    meta = datasets.import_image_folder(
+        root, str(tmp_path / "d.parquet"), image_size=8, mode="RGB", ratios=(0.5, 0.25, 0.25), progress=False
+    )
+    assert meta["image_shape"] == [8, 8, 3]
+
+
+def test_explicit_class_lists(tmp_path: Path) -> None:
+    root = make_folder(tmp_path / "p", classes=4, per_class=2)
+    lists = {"train": {"class_00", "class_01"}, "val": {"class_02"}, "test": {"class_03"}}
+    datasets.import_image_folder(root, str(tmp_path / "d.parquet"), lists=lists, progress=False)
+    ds = load_dataset(str(tmp_path / "d.parquet"))
+    assert {ds.class_names[i] for i in ds.classes_in("test")} == {"class_03"}
+    with pytest.raises(UserError, match="exactly one split list"):
+        datasets.import_image_folder(root, str(tmp_path / "e.parquet"), lists={"train": {"class_00"}}, progress=False)
+
+
+def test_import_is_byte_identical(tmp_path: Path) -> None:
+    root = make_folder(tmp_path / "p")
+    a, b = tmp_path / "a.parquet", tmp_path / "b.parquet"
+    datasets.import_image_folder(root, str(a), seed=3, progress=False)
+    datasets.import_image_folder(root, str(b), seed=3, progress=False)
+    assert sha(a) == sha(b)
+    c = tmp_path / "c.parquet"
+    datasets.import_image_folder(root, str(c), seed=4, progress=False)
+    assert sha(a) != sha(c)
+
+
+def test_npz_import_vinyals_and_lake(tmp_path: Path) -> None:
+    bg = make_npz(tmp_path / "images_background.npz", characters=12)
+    ev = make_npz(tmp_path / "images_evaluation.npz", characters=5)
+    out = tmp_path / "v.parquet"
+    meta = datasets.import_omniglot([bg, ev], str(out), train_classes=12, val_classes=2, progress=False)
+    assert meta["classes"] == {"train": 10, "val": 2, "test": 5}
+    assert meta["image_shape"] == [28, 28, 1]
+    ds = load_dataset(str(out))
+    assert "character0965" in ds.class_names  # evaluation ids start at 965
+    lake = tmp_path / "l.parquet"
+    datasets.import_omniglot([bg, ev], str(lake), protocol="lake", val_classes=3, progress=False)
+    lds = load_dataset(str(lake))
+    test_names = {lds.class_names[i] for i in lds.classes_in("test")}
+    assert test_names == {f"character{965 + i:04d}" for i in range(5)}
+
+
+def test_splits_never_share_a_class(tmp_path: Path) -> None:
+    bg = make_npz(tmp_path / "images_background.npz", characters=30, drawings=2, size=28)
+    out = tmp_path / "v.parquet"
+    datasets.import_omniglot([bg], str(out), train_classes=20, val_classes=5, progress=False)
+    table = pq.read_table(out)
+    by_split: dict[str, set[str]] = {}
+    for name, split in zip(table.column("class_name").to_pylist(), table.column("split").to_pylist(), strict=True):
+        by_split.setdefault(split, set()).add(name)
+    assert sum(len(v) for v in by_split.values()) == 30
+    assert not (by_split["train"] & by_split["val"] or by_split["train"] & by_split["test"])
+    assert not by_split["val"] & by_split["test"]
+
+
+@needs_omniglot
+def test_official_archive_matches_npz_pixels(tmp_path: Path) -> None:
+    """A character read from the official zip equals the same character in the npz."""
+    first = next(datasets.read_omniglot_archive(OMNIGLOT / "images_background_small1.zip", None))
+    with zipfile.ZipFile(OMNIGLOT / "images_background_small1.zip") as z:
+        prefix = f"images_background_small1/{first.name}/"
+        name = next(n for n in sorted(z.namelist()) if n.startswith(prefix) and n.endswith(".png"))
+    official_id = int(Path(name).name.split("_")[0])
+    with np.load(OMNIGLOT / "images_background.npz") as npz:
+        drawings = npz["images"][official_id - 1]
+    np.testing.assert_array_equal(first.images[:, :, :, 0], drawings.astype(np.uint8) * 255)
+
+
+@needs_omniglot
+def test_small_archives_import(tmp_path: Path) -> None:
+    sources = [OMNIGLOT / "images_background_small1.zip", OMNIGLOT / "images_background_small2.zip"]
+    out = tmp_path / "small.parquet"
+    meta = datasets.import_omniglot(sources, str(out), train_classes=200, val_classes=30, progress=False)
+    # Greek and Latin are in both archives: 136 + 156 characters, 50 of them twice.
+    assert sum(meta["classes"].values()) == 242
+    assert meta["images_per_class"] == {"min": 20, "max": 20}
+    assert read_metadata(str(out))[0]["invert"] is True
+    again = tmp_path / "again.parquet"
+    datasets.import_omniglot(sources, str(again), train_classes=200, val_classes=30, progress=False)
+    assert sha(out) == sha(again)
+
+
+# ---- sampling ----------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def dataset(tmp_path: Path) -> datasets.EpisodicDataset:
+    root = make_folder(tmp_path / "p", classes=20, per_class=7, size=8)
+    out = tmp_path / "d.parquet"
+    datasets.import_image_folder(root, str(out), ratios=(0.5, 0.25, 0.25), progress=False)
+    return load_dataset(str(out))
+
+
+def test_episode_shapes_and_labels(dataset: datasets.EpisodicDataset) -> None:
+    sampler = EpisodeSampler(dataset, "train", ways=5, shots=2, queries=3)
+    ep = sampler.sample(4, torch.Generator().manual_seed(0))
+    assert ep.support_x.shape == (4, 10, 1, 8, 8)
+    assert ep.query_x.shape == (4, 15, 1, 8, 8)
+    assert ep.support_x.dtype == torch.float32
+    assert 0.0 <= float(ep.support_x.min()) and float(ep.support_x.max()) <= 1.0
+    assert ep.support_y[0].tolist() == [0, 0, 1, 1, 2, 2, 3, 3, 4, 4]
+    assert ep.query_y[0].tolist() == [i for i in range(5) for _ in range(3)]
+
+
+def test_episode_invariants(dataset: datasets.EpisodicDataset) -> None:
+    sampler = EpisodeSampler(dataset, "train", ways=5, shots=2, queries=4)
+    rng = np.random.default_rng(0)
+    idx = sampler.sample_indices(200, 4, rng)  # (tasks, ways, shots + queries)
+    starts, counts = sampler._start, sampler._count
+    for task in idx:
+        classes = [int(np.searchsorted(starts, row[0], side="right") - 1) for row in task]
+        assert len(set(classes)) == 5, "classes within an episode are distinct"
+        for c, row in zip(classes, task, strict=True):
+            assert len(set(row.tolist())) == 6, "support and query never share an image"
+            assert np.all((row >= starts[c]) & (row < starts[c] + counts[c])), "images belong to their class"
+    # Every class and every image is reachable.
+    assert len(np.unique(idx)) == int(counts.sum())
+
+
+def test_sampling_is_seeded(dataset: datasets.EpisodicDataset) -> None:
+    sampler = EpisodeSampler(dataset, "train", ways=3, shots=1, queries=2)
+    a = sampler.sample(8, torch.Generator().manual_seed(7))
+    b = sampler.sample(8, torch.Generator().manual_seed(7))
+    c = sampler.sample(8, torch.Generator().manual_seed(8))
+    assert torch.equal(a.support_x, b.support_x) and torch.equal(a.query_x, b.query_x)
+    assert not torch.equal(a.support_x, c.support_x)
+
+
+def test_rotations_add_classes(dataset: datasets.EpisodicDataset) -> None:
+    plain = EpisodeSampler(dataset, "train", ways=3, shots=1, queries=1)
+    rotated = EpisodeSampler(dataset, "train", ways=3, shots=1, queries=1, rotations=True)
+    assert rotated.num_classes == 4 * plain.num_classes
+    image = rotated._images[rotated._start[plain.num_classes]]  # first class, rotated by 90 degrees
+    np.testing.assert_array_equal(image, np.rot90(plain._images[0], 1, axes=(0, 1)))
+
+
+def test_sampler_rejects_impossible_episodes(dataset: datasets.EpisodicDataset) -> None:
+    with pytest.raises(UserError, match=r"ways=11 but split 'train' .* has only 10 classes"):
+        EpisodeSampler(dataset, "train", ways=11, shots=1, queries=1)
+    with pytest.raises(UserError, match="has only 7 images; lower shots or queries"):
+        EpisodeSampler(dataset, "train", ways=2, shots=5, queries=3)
+
+
+def test_dataset_is_read_once_per_process(dataset: datasets.EpisodicDataset) -> None:
+    assert load_dataset(dataset.uri) is dataset
+    a = EpisodeSampler(dataset, "train", ways=2, shots=1, queries=1)
+    b = EpisodeSampler(dataset, "train", ways=4, shots=2, queries=1)
+    assert a._images is b._images
+    assert np.shares_memory(a._images, dataset.pixels)
+
+
+# ---- bad input ---------------------------------------------------------------------------------
+
+
+def assert_nothing_left(folder: Path, keep: set[str]) -> None:
+    assert {p.name for p in folder.iterdir()} == keep
+
+
+def test_truncated_zip(tmp_path: Path) -> None:
+    whole = tmp_path / "images_background.zip"
+    with zipfile.ZipFile(whole, "w") as z:
+        for j in range(3):
+            z.writestr(f"images_background/Alpha/character01/0001_{j:02d}.png", b"x" * 500)
+    (tmp_path / "cut.zip").write_bytes(whole.read_bytes()[:300])
+    with pytest.raises(UserError, match="not a readable zip archive"):
+        datasets.import_omniglot([tmp_path / "cut.zip"], str(tmp_path / "o.parquet"), progress=False)
+    assert not (tmp_path / "o.parquet").exists()
+
+
+def test_non_image_among_images(tmp_path: Path) -> None:
+    root = make_folder(tmp_path / "p")
+    (root / "class_02" / "notes.png").write_text("not an image")
+    with pytest.raises(UserError, match=r"notes.png is not a readable image"):
+        datasets.import_image_folder(root, str(tmp_path / "o.parquet"), progress=False)
+    assert_nothing_left(tmp_path, {"p"})
+
+
+def test_unreadable_npz(tmp_path: Path) -> None:
+    bad = tmp_path / "images_background.npz"
+    bad.write_bytes(b"garbage")
+    with pytest.raises(UserError, match="not a readable Omniglot npz"):
+        datasets.import_omniglot([bad], str(tmp_path / "o.parquet"), progress=False)
+    assert_nothing_left(tmp_path, {"images_background.npz"})
+
+
+def test_folder_without_classes(tmp_path: Path) -> None:
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(UserError, match="has no class subfolders"):
+        datasets.import_image_folder(tmp_path / "empty", str(tmp_path / "o.parquet"), progress=False)
+
+
+def test_mismatched_sizes_need_resize(tmp_path: Path) -> None:
+    root = make_folder(tmp_path / "p", classes=3, size=10)
+    Image.fromarray(np.zeros((14, 14), np.uint8)).save(root / "class_01" / "big.png")
+    with pytest.raises(UserError, match="pass --image-size"):
+        datasets.import_image_folder(root, str(tmp_path / "o.parquet"), progress=False)
+    meta = datasets.import_image_folder(
+        root, str(tmp_path / "o.parquet"), image_size=10, ratios=(1 / 3, 1 / 3, 1 / 3), progress=False
+    )
+    assert meta["image_shape"] == [10, 10, 1]
+
+
+def test_unknown_protocol(tmp_path: Path) -> None:
+    with pytest.raises(UserError, match="valid protocols: vinyals, lake"):
+        datasets.import_omniglot([tmp_path], str(tmp_path / "o.parquet"), protocol="snell", progress=False)
+
+
+def test_too_few_classes_for_protocol(tmp_path: Path) -> None:
+    bg = make_npz(tmp_path / "images_background.npz", characters=5, drawings=2, size=28)
+    with pytest.raises(UserError, match="lower --train-classes"):
+        datasets.import_omniglot([bg], str(tmp_path / "o.parquet"), progress=False)
+    with pytest.raises(UserError, match="needs both background and evaluation"):
+        datasets.import_omniglot([bg], str(tmp_path / "o.parquet"), protocol="lake", progress=False)
+
+
+def test_parquet_that_is_not_a_dataset(tmp_path: Path) -> None:
+    pq.write_table(pa.table({"x": [1, 2]}), tmp_path / "other.parquet")
+    with pytest.raises(UserError, match="not a metasweep dataset"):
+        load_dataset(str(tmp_path / "other.parquet"))
+    with pytest.raises(UserError, match="does not exist"):
+        load_dataset(str(tmp_path / "absent.parquet"))
