@@ -47,13 +47,14 @@ import sys
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass, replace
+from typing import cast
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from algorithms import ANIL, MAML, MLP, Conv4, Episode, MetaSGD, ProtoNet, Reptile, SinusoidTasks
-from algorithms.functional import LossFn, resolve_strategy
+from algorithms.functional import LossFn, Strategy, resolve_strategy
 
 ALGORITHMS: tuple[str, ...] = ("maml", "fomaml", "anil", "metasgd", "reptile", "protonet")
 IMPLS: tuple[str, ...] = ("auto", "vmap", "loop", "baseline")
@@ -64,11 +65,12 @@ META_LR = 1e-3
 SEED = 0
 SINUSOID_TARGET = 5.0
 """Sinusoid second-order MAML, ``auto``: at least this many times the baseline's tasks/s."""
+BUSY_WARNING = 0.1
+"""Share of the CPUs taken by other processes above which the report warns."""
+GRADIENT_TOLERANCE = 1e-3
+"""Largest relative difference between our and the baseline's meta-gradients taken as equal."""
 CONV4_TARGET = 1.0
 """Omniglot (Conv-4), every algorithm's ``auto``: at least the baseline's tasks/s."""
-
-MetaStep = Callable[[Episode], None]
-"""One meta-training iteration on a batch of tasks, meta-optimiser step included."""
 
 
 @dataclass(frozen=True)
@@ -266,28 +268,52 @@ def l2l_adapt(module: nn.Module, loss: Tensor, lr: float, first_order: bool) -> 
     return maml_update(module, lr, grads)
 
 
-def baseline_step(algorithm: str, workload: Workload, device: torch.device) -> MetaStep:
-    """A learn2learn-style meta-training iteration: one task at a time, one ``backward()``.
+@dataclass
+class Trainer:
+    """One implementation of one algorithm, ready to meta-train.
+
+    Attributes:
+        model: the backbone whose parameters are meta-learned.
+        backward: computes the meta-gradient of a batch of tasks into ``.grad`` of every
+            meta-parameter (the backbone's, plus Meta-SGD's learning rates).
+        optimizer: the meta-optimiser over all meta-parameters.
+        strategy: what runs: ``vmap``/``loop`` for metasweep (``auto`` resolved), ``l2l`` for the
+            baseline.
+    """
+
+    model: nn.Module
+    backward: Callable[[Episode], None]
+    optimizer: torch.optim.Optimizer
+    strategy: str
+
+    def step(self, episode: Episode) -> None:
+        """One meta-training iteration: meta-gradient, then the meta-optimiser's step."""
+        self.optimizer.zero_grad(set_to_none=True)
+        self.backward(episode)
+        self.optimizer.step()
+
+
+def baseline_trainer(algorithm: str, workload: Workload, model: nn.Module) -> Trainer:
+    """learn2learn-style meta-training: one task at a time, one ``backward()`` over the batch.
 
     Args:
         algorithm: one of :data:`ALGORITHMS`.
-        workload: the model, loss and hyperparameters.
-        device: where the model lives.
+        workload: the loss and hyperparameters.
+        model: the backbone (an embedding network for ``protonet``), already on its device.
 
     Returns:
-        The iteration as a function of the episode batch.
+        The trainer; Meta-SGD's learning rates start at ``workload.inner_lr``.
     """
-    model = workload.model(embedding=algorithm == "protonet").to(device)
     loss_fn, lr, steps = workload.loss_fn, workload.inner_lr, INNER_STEPS[algorithm]
     lrs = nn.ParameterList([nn.Parameter(torch.full_like(p, lr)) for p in model.parameters()])
     params = list(model.parameters()) + (list(lrs) if algorithm == "metasgd" else [])
-    optimizer = torch.optim.Adam(params, lr=META_LR)
 
     def adapted_query_loss(sx: Tensor, sy: Tensor, qx: Tensor, qy: Tensor) -> Tensor:
         if algorithm in ("maml", "fomaml"):
             learner = clone_module(model)
             for _ in range(steps):
-                learner = l2l_adapt(learner, loss_fn(learner(sx), sy), lr, first_order=algorithm == "fomaml")
+                support_loss = loss_fn(learner(sx), sy)
+                learner = l2l_adapt(learner, support_loss, lr, first_order=algorithm == "fomaml")
             return loss_fn(learner(qx), qy)
         if algorithm == "anil":
             # learn2learn's ANIL example: features once by the body, clone only the head.
@@ -304,7 +330,7 @@ def baseline_step(algorithm: str, workload: Workload, device: torch.device) -> M
                 )
                 learner = meta_sgd_update(learner, task_lrs, grads)
             return loss_fn(learner(qx), qy)
-        # protonet: learn2learn's example, prototypes from labels sorted per class.
+        # protonet, as learn2learn's example: support sorted by label, prototypes by reshape.
         ways, shots = workload.ways, workload.shots
         support = model(sx[sy.argsort()]).flatten(1)
         prototypes = support.reshape(ways, shots, -1).mean(1)
@@ -312,30 +338,27 @@ def baseline_step(algorithm: str, workload: Workload, device: torch.device) -> M
         logits = -(query.unsqueeze(1) - prototypes.unsqueeze(0)).pow(2).sum(-1)
         return loss_fn(logits, qy)
 
-    def step(episode: Episode) -> None:
-        optimizer.zero_grad(set_to_none=True)
-        total = torch.zeros((), device=device)
+    def backward(episode: Episode) -> None:
+        total = torch.zeros((), device=episode.support_x.device)
         for t in range(episode.tasks):
             total = total + adapted_query_loss(
                 episode.support_x[t], episode.support_y[t], episode.query_x[t], episode.query_y[t]
             )
         (total / episode.tasks).backward()
-        optimizer.step()
 
-    def reptile_step(episode: Episode) -> None:
-        # learn2learn's Reptile example: deepcopy the model, plain SGD, no graph; the meta-gradient
-        # is θ − mean φ, the same direction metasweep's Reptile gives the meta-optimiser.
-        optimizer.zero_grad(set_to_none=True)
+    def reptile_backward(episode: Episode) -> None:
+        # learn2learn's Reptile example: deepcopy the model, plain SGD, no graph. The
+        # meta-gradient is θ − mean φ, the direction metasweep's Reptile gives the optimiser; the
+        # query loss is evaluated as metasweep's Reptile does.
         meta_params = list(model.parameters())
         direction = [torch.zeros_like(p) for p in meta_params]
-        query_loss = torch.zeros((), device=device)
+        query_loss = torch.zeros((), device=episode.support_x.device)
         for t in range(episode.tasks):
             learner = copy.deepcopy(model)
             fast = list(learner.parameters())
             for _ in range(steps):
-                grads = torch.autograd.grad(
-                    loss_fn(learner(episode.support_x[t]), episode.support_y[t]), fast
-                )
+                support_loss = loss_fn(learner(episode.support_x[t]), episode.support_y[t])
+                grads = torch.autograd.grad(support_loss, fast)
                 with torch.no_grad():
                     for p, g in zip(fast, grads, strict=True):
                         p.sub_(lr * g)
@@ -345,51 +368,57 @@ def baseline_step(algorithm: str, workload: Workload, device: torch.device) -> M
                     d.add_(p - q)
         for p, d in zip(meta_params, direction, strict=True):
             p.grad = d / episode.tasks
-        optimizer.step()
 
-    return reptile_step if algorithm == "reptile" else step
+    optimizer = torch.optim.Adam(params, lr=META_LR)
+    return Trainer(model, reptile_backward if algorithm == "reptile" else backward, optimizer, "l2l")
 
 
 # --- metasweep -------------------------------------------------------------------------------------
 
 
-def ours_step(
-    algorithm: str, workload: Workload, strategy: str, device: torch.device
-) -> tuple[MetaStep, str]:
-    """A metasweep meta-training iteration: ``meta_loss(...).backward()`` and ``Adam.step()``.
+def ours_trainer(algorithm: str, workload: Workload, model: nn.Module, strategy: str) -> Trainer:
+    """metasweep's meta-training: ``learner.meta_loss(...).backward()``.
 
     Args:
         algorithm: one of :data:`ALGORITHMS`.
-        workload: the model, loss and hyperparameters.
+        workload: the loss and hyperparameters.
+        model: the backbone (an embedding network for ``protonet``), already on its device.
         strategy: ``auto``, ``vmap`` or ``loop``.
-        device: where the learner lives.
 
     Returns:
-        The iteration, and the strategy ``auto`` resolved to (or ``strategy`` itself).
+        The trainer, whose ``strategy`` says what ``auto`` resolved to.
     """
-    model = workload.model(embedding=algorithm == "protonet").to(device)
     loss_fn, lr, steps = workload.loss_fn, workload.inner_lr, INNER_STEPS[algorithm]
+    how = cast(Strategy, strategy)
     learner: nn.Module
     if algorithm in ("maml", "fomaml"):
         first_order = algorithm == "fomaml"
-        learner = MAML(model, lr, steps, first_order=first_order, loss_fn=loss_fn, strategy=strategy)  # type: ignore[arg-type]
+        learner = MAML(model, lr, steps, first_order=first_order, loss_fn=loss_fn, strategy=how)
     elif algorithm == "anil":
-        learner = ANIL(model, lr, steps, loss_fn=loss_fn, strategy=strategy)  # type: ignore[arg-type]
+        learner = ANIL(model, lr, steps, loss_fn=loss_fn, strategy=how)
     elif algorithm == "metasgd":
-        learner = MetaSGD(model, lr, steps, loss_fn=loss_fn, strategy=strategy)  # type: ignore[arg-type]
+        learner = MetaSGD(model, lr, steps, loss_fn=loss_fn, strategy=how)
     elif algorithm == "reptile":
-        learner = Reptile(model, lr, steps, loss_fn=loss_fn, strategy=strategy)  # type: ignore[arg-type]
+        learner = Reptile(model, lr, steps, loss_fn=loss_fn, strategy=how)
     else:
-        learner = ProtoNet(model, loss_fn=loss_fn, strategy=strategy)  # type: ignore[arg-type]
+        learner = ProtoNet(model, loss_fn=loss_fn, strategy=how)
+    device = next(model.parameters()).device
     learner.to(device)
-    optimizer = torch.optim.Adam(learner.parameters(), lr=META_LR)
 
-    def step(episode: Episode) -> None:
-        optimizer.zero_grad(set_to_none=True)
+    def backward(episode: Episode) -> None:
         learner.meta_loss(episode.support_x, episode.support_y, episode.query_x, episode.query_y).backward()
-        optimizer.step()
 
-    return step, resolve_strategy(strategy, model, device)  # type: ignore[arg-type]
+    optimizer = torch.optim.Adam(learner.parameters(), lr=META_LR)
+    return Trainer(model, backward, optimizer, resolve_strategy(how, model, device))
+
+
+def make_trainer(algorithm: str, workload: Workload, impl: str, device: torch.device) -> Trainer:
+    """A freshly initialised trainer (seeded, so every impl starts from the same weights)."""
+    torch.manual_seed(SEED)
+    model = workload.model(embedding=algorithm == "protonet").to(device)
+    if impl == "baseline":
+        return baseline_trainer(algorithm, workload, model)
+    return ours_trainer(algorithm, workload, model, impl)
 
 
 # --- measurement -----------------------------------------------------------------------------------
@@ -410,6 +439,8 @@ class Result:
         peak_mb: peak memory in MiB (CPU: process ``ru_maxrss``; CUDA: max allocated).
         step_mb: the part of ``peak_mb`` above the level reached before the first iteration.
         threads: ``torch.get_num_threads()`` during the run.
+        others_cpu: share of the machine's CPU time that other processes (and the hypervisor)
+            took during the timed repeats, 0 to 1; ``None`` where ``/proc/stat`` is missing.
         meta_batch_size: tasks per iteration.
         timing: warm-up, iterations and repeats used.
         error: why the configuration could not run, else empty.
@@ -425,6 +456,7 @@ class Result:
     peak_mb: float = 0.0
     step_mb: float = 0.0
     threads: int = 0
+    others_cpu: float | None = None
     meta_batch_size: int = 0
     timing: dict[str, int] | None = None
     error: str = ""
@@ -433,6 +465,32 @@ class Result:
 def _synchronize(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
+
+
+def _machine_busy_seconds() -> float | None:
+    # CPU seconds all processes of the machine have used since boot (steal included).
+    try:
+        with open("/proc/stat", encoding="utf-8") as f:
+            fields = [int(v) for v in f.readline().split()[1:9]]
+    except (OSError, ValueError):
+        return None
+    user, nice, system, _idle, _iowait, irq, softirq, steal = fields
+    return (user + nice + system + irq + softirq + steal) / os.sysconf("SC_CLK_TCK")
+
+
+def _own_cpu_seconds() -> float:
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
+def others_cpu_share(seconds: float = 0.5) -> float | None:
+    """Share of the machine's CPU time used by other processes over the next ``seconds``."""
+    busy = _machine_busy_seconds()
+    time.sleep(seconds)
+    after = _machine_busy_seconds()
+    if busy is None or after is None:
+        return None
+    return max(0.0, (after - busy) / (seconds * (os.cpu_count() or 1)))
 
 
 def _rss_high_water_mb() -> float:
@@ -457,11 +515,7 @@ def measure(algorithm: str, workload: Workload, impl: str, device: torch.device,
     Returns:
         The measurement; peak memory covers everything this process did so far.
     """
-    torch.manual_seed(SEED)  # model initialisation
-    if impl == "baseline":
-        step, strategy = baseline_step(algorithm, workload, device), "l2l"
-    else:
-        step, strategy = ours_step(algorithm, workload, impl, device)
+    trainer = make_trainer(algorithm, workload, impl, device)
     generator = torch.Generator().manual_seed(SEED)
     episodes = [workload.episode(generator).to(device) for _ in range(2)]
     _synchronize(device)
@@ -473,15 +527,21 @@ def measure(algorithm: str, workload: Workload, impl: str, device: torch.device,
 
     batches: Iterator[Episode] = (episodes[i % len(episodes)] for i in range(sys.maxsize))
     for _ in range(timing.warmup):
-        step(next(batches))
+        trainer.step(next(batches))
     seconds = []
+    busy_before, own_before = _machine_busy_seconds(), _own_cpu_seconds()
     for _ in range(timing.repeats):
         _synchronize(device)
         start = time.perf_counter()
         for _ in range(timing.iters):
-            step(next(batches))
+            trainer.step(next(batches))
         _synchronize(device)
         seconds.append(time.perf_counter() - start)
+    busy_after, own_cpu = _machine_busy_seconds(), _own_cpu_seconds() - own_before
+    others = None
+    if busy_before is not None and busy_after is not None:
+        capacity = sum(seconds) * (os.cpu_count() or 1)
+        others = min(1.0, max(0.0, (busy_after - busy_before - own_cpu) / capacity))
 
     peak_mb = (
         torch.cuda.max_memory_allocated(device) / 2**20 if device.type == "cuda" else _rss_high_water_mb()
@@ -491,13 +551,14 @@ def measure(algorithm: str, workload: Workload, impl: str, device: torch.device,
         workload=workload.name,
         algorithm=algorithm,
         impl=impl,
-        strategy=strategy,
+        strategy=trainer.strategy,
         tasks_per_s=workload.meta_batch_size * timing.iters / median,
         ms_per_iter=1000 * median / timing.iters,
         repeat_seconds=seconds,
         peak_mb=peak_mb,
         step_mb=peak_mb - before_mb,
         threads=torch.get_num_threads(),
+        others_cpu=others,
         meta_batch_size=workload.meta_batch_size,
         timing=asdict(timing),
     )
@@ -518,6 +579,57 @@ def measure_in_subprocess(
         tail = (proc.stderr.strip().splitlines() or [f"exit code {proc.returncode}"])[-1]
         return Result(workload.name, algorithm, impl, error=tail[:200])
     return Result(**json.loads(lines[-1]))
+
+
+def gradient_agreement(
+    workloads: list[Workload], algorithms: list[str], device: torch.device
+) -> list[Agreement]:
+    """How far metasweep's meta-gradient (``auto``) is from the baseline's on the same batch.
+
+    Both start from the same weights and see the same four tasks, so they should differ by
+    float rounding only; a large difference means the two sides compute different things and
+    their timings are not comparable.
+
+    Args:
+        workloads: the workloads to check.
+        algorithms: the algorithms to check where the workload has them.
+        device: where to compute.
+
+    Returns:
+        One :class:`Agreement` per workload and algorithm.
+    """
+    agreements = []
+    for workload in workloads:
+        small = replace(workload, meta_batch_size=min(workload.meta_batch_size, 4))
+        episode = small.episode(torch.Generator().manual_seed(SEED)).to(device)
+        for algorithm in (a for a in small.algorithms if a in algorithms):
+            flat = []
+            for impl in ("auto", "baseline"):
+                trainer = make_trainer(algorithm, small, impl, device)
+                trainer.optimizer.zero_grad(set_to_none=True)
+                trainer.backward(episode)
+                params = [p for group in trainer.optimizer.param_groups for p in group["params"]]
+                flat.append(
+                    torch.cat([(torch.zeros_like(p) if p.grad is None else p.grad).flatten() for p in params])
+                )
+            ours, baseline = flat
+            difference = ((ours - baseline).norm() / baseline.norm().clamp_min(1e-30)).item()
+            agreements.append(Agreement(workload.name, algorithm, difference))
+    return agreements
+
+
+@dataclass(frozen=True)
+class Agreement:
+    """Relative L2 difference between metasweep's and the baseline's meta-gradients."""
+
+    workload: str
+    algorithm: str
+    relative_difference: float
+
+    @property
+    def ok(self) -> bool:
+        """Within float32 rounding for these depths (second-order Conv-4 included)."""
+        return self.relative_difference < GRADIENT_TOLERANCE
 
 
 # --- report ----------------------------------------------------------------------------------------
@@ -557,17 +669,20 @@ def _impl_label(result: Result) -> str:
 def format_table(results: list[Result]) -> str:
     """A Markdown table, ready to paste into the README."""
     baselines = {(r.workload, r.algorithm): r for r in results if r.impl == "baseline"}
-    rows = ["| workload | algorithm | impl | tasks/s | ms/iter | vs baseline | peak MB | step MB |"]
-    rows.append("|---|---|---|---:|---:|---:|---:|---:|")
+    rows = [
+        "| workload | algorithm | impl | tasks/s | ms/iter | vs baseline | peak MB | step MB | others' CPU |",
+        "|---|---|---|---:|---:|---:|---:|---:|---:|",
+    ]
     for r in results:
         if r.error:
-            rows.append(f"| {r.workload} | {r.algorithm} | {r.impl} | failed: {r.error} | | | | |")
+            rows.append(f"| {r.workload} | {r.algorithm} | {r.impl} | failed: {r.error} | | | | | |")
             continue
         ratio = _ratio(r, baselines.get((r.workload, r.algorithm)))
         shown = "n/a" if ratio is None else f"{ratio:.2f}x"
+        others = "n/a" if r.others_cpu is None else f"{100 * r.others_cpu:.0f}%"
         rows.append(
             f"| {r.workload} | {r.algorithm} | {_impl_label(r)} | {r.tasks_per_s:.1f} | {r.ms_per_iter:.1f} "
-            f"| {shown} | {r.peak_mb:.0f} | {r.step_mb:.0f} |"
+            f"| {shown} | {r.peak_mb:.0f} | {r.step_mb:.0f} | {others} |"
         )
     return "\n".join(rows)
 
@@ -596,7 +711,11 @@ def check_targets(results: list[Result]) -> list[tuple[bool, str]]:
 
 
 def header(
-    info: dict[str, str], workloads: list[Workload], timings: dict[str, Timing], args: argparse.Namespace
+    info: dict[str, str],
+    workloads: list[Workload],
+    timings: dict[str, Timing],
+    args: argparse.Namespace,
+    busy: float | None,
 ) -> str:
     """The report's preamble: machine, date and settings."""
     threads = args.threads if args.threads is not None else torch.get_num_threads()
@@ -633,6 +752,15 @@ def header(
     else:
         lines.append(
             "- peak MB: torch.cuda.max_memory_allocated; step MB: the part above the pre-loop allocation"
+        )
+    lines.append(
+        "- others' CPU: share of the machine's CPU time other processes took while a row was timed; "
+        "rows with more than a few percent are not comparable"
+    )
+    if busy is not None and busy > BUSY_WARNING:
+        lines.append(
+            f"- WARNING: other processes used {100 * busy:.0f}% of the CPUs just before the run; "
+            "timings will be noisy (try --threads 1, or an idle machine)"
         )
     return "\n".join(lines)
 
@@ -675,7 +803,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--threads", type=int, help="torch.set_num_threads (default: torch's own choice)")
     parser.add_argument("--json", metavar="PATH", help="also write machine, settings and results as JSON")
     parser.add_argument("--quick", action="store_true", help="smoke run in one process, small Omniglot batch")
-    parser.add_argument("--strict", action="store_true", help="exit 1 when a target is missed")
+    parser.add_argument(
+        "--strict", action="store_true", help="exit 1 when a target is missed or the gradients disagree"
+    )
     parser.add_argument("--one", nargs=3, metavar=("ALG", "WORKLOAD", "IMPL"), help=argparse.SUPPRESS)
     parser.add_argument("--meta-batch-size", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -731,7 +861,20 @@ def main(argv: Sequence[str] | None = None) -> int:
         print("error: no configuration left; protonet runs on the omniglot workload only", file=sys.stderr)
         return 2
     info = machine_info(device)
-    print(header(info, workloads, timings, args), flush=True)
+    busy = others_cpu_share(1.0) if device.type == "cpu" else None
+    print(header(info, workloads, timings, args, busy), flush=True)
+    agreements = gradient_agreement(workloads, args.algorithms, device)
+    disagreeing = [a for a in agreements if not a.ok]
+    worst = max(agreements, key=lambda a: a.relative_difference)
+    agreeing = len(agreements) - len(disagreeing)
+    print(
+        f"- meta-gradients of auto and baseline agree on {agreeing}/{len(agreements)} "
+        f"workload/algorithm pairs (largest relative difference {worst.relative_difference:.1e}, "
+        f"{worst.workload} {worst.algorithm}; tolerance {GRADIENT_TOLERANCE:g})",
+        flush=True,
+    )
+    for a in disagreeing:
+        print(f"- WARNING: {a.workload} {a.algorithm} meta-gradients differ by {a.relative_difference:.1e}")
 
     results = []
     started = time.perf_counter()
@@ -746,8 +889,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             result = measure_in_subprocess(algorithm, workload, impl, device, timing, args.threads)
         results.append(result)
         status = result.error or f"{result.tasks_per_s:.1f} tasks/s"
+        elapsed = time.perf_counter() - started
         print(
-            f"[{n}/{len(configs)} {time.perf_counter() - started:.0f}s] {workload.name} {algorithm} {impl}: {status}",
+            f"[{n}/{len(configs)} {elapsed:.0f}s] {workload.name} {algorithm} {impl}: {status}",
             file=sys.stderr,
             flush=True,
         )
@@ -772,11 +916,14 @@ def main(argv: Sequence[str] | None = None) -> int:
                 "quick": args.quick,
             },
             "results": [asdict(r) for r in results],
+            "gradient_agreement": [asdict(a) for a in agreements],
+            "others_cpu_before": busy,
             "targets": [{"passed": p, "message": m} for p, m in outcome],
         }
         with open(args.json, "w", encoding="utf-8") as f:
             json.dump(payload, f, indent=2)
-    return 1 if args.strict and not all(p for p, _ in outcome) else 0
+    missed = not all(p for p, _ in outcome) or bool(disagreeing)
+    return 1 if args.strict and missed else 0
 
 
 if __name__ == "__main__":

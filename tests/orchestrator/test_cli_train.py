@@ -82,7 +82,7 @@ def test_evaluate_rescores_with_other_inner_steps() -> None:
         (["train", EXAMPLE, "--set", "train.inner_lr=-0.1"], "train.inner_lr: Input should be greater than 0"),
         (["train", EXAMPLE, "--set", "data.shots=0"], "data.shots"),
         (["train", EXAMPLE, "--set", "train.inner_steps=-1"], "train.inner_steps"),
-        (["train", EXAMPLE, "--set", "data.dataset=/no/such", "--set", "model.name=conv4"], "data.dataset"),
+        (["train", EXAMPLE, "--set", "data.dataset=/no/such", "--set", "model.name=conv4"], "does not exist"),
         (["evaluate", "runs/none"], "no checkpoint"),
         (["evaluate", "runs/none", "--set", "train.inner_lr=1"], "only takes eval.* overrides"),
     ],

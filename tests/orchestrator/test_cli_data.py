@@ -1,0 +1,88 @@
+"""``metasweep data`` and image training end to end, through the real entry point."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from tests.conftest import ROOT, run_cli
+from tests.orchestrator.test_datasets import OMNIGLOT, make_folder, needs_omniglot
+
+
+def test_import_info_preview(tmp_path: Path) -> None:
+    root = make_folder(tmp_path / "photos", classes=10, per_class=4)
+    result = run_cli("data", "import", str(root), "--out", "d.parquet", "--split-ratios", "0.6,0.2,0.2")
+    assert result.returncode == 0, result.stderr
+    assert "wrote d.parquet" in result.stderr
+    info = run_cli("data", "info", "d.parquet", "--preview", "grid.png")
+    assert info.returncode == 0, info.stderr
+    for expected in ("train 6, val 2, test 2", "[12, 12, 1]", "images per class", "size on disk"):
+        assert expected in info.stdout
+    from PIL import Image
+
+    grid = np.asarray(Image.open("grid.png"))
+    assert grid.shape[0] > 12 and grid.shape[1] > 12
+
+
+@pytest.mark.parametrize(
+    ("make", "args", "expected"),
+    [
+        ("none", ["data", "import", "absent.npz", "--out", "o.parquet"], "does not exist"),
+        ("empty", ["data", "import", "empty", "--out", "o.parquet"], "has no class subfolders"),
+        ("folder", ["data", "import", "p", "--out", "o.parquet", "--kind", "omniglot", "--protocol", "x"],
+         "valid protocols: vinyals, lake"),
+        ("folder", ["data", "import", "p", "--out", "o.parquet", "--split-ratios", "1,2"], "three non-negative"),
+        ("folder", ["data", "import", "p", "--out", "o.parquet", "--mode", "CMYK"], "unknown image mode"),
+        ("none", ["data", "info", "absent.parquet"], "does not exist"),
+        ("badimg", ["data", "import", "p", "--out", "o.parquet"], "is not a readable image"),
+    ],
+)
+def test_bad_data_input_exits_2_and_leaves_nothing(make: str, args: list[str], expected: str) -> None:
+    if make == "empty":
+        Path("empty").mkdir()
+    if make in ("folder", "badimg"):
+        make_folder(Path("p"), classes=5, per_class=3)
+    if make == "badimg":
+        Path("p/class_01/broken.jpg").write_bytes(b"\xff\xd8 not really a jpeg")
+    result = run_cli(*args)
+    assert result.returncode == 2, result.stderr
+    assert expected in result.stderr
+    assert "Traceback" not in result.stderr
+    assert not list(Path().glob("*.parquet")) and not list(Path().glob(".*tmp*"))
+
+
+def test_impossible_episode_is_refused_before_training(tmp_path: Path) -> None:
+    make_folder(Path("p"), classes=10, per_class=4)
+    assert run_cli("data", "import", "p", "--out", "d.parquet").returncode == 0
+    config = str(ROOT / "examples" / "omniglot_protonet_5w1s.yaml")
+    result = run_cli("train", config, "--set", "data.dataset=d.parquet", "--set", "data.ways=20",
+                     "--set", "data.rotations=false")
+    assert result.returncode == 2
+    assert "ways=20 but split 'train'" in result.stderr and "has only 6 classes" in result.stderr
+    result = run_cli("train", config, "--set", "data.dataset=d.parquet", "--set", "data.ways=2",
+                     "--set", "data.shots=3")
+    assert result.returncode == 2
+    assert "has only 4 images; lower shots or queries" in result.stderr
+    assert not Path("runs").exists()
+
+
+@needs_omniglot
+@pytest.mark.slow
+def test_protonet_on_real_omniglot_beats_chance() -> None:
+    """ProtoNet on the real small Omniglot archives, a short budget: far above 20% chance."""
+    archives = [str(OMNIGLOT / "images_background_small1.zip"), str(OMNIGLOT / "images_background_small2.zip")]
+    imported = run_cli("data", "import", *archives, "--out", "small.parquet",
+                       "--train-classes", "200", "--val-classes", "30", "--no-progress")
+    assert imported.returncode == 0, imported.stderr
+    result = run_cli(
+        "train", str(ROOT / "examples" / "omniglot_protonet_5w1s.yaml"),
+        "--set", "data.dataset=small.parquet", "--set", "train.iterations=150",
+        "--set", "train.meta_batch_size=2", "--set", "train.eval_every=150", "--set", "model.filters=32",
+        "--set", "eval.val_tasks=50", "--set", "eval.test_tasks=200", "--no-progress",
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    metrics = json.loads(result.stdout.strip().splitlines()[-1])
+    assert metrics["test/accuracy"] - metrics["test/accuracy_ci95"] > 0.6, metrics
