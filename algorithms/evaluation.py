@@ -67,8 +67,10 @@ def evaluate(
             adapted = learner.adapt(episode.support_x, episode.support_y, inner_steps=inner_steps)
             predictions = learner.predict(adapted, episode.query_x)
             scores.append(per_task_scores(predictions, episode.query_y, task_kind).cpu())
-            loss_fn = getattr(learner, "loss_fn")
-            losses.append(loss_fn(predictions.flatten(0, 1), episode.query_y.flatten(0, 1)).item() * episode.tasks)
+            loss_fn = learner.loss_fn
+            losses.append(
+                loss_fn(predictions.flatten(0, 1), episode.query_y.flatten(0, 1)).item() * episode.tasks
+            )
     all_scores = torch.cat(scores)
     result = summarize(all_scores, split, metric)
     result[f"{split}/loss"] = sum(losses) / all_scores.numel()

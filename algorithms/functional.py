@@ -106,31 +106,45 @@ def _stack(outputs: list[object]) -> object:
     raise TypeError(f"cannot stack per-task outputs of type {type(first).__name__}")
 
 
-def resolve_strategy(strategy: Strategy, model: nn.Module, device: torch.device) -> Literal["vmap", "loop"]:
-    """Pick the faster way to run the inner loop over tasks.
+def resolve_strategy(
+    strategy: Strategy, model: nn.Module, device: torch.device, second_order: bool = False
+) -> Literal["vmap", "loop"]:
+    """Pick the way to run the inner loop over tasks: the faster one that is correct.
 
-    ``auto`` batches with ``vmap`` except for convolutional models on the CPU: ``vmap`` turns a
-    convolution over tasks into a grouped convolution, which on CPU runs at about 0.4x a
-    per-task loop, while for small MLPs batching removes most of the per-operation overhead.
-    ``benchmarks/throughput.py`` measures both choices on both workloads.
+    ``auto`` batches with ``vmap`` except
+
+    * for convolutional models on the CPU: ``vmap`` turns a convolution over tasks into a grouped
+      convolution, which on CPU runs at about 0.4x a per-task loop, while for small MLPs batching
+      removes most of the per-operation overhead (``benchmarks/throughput.py`` measures both);
+    * for second-order meta-gradients through BatchNorm: PyTorch's batching rule for the
+      BatchNorm backward is wrong when it is differentiated again (pytorch/functorch#534), so
+      ``vmap`` would give wrong meta-gradients.
 
     Args:
-        strategy: ``auto``, ``vmap`` or ``loop``; the last two are returned unchanged.
+        strategy: ``auto``, ``vmap`` or ``loop``.
         model: the backbone that will be called per task.
         device: where the computation runs.
+        second_order: whether the meta-gradient differentiates through inner gradients.
 
     Returns:
         ``"vmap"`` or ``"loop"``.
 
     Raises:
-        ValueError: for an unknown strategy name.
+        ValueError: an unknown strategy name, or ``vmap`` asked for where it would give wrong
+            meta-gradients.
     """
-    if strategy == "vmap" or strategy == "loop":
-        return strategy
-    if strategy != "auto":
+    if strategy not in STRATEGIES:
         raise ValueError(f"unknown strategy {strategy!r}; choose one of {', '.join(STRATEGIES)}")
+    unsafe = second_order and any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules())
+    if strategy == "vmap" and unsafe:
+        raise ValueError(
+            "strategy='vmap' gives wrong second-order meta-gradients through BatchNorm "
+            "(pytorch/functorch#534); use strategy='loop' or 'auto', or first_order=True"
+        )
+    if strategy != "auto":
+        return strategy  # type: ignore[return-value]
     has_conv = any(isinstance(m, nn.modules.conv._ConvNd) for m in model.modules())
-    if device.type == "cpu" and has_conv:
+    if unsafe or (device.type == "cpu" and has_conv):
         return "loop"
     return "vmap"
 
@@ -141,7 +155,9 @@ def _index(tree: Tensor | Params, i: int) -> Tensor | Params:
     return {k: v[i] for k, v in tree.items()}
 
 
-def map_tasks(fn: Callable[..., object], strategy: Literal["vmap", "loop"], *batched: Tensor | Params) -> object:
+def map_tasks(
+    fn: Callable[..., object], strategy: Literal["vmap", "loop"], *batched: Tensor | Params
+) -> object:
     """Apply a per-task function over the leading task dimension of its arguments.
 
     ``vmap`` runs all tasks as one batched computation; ``loop`` calls ``fn`` task by task and
@@ -196,8 +212,16 @@ def adapt_tasks(
 
     def one_task(sx: Tensor, sy: Tensor) -> Params:
         fast = adapt_task(
-            model, params, buffers, sx, sy,
-            loss_fn=loss_fn, steps=steps, lr=lr, adapt_names=adapt_names, first_order=first_order,
+            model,
+            params,
+            buffers,
+            sx,
+            sy,
+            loss_fn=loss_fn,
+            steps=steps,
+            lr=lr,
+            adapt_names=adapt_names,
+            first_order=first_order,
         )
         return {k: fast[k] for k in adapt_names}
 

@@ -33,14 +33,13 @@ from algorithms.models import head_parameter_names
 class MetaLearner(Protocol):
     """What the training loop, evaluation and the model registry rely on.
 
-    Invariants: ``meta_loss`` is the mean query loss over the tasks of the batch and its
+    Every learner also has ``model``, the backbone (not declared here: Python 3.12's runtime
+    protocol check cannot see ``nn.Module`` sub-modules). Invariants: ``meta_loss`` is the mean query loss over the tasks of the batch and its
     ``backward()`` leaves the meta-gradient in ``parameters()``; ``adapt`` and ``predict`` never
     modify the learner (the learner owns its state, callers own the adapted weights they get
     back); for the same inputs the result is the same, whatever ``strategy`` was chosen, up to
     float rounding. Learners are not thread-safe: one learner per trial.
     """
-
-    model: nn.Module
 
     def meta_loss(self, support_x: Tensor, support_y: Tensor, query_x: Tensor, query_y: Tensor) -> Tensor:
         """Mean query loss after adaptation to each task's support set (scalar)."""
@@ -102,7 +101,8 @@ class MAML(nn.Module):
         self.strategy = strategy
 
     def _strategy(self, x: Tensor) -> Literal["vmap", "loop"]:
-        return resolve_strategy(self.strategy, self.model, x.device)
+        second_order = not self.first_order and torch.is_grad_enabled()
+        return resolve_strategy(self.strategy, self.model, x.device, second_order)
 
     def _lr(self) -> float | dict[str, Tensor]:
         return self.inner_lr
@@ -253,6 +253,7 @@ class Reptile(MAML):
 
     Args:
         model, inner_lr, inner_steps, loss_fn, strategy: as in :class:`MAML`.
+        first_order: accepted for a uniform constructor and ignored: Reptile is first order.
 
     References:
         Nichol, Achiam & Schulman, "On First-Order Meta-Learning Algorithms",
@@ -315,6 +316,11 @@ class ProtoNet(nn.Module):
         ways = int(support_y.max()) + 1
         onehot = F.one_hot(support_y, ways).to(embeddings.dtype)  # (tasks, n, ways)
         counts = onehot.sum(1).unsqueeze(-1)  # (tasks, ways, 1)
+        if bool((counts == 0).any()):
+            raise ValueError(
+                f"every task's support set must hold every label 0..{ways - 1}; "
+                "relabel each task's classes as 0..ways-1"
+            )
         return onehot.transpose(1, 2) @ embeddings / counts
 
     def predict(self, adapted: Tensor, query_x: Tensor) -> Tensor:

@@ -274,6 +274,8 @@ class Trainer:
 
     Attributes:
         model: the backbone whose parameters are meta-learned.
+        meta_parameters: every meta-parameter: the backbone's, then Meta-SGD's learning rates in
+            the backbone's parameter order (so that two trainers' gradients line up).
         backward: computes the meta-gradient of a batch of tasks into ``.grad`` of every
             meta-parameter (the backbone's, plus Meta-SGD's learning rates).
         optimizer: the meta-optimiser over all meta-parameters.
@@ -282,6 +284,7 @@ class Trainer:
     """
 
     model: nn.Module
+    meta_parameters: list[Tensor]
     backward: Callable[[Episode], None]
     optimizer: torch.optim.Optimizer
     strategy: str
@@ -370,7 +373,8 @@ def baseline_trainer(algorithm: str, workload: Workload, model: nn.Module) -> Tr
             p.grad = d / episode.tasks
 
     optimizer = torch.optim.Adam(params, lr=META_LR)
-    return Trainer(model, reptile_backward if algorithm == "reptile" else backward, optimizer, "l2l")
+    backward_fn = reptile_backward if algorithm == "reptile" else backward
+    return Trainer(model, params, backward_fn, optimizer, "l2l")
 
 
 # --- metasweep -------------------------------------------------------------------------------------
@@ -408,8 +412,12 @@ def ours_trainer(algorithm: str, workload: Workload, model: nn.Module, strategy:
     def backward(episode: Episode) -> None:
         learner.meta_loss(episode.support_x, episode.support_y, episode.query_x, episode.query_y).backward()
 
+    params = list(model.parameters())
+    if isinstance(learner, MetaSGD):
+        # inner_lrs is a ParameterDict, whose order is not the model's: go by name.
+        params += [learner._lr()[name] for name, _ in model.named_parameters()]
     optimizer = torch.optim.Adam(learner.parameters(), lr=META_LR)
-    return Trainer(model, backward, optimizer, resolve_strategy(how, model, device))
+    return Trainer(model, params, backward, optimizer, resolve_strategy(how, model, device))
 
 
 def make_trainer(algorithm: str, workload: Workload, impl: str, device: torch.device) -> Trainer:
@@ -608,10 +616,8 @@ def gradient_agreement(
                 trainer = make_trainer(algorithm, small, impl, device)
                 trainer.optimizer.zero_grad(set_to_none=True)
                 trainer.backward(episode)
-                params = [p for group in trainer.optimizer.param_groups for p in group["params"]]
-                flat.append(
-                    torch.cat([(torch.zeros_like(p) if p.grad is None else p.grad).flatten() for p in params])
-                )
+                grads = [torch.zeros_like(p) if p.grad is None else p.grad for p in trainer.meta_parameters]
+                flat.append(torch.cat([g.flatten() for g in grads]))
             ours, baseline = flat
             difference = ((ours - baseline).norm() / baseline.norm().clamp_min(1e-30)).item()
             agreements.append(Agreement(workload.name, algorithm, difference))

@@ -120,7 +120,9 @@ def _read_list(path: Path | None) -> set[str]:
 def data_import(
     sources: Annotated[
         list[Path],
-        typer.Argument(help="Omniglot .npz files / official zips / folders, or one image folder root/<class>/*."),
+        typer.Argument(
+            help="Omniglot .npz files / official zips / folders, or one image folder root/<class>/*."
+        ),
     ],
     out: Annotated[str, typer.Option("--out", "-o", help="Destination .parquet path or s3:// URI.")],
     kind: Annotated[
@@ -131,7 +133,9 @@ def data_import(
     image_size: Annotated[
         int, typer.Option(help="Resize images to N x N; 0 keeps the original size. Default: 28 for Omniglot.")
     ] = -1,
-    train_classes: Annotated[int, typer.Option(help="vinyals: classes for meta-training incl. validation.")] = 1200,
+    train_classes: Annotated[
+        int, typer.Option(help="vinyals: classes for meta-training incl. validation.")
+    ] = 1200,
     val_classes: Annotated[int, typer.Option(help="Classes of the meta-validation slice.")] = 100,
     mode: Annotated[str, typer.Option(help="Image folders: L (grayscale) or RGB.")] = "L",
     split_ratios: Annotated[
@@ -166,13 +170,18 @@ def data_import(
         try:
             ratios = [float(r) for r in split_ratios.split(",")]
         except ValueError:
-            raise UserError(f"--split-ratios must be three numbers like 0.64,0.16,0.2, got {split_ratios!r}") from None
+            raise UserError(
+                f"--split-ratios must be three numbers like 0.64,0.16,0.2, got {split_ratios!r}"
+            ) from None
         meta = datasets.import_image_folder(
             sources[0], out, image_size=size, mode=mode, seed=seed, ratios=ratios,
             lists=lists if any(lists.values()) else None, progress=progress,
         )  # fmt: skip
-    stderr.print(f"wrote {out}: {meta['classes']} classes, {meta['images']} images of shape {meta['image_shape']}",
-                 markup=False, highlight=False)
+    stderr.print(
+        f"wrote {out}: {meta['classes']} classes, {meta['images']} images of shape {meta['image_shape']}",
+        markup=False,
+        highlight=False,
+    )
 
 
 @data_app.command("info")
@@ -190,7 +199,9 @@ def data_info(
         table.add_row(key, str(meta.get(key)))
     table.add_row("classes per split", ", ".join(f"{s} {meta['classes'][s]}" for s in datasets.SPLITS))
     per = meta["images_per_class"]
-    table.add_row("images per class", f"{per['min']}" if per["min"] == per["max"] else f"{per['min']}-{per['max']}")
+    table.add_row(
+        "images per class", f"{per['min']}" if per["min"] == per["max"] else f"{per['min']}-{per['max']}"
+    )
     table.add_row("images", str(meta["images"]))
     table.add_row("size on disk", f"{size / 2**20:.1f} MiB")
     Console().print(table)
@@ -217,8 +228,10 @@ def main() -> None:
         print(f"metasweep: error: {exc}", file=sys.stderr)
         sys.exit(2)
     except KeyboardInterrupt:
-        print("metasweep: interrupted; 'metasweep train CONFIG --resume' continues from the last checkpoint",
-              file=sys.stderr)
+        print(
+            "metasweep: interrupted; 'metasweep train CONFIG --resume' continues from the last checkpoint",
+            file=sys.stderr,
+        )
         sys.exit(130)
 
 

@@ -76,7 +76,9 @@ class EvalConfig(_Section):
     inner_steps: int = Field(10, ge=0, description="inner-loop steps when adapting to held-out tasks")
     val_tasks: int = Field(100, ge=1, description="meta-validation tasks, scored every eval_every")
     test_tasks: int = Field(600, ge=1, description="meta-test tasks, scored once at the end")
-    queries: int | None = Field(None, ge=1, description="query examples of held-out tasks (default: data.queries)")
+    queries: int | None = Field(
+        None, ge=1, description="query examples of held-out tasks (default: data.queries)"
+    )
     batch_size: int = Field(50, ge=1, description="held-out tasks adapted at once")
     seed: int = Field(1234, description="seed of the held-out task sets, independent of the training seed")
 
@@ -91,16 +93,24 @@ class RunConfig(_Section):
     train: TrainConfig = Field(default_factory=TrainConfig, description="meta-training hyperparameters")
     eval: EvalConfig = Field(default_factory=EvalConfig, description="held-out evaluation")
     seed: int = Field(0, description="seed of model initialisation and training episodes")
-    device: Literal["auto", "cpu", "cuda"] = Field("auto", description="'auto' uses a GPU when one is visible")
-    output_dir: str | None = Field(None, description="where checkpoints and metrics go (default: runs/<name>)")
+    device: Literal["auto", "cpu", "cuda"] = Field(
+        "auto", description="'auto' uses a GPU when one is visible"
+    )
+    output_dir: str | None = Field(
+        None, description="where checkpoints and metrics go (default: runs/<name>)"
+    )
 
     @model_validator(mode="after")
     def _consistent(self) -> RunConfig:
         if self.algorithm not in ALGORITHMS:
-            raise ValueError(f"unknown algorithm {self.algorithm!r}; valid algorithms: {', '.join(ALGORITHMS)}")
+            raise ValueError(
+                f"unknown algorithm {self.algorithm!r}; valid algorithms: {', '.join(ALGORITHMS)}"
+            )
         regression = self.data.dataset == SINUSOID
         if regression and self.model.name != "mlp":
-            raise ValueError(f"model {self.model.name!r} does not fit sinusoid regression; use model.name=mlp")
+            raise ValueError(
+                f"model {self.model.name!r} does not fit sinusoid regression; use model.name=mlp"
+            )
         if regression and self.algorithm == "protonet":
             raise ValueError("protonet classifies; it does not apply to sinusoid regression")
         if not regression and self.model.name != "conv4":
@@ -144,13 +154,18 @@ def load_config(
         except yaml.YAMLError as exc:
             raise UserError(f"config file {source!r} is not valid YAML: {exc}") from None
         if loaded is not None and not isinstance(loaded, dict):
-            raise UserError(f"config file {source!r} must hold a mapping of settings, got {type(loaded).__name__}")
+            raise UserError(
+                f"config file {source!r} must hold a mapping of settings, got {type(loaded).__name__}"
+            )
         raw = loaded or {}
     return load_config_dict(raw, overrides, schema, source)
 
 
 def load_config_dict(
-    raw: dict[str, Any], overrides: Sequence[str] = (), schema: type[BaseModel] = RunConfig, source: str = "dict"
+    raw: dict[str, Any],
+    overrides: Sequence[str] = (),
+    schema: type[BaseModel] = RunConfig,
+    source: str = "dict",
 ) -> Any:
     """Validate an already-parsed config (e.g. one saved in a checkpoint), with overrides.
 

@@ -376,7 +376,9 @@ def _write_atomic(table: pa.Table, out: str) -> None:
     if isinstance(fs, pafs.LocalFileSystem):
         target = Path(path)
         if target.is_dir():
-            raise UserError(f"--out {out} is a folder; give a file name such as {out.rstrip('/')}/dataset.parquet")
+            raise UserError(
+                f"--out {out} is a folder; give a file name such as {out.rstrip('/')}/dataset.parquet"
+            )
         if not target.parent.is_dir():
             raise UserError(f"--out {out}: folder {target.parent} does not exist")
         tmp = target.with_name(f".{target.name}.tmp-{os.getpid()}")
@@ -465,7 +467,9 @@ def read_metadata(uri: str) -> tuple[dict[str, Any], pa.Schema, int]:
     try:
         info = fs.get_file_info(path)
         if info.type != pafs.FileType.File:
-            raise UserError(f"dataset {uri} does not exist (or is not a file); create it with 'metasweep data import'")
+            raise UserError(
+                f"dataset {uri} does not exist (or is not a file); create it with 'metasweep data import'"
+            )
         schema = pq.read_schema(path, filesystem=fs)
     except UserError:
         raise
@@ -479,7 +483,9 @@ def read_metadata(uri: str) -> tuple[dict[str, Any], pa.Schema, int]:
         )
     metadata = json.loads(raw)
     if metadata.get("format_version") != FORMAT_VERSION:
-        raise UserError(f"{uri} has dataset format {metadata.get('format_version')}, this version reads {FORMAT_VERSION}")
+        raise UserError(
+            f"{uri} has dataset format {metadata.get('format_version')}, this version reads {FORMAT_VERSION}"
+        )
     return metadata, schema, info.size
 
 
@@ -493,14 +499,19 @@ def load_dataset(uri: str) -> EpisodicDataset:
     metadata, _, _ = read_metadata(uri)
     fs, path = _filesystem(uri)
     try:
-        table = pq.read_table(path, filesystem=fs, columns=["class_id", "class_name", "split", "image"],
-                              memory_map=isinstance(fs, pafs.LocalFileSystem))
+        table = pq.read_table(
+            path,
+            filesystem=fs,
+            columns=["class_id", "class_name", "split", "image"],
+            memory_map=isinstance(fs, pafs.LocalFileSystem),
+        )
     except (OSError, pa.ArrowException) as exc:
         raise UserError(f"cannot read dataset {uri}: {exc}") from None
     h, w, c = metadata["image_shape"]
     image = table.column("image").combine_chunks()
-    pixels = np.frombuffer(image.buffers()[1], dtype=np.uint8, count=len(image) * h * w * c,
-                           offset=image.offset * h * w * c).reshape(len(image), h, w, c)
+    pixels = np.frombuffer(
+        image.buffers()[1], dtype=np.uint8, count=len(image) * h * w * c, offset=image.offset * h * w * c
+    ).reshape(len(image), h, w, c)
     class_id = table.column("class_id").to_numpy()
     if len(class_id) and (np.any(np.diff(class_id) < 0) or class_id[0] != 0):
         raise UserError(f"{uri}: rows are not grouped by class; re-create it with 'metasweep data import'")
@@ -548,7 +559,13 @@ class EpisodeSampler:
     task_kind = "classification"
 
     def __init__(
-        self, dataset: EpisodicDataset, split: str, ways: int, shots: int, queries: int, rotations: bool = False
+        self,
+        dataset: EpisodicDataset,
+        split: str,
+        ways: int,
+        shots: int,
+        queries: int,
+        rotations: bool = False,
     ):
         classes = dataset.classes_in(split)
         factor = 4 if rotations else 1
@@ -599,11 +616,15 @@ class EpisodeSampler:
         width = int(counts.max())
         keys = rng.random((tasks, self.ways, width))
         keys[np.arange(width) >= counts[..., None]] = np.inf  # never pick past a class's end
-        picks = keys.argpartition(k - 1, axis=2)[:, :, :k] if k < width else np.argsort(keys, axis=2)[:, :, :k]
+        picks = (
+            keys.argpartition(k - 1, axis=2)[:, :, :k] if k < width else np.argsort(keys, axis=2)[:, :, :k]
+        )
         return self._start[classes][..., None] + picks
 
 
-def _split_view(dataset: EpisodicDataset, split: str, rotations: bool) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def _split_view(
+    dataset: EpisodicDataset, split: str, rotations: bool
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Images of one split (contiguous, rotations appended as new classes), starts and counts."""
     return _split_view_cached(dataset.uri, split, rotations)
 
@@ -728,7 +749,9 @@ def import_image_folder(
         raise UserError(f"unknown image mode {mode!r}; use L (grayscale) or RGB")
     stream = read_image_folder(root, image_size, mode)
     classes = list(iter_progress(stream, None, f"reading {root.name}") if progress else stream)
-    splits = assign_splits_lists(classes, lists) if lists else assign_splits_ratios(classes, seed, ratios or ())
+    splits = (
+        assign_splits_lists(classes, lists) if lists else assign_splits_ratios(classes, seed, ratios or ())
+    )
     return write_dataset(
         classes, splits, out,
         {
@@ -750,6 +773,6 @@ def preview_grid(dataset: EpisodicDataset, out: Path, classes: int = 8, per_clas
     canvas = np.full((len(ids) * (h + 2), per_class * (w + 2), c), 128, dtype=np.uint8)
     for row, cid in enumerate(ids):
         start, stop = dataset.class_start[cid], dataset.class_start[cid + 1]
-        for col, image in enumerate(dataset.pixels[start:min(stop, start + per_class)]):
+        for col, image in enumerate(dataset.pixels[start : min(stop, start + per_class)]):
             canvas[row * (h + 2) : row * (h + 2) + h, col * (w + 2) : col * (w + 2) + w] = image
     Image.fromarray(canvas[:, :, 0] if c == 1 else canvas).save(out)

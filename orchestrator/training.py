@@ -20,7 +20,14 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
 from torch import nn
 
 from algorithms import ALGORITHMS, MLP, Conv4, SinusoidTasks, TaskSource, evaluate, fixed_episodes
@@ -246,7 +253,9 @@ def train(
         while state.iteration < t.iterations:
             episode = source.sample(t.meta_batch_size, state.generator).to(device)
             state.optimizer.zero_grad(set_to_none=True)
-            loss = state.learner.meta_loss(episode.support_x, episode.support_y, episode.query_x, episode.query_y)
+            loss = state.learner.meta_loss(
+                episode.support_x, episode.support_y, episode.query_x, episode.query_y
+            )
             loss.backward()
             state.optimizer.step()
             state.iteration += 1
@@ -313,4 +322,6 @@ def evaluate_again(checkpoint: Path, overrides: list[str]) -> dict[str, float]:
     sources = build_sources(config)
     state = new_state(config, sources.train, device)
     state.load_state_dict(saved)
-    return evaluate_split(state.learner, held_out_episodes(config, sources).test, sources.test, config, "test")
+    return evaluate_split(
+        state.learner, held_out_episodes(config, sources).test, sources.test, config, "test"
+    )

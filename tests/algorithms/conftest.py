@@ -6,7 +6,7 @@ so a test never depends on, or leaves a mark on, the global RNG.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
 import pytest
 import torch
@@ -19,8 +19,6 @@ WAYS = 5
 SHOTS = 1
 QUERIES = 3
 IMAGE_SIZE = 28
-HIDDEN = 16
-"""Conv4 filters: small enough for a fast CPU suite, large enough to exercise every layer."""
 
 
 def seeded(factory: Callable[[], nn.Module], seed: int = 0) -> nn.Module:
@@ -59,11 +57,18 @@ def image_episode(
 
 
 def sinusoid_episode(
-    *, tasks: int = TASKS, shots: int = 10, queries: int = 10, seed: int = 0, dtype: torch.dtype = torch.float32
+    *,
+    tasks: int = TASKS,
+    shots: int = 10,
+    queries: int = 10,
+    seed: int = 0,
+    dtype: torch.dtype = torch.float32,
 ) -> Episode:
     """A batch of MAML-paper sinusoid tasks, cast to ``dtype``."""
     episode = SinusoidTasks(shots=shots, queries=queries).sample(tasks, torch.Generator().manual_seed(seed))
-    return Episode(*(t.to(dtype) for t in (episode.support_x, episode.support_y, episode.query_x, episode.query_y)))
+    return Episode(
+        *(t.to(dtype) for t in (episode.support_x, episode.support_y, episode.query_x, episode.query_y))
+    )
 
 
 def snapshot(module: nn.Module) -> dict[str, Tensor]:
@@ -134,7 +139,7 @@ def grads() -> Callable[[nn.Module, Episode], tuple[Tensor, dict[str, Tensor]]]:
 
 
 @pytest.fixture(autouse=True)
-def single_thread():
+def single_thread() -> Iterator[None]:
     """Run each test on one intra-op thread, then restore the setting.
 
     These tensors are tiny, so extra threads only add synchronisation; on a busy two-core CPU,

@@ -22,7 +22,12 @@ TOLERANCE = {"atol": 1e-11, "rtol": 1e-8}
 
 
 def reference_anil(
-    model: nn.Module, episode: Episode, loss_fn: Callable[[Tensor, Tensor], Tensor], *, steps: int, first_order: bool
+    model: nn.Module,
+    episode: Episode,
+    loss_fn: Callable[[Tensor, Tensor], Tensor],
+    *,
+    steps: int,
+    first_order: bool,
 ) -> tuple[Tensor, dict[str, Tensor]]:
     """Mean query loss after adapting a hand-written linear head per task, and its meta-gradient."""
     model = copy.deepcopy(model)
@@ -58,7 +63,9 @@ def test_meta_gradient_matches_the_hand_written_head_reference(
     problem, grads, inner_steps: int, first_order: bool, strategy: str
 ) -> None:
     model, episode, loss_fn = problem
-    expected_loss, expected = reference_anil(model, episode, loss_fn, steps=inner_steps, first_order=first_order)
+    expected_loss, expected = reference_anil(
+        model, episode, loss_fn, steps=inner_steps, first_order=first_order
+    )
     learner = ANIL(copy.deepcopy(model), INNER_LR, inner_steps, first_order, loss_fn, strategy)
     loss, actual = grads(learner, episode)
 
@@ -69,7 +76,9 @@ def test_meta_gradient_matches_the_hand_written_head_reference(
     assert any(actual[f"model.body.{n}"].abs().max() > 1e-6 for n, _ in model.body.named_parameters())
 
 
-def test_adapt_returns_only_head_parameters_and_leaves_the_body_alone(problem, state, check_unchanged) -> None:
+def test_adapt_returns_only_head_parameters_and_leaves_the_body_alone(
+    problem, state, check_unchanged
+) -> None:
     model, episode, loss_fn = problem
     learner = ANIL(model, INNER_LR, 2, loss_fn=loss_fn)
     before = state(learner)

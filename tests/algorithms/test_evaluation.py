@@ -38,7 +38,9 @@ def test_regression_mean_and_ci95_from_per_task_mse(sinusoid_learner: MAML, held
     assert set(result) == {"test/mse", "test/mse_ci95", "test/loss"}
     assert len(per_task) == 10
     assert result["test/mse"] == pytest.approx(statistics.fmean(per_task), rel=1e-5)
-    assert result["test/mse_ci95"] == pytest.approx(1.96 * statistics.stdev(per_task) / math.sqrt(10), rel=1e-5)
+    assert result["test/mse_ci95"] == pytest.approx(
+        1.96 * statistics.stdev(per_task) / math.sqrt(10), rel=1e-5
+    )
     # Equal query sets: the mean query MSE over all tasks is the mean of the per-task MSEs.
     assert result["test/loss"] == pytest.approx(statistics.fmean(per_task), rel=1e-5)
 
@@ -85,7 +87,9 @@ def test_inner_steps_override_changes_the_score(sinusoid_learner: MAML, held_out
 
 
 @pytest.mark.parametrize("algorithm", ["maml", "metasgd", "protonet"])
-def test_evaluation_leaves_the_learner_unchanged(algorithm: str, build, make_images, state, check_unchanged) -> None:
+def test_evaluation_leaves_the_learner_unchanged(
+    algorithm: str, build, make_images, state, check_unchanged
+) -> None:
     if algorithm == "protonet":
         learner = ProtoNet(build(lambda: Conv4(ways=None, hidden=8), 0))
         episodes, kind = [make_images(seed=0)], "classification"

@@ -65,3 +65,12 @@ def test_map_tasks_gives_the_same_structured_outputs_under_vmap_and_loop() -> No
     torch.testing.assert_close(vmapped, looped)
     assert looped[0].shape == (3, 2) and looped[1]["norm"].shape == (3,)
     torch.testing.assert_close(looped[0][2], x[2].sum(0) * 3.0)
+
+
+def test_auto_avoids_vmap_for_second_order_through_batchnorm_on_any_device() -> None:
+    cuda = torch.device("cuda")
+    assert resolve_strategy("auto", Conv4(hidden=4), cuda, second_order=True) == "loop"
+    assert resolve_strategy("auto", Conv4(hidden=4), cuda, second_order=False) == "vmap"
+    assert resolve_strategy("auto", MLP(), cuda, second_order=True) == "vmap"
+    with pytest.raises(ValueError, match="functorch#534"):
+        resolve_strategy("vmap", Conv4(hidden=4), CPU, second_order=True)

@@ -76,9 +76,16 @@ def test_reference_forward_is_the_mlp(mlp: MLP, tasks: Episode) -> None:
 def test_meta_gradient_matches_the_reference(
     mlp: MLP, tasks: Episode, grads, inner_steps: int, first_order: bool, strategy: str
 ) -> None:
-    expected_loss, expected = reference_maml(mlp, tasks, lr=INNER_LR, steps=inner_steps, first_order=first_order)
+    expected_loss, expected = reference_maml(
+        mlp, tasks, lr=INNER_LR, steps=inner_steps, first_order=first_order
+    )
     learner = MAML(
-        copy.deepcopy(mlp), INNER_LR, inner_steps, first_order=first_order, loss_fn=F.mse_loss, strategy=strategy
+        copy.deepcopy(mlp),
+        INNER_LR,
+        inner_steps,
+        first_order=first_order,
+        loss_fn=F.mse_loss,
+        strategy=strategy,
     )
     loss, actual = grads(learner, tasks)
 

@@ -93,7 +93,9 @@ def test_meta_gradient_matches_the_reference_for_learned_rates(
 
 
 @pytest.mark.parametrize("strategy", ["vmap", "loop"])
-def test_equal_untrained_rates_give_the_maml_meta_gradient(mlp: MLP, tasks: Episode, grads, strategy: str) -> None:
+def test_equal_untrained_rates_give_the_maml_meta_gradient(
+    mlp: MLP, tasks: Episode, grads, strategy: str
+) -> None:
     loss_sgd, grads_sgd = grads(MetaSGD(copy.deepcopy(mlp), INNER_LR, 2, False, F.mse_loss, strategy), tasks)
     loss_maml, grads_maml = grads(MAML(copy.deepcopy(mlp), INNER_LR, 2, False, F.mse_loss, strategy), tasks)
 

@@ -27,9 +27,7 @@ def hand_prototypes(model: nn.Module, support_x: Tensor, support_y: Tensor) -> T
 def hand_logits(model: nn.Module, prototypes: Tensor, query_x: Tensor) -> Tensor:
     """``(q, ways)``: minus the squared Euclidean distance from each query to each prototype."""
     queries = model(query_x).flatten(1)
-    return torch.stack(
-        [torch.stack([-((q - p) ** 2).sum() for p in prototypes]) for q in queries]
-    )
+    return torch.stack([torch.stack([-((q - p) ** 2).sum() for p in prototypes]) for q in queries])
 
 
 @pytest.fixture
@@ -44,7 +42,9 @@ def tasks(make_images) -> Episode:
 
 
 @pytest.mark.parametrize("strategy", ["vmap", "loop"])
-def test_prototypes_are_the_class_means_of_the_embeddings(conv4: Conv4, tasks: Episode, strategy: str) -> None:
+def test_prototypes_are_the_class_means_of_the_embeddings(
+    conv4: Conv4, tasks: Episode, strategy: str
+) -> None:
     prototypes = ProtoNet(conv4, strategy=strategy).adapt(tasks.support_x, tasks.support_y)
     assert prototypes.shape == (tasks.tasks, WAYS, conv4.embedding_dim)
     for t in range(tasks.tasks):
@@ -62,14 +62,18 @@ def test_logits_are_negative_squared_distances_and_the_loss_is_their_cross_entro
 
     expected = torch.stack(
         [
-            hand_logits(conv4, hand_prototypes(conv4, tasks.support_x[t], tasks.support_y[t]), tasks.query_x[t])
+            hand_logits(
+                conv4, hand_prototypes(conv4, tasks.support_x[t], tasks.support_y[t]), tasks.query_x[t]
+            )
             for t in range(tasks.tasks)
         ]
     )
     torch.testing.assert_close(logits, expected, **TOLERANCE)
     assert (logits <= 0).all()
 
-    expected_loss = torch.stack([F.cross_entropy(expected[t], tasks.query_y[t]) for t in range(tasks.tasks)]).mean()
+    expected_loss = torch.stack(
+        [F.cross_entropy(expected[t], tasks.query_y[t]) for t in range(tasks.tasks)]
+    ).mean()
     expected_loss.backward()
     loss, actual = grads(learner, tasks)
     torch.testing.assert_close(loss, expected_loss.detach(), **TOLERANCE)
@@ -80,7 +84,9 @@ def test_logits_are_negative_squared_distances_and_the_loss_is_their_cross_entro
 def test_a_query_equal_to_a_support_example_takes_its_class(build, make_images) -> None:
     # An MLP embedding has no batch statistics: a query identical to a support image embeds to
     # its class's (1-shot) prototype, at distance zero up to float rounding.
-    model = build(lambda: nn.Sequential(nn.Flatten(), MLP(in_features=28 * 28, hidden=(32,), out_features=16)), 0)
+    model = build(
+        lambda: nn.Sequential(nn.Flatten(), MLP(in_features=28 * 28, hidden=(32,), out_features=16)), 0
+    )
     episode = make_images(shots=1, seed=10)
     learner = ProtoNet(model)
     for c in range(WAYS):
@@ -115,3 +121,11 @@ def test_inner_steps_are_ignored(conv4: Conv4, tasks: Episode) -> None:
         atol=0,
         rtol=0,
     )
+
+
+def test_a_task_missing_a_label_is_refused_not_nan() -> None:
+    learner = ProtoNet(MLP(1, (8,), 4))
+    support_x = torch.randn(2, 5, 1)
+    support_y = torch.tensor([[0, 1, 2, 3, 3], [0, 1, 2, 3, 4]])
+    with pytest.raises(ValueError, match="must hold every label"):
+        learner.adapt(support_x, support_y)

@@ -61,7 +61,9 @@ def test_gradient_is_theta_minus_the_mean_adapted_weights(problem, grads, strate
     # The value reported for logging is the query loss of the adapted weights.
     torch.testing.assert_close(loss, expected_loss, **TOLERANCE)
     for name, theta in model.named_parameters():
-        torch.testing.assert_close(actual[f"model.{name}"], theta.detach() - mean_phi[name], **TOLERANCE, msg=name)
+        torch.testing.assert_close(
+            actual[f"model.{name}"], theta.detach() - mean_phi[name], **TOLERANCE, msg=name
+        )
     assert any(g.abs().max() > 1e-6 for g in actual.values())
 
 
@@ -78,4 +80,6 @@ def test_an_sgd_step_is_the_reptile_update(problem) -> None:
 
     for name, theta in model.named_parameters():
         expected = theta.detach() + epsilon * (mean_phi[name] - theta.detach())
-        torch.testing.assert_close(learner.model.get_parameter(name).detach(), expected, **TOLERANCE, msg=name)
+        torch.testing.assert_close(
+            learner.model.get_parameter(name).detach(), expected, **TOLERANCE, msg=name
+        )

@@ -37,7 +37,8 @@ def test_shapes() -> None:
     assert episode.support_x.shape == episode.support_y.shape == (3, 5, 1)
     assert episode.query_x.shape == episode.query_y.shape == (3, 7, 1)
     assert episode.tasks == 3
-    assert SinusoidTasks(shots=5, queries=7).sample(2, torch.Generator(), queries=11).query_x.shape == (2, 11, 1)
+    overridden = SinusoidTasks(shots=5, queries=7).sample(2, torch.Generator(), queries=11)
+    assert overridden.query_x.shape == (2, 11, 1)
 
 
 def test_same_seed_same_tasks_and_different_seed_different_tasks() -> None:

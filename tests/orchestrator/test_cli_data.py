@@ -32,9 +32,16 @@ def test_import_info_preview(tmp_path: Path) -> None:
     [
         ("none", ["data", "import", "absent.npz", "--out", "o.parquet"], "does not exist"),
         ("empty", ["data", "import", "empty", "--out", "o.parquet"], "has no class subfolders"),
-        ("folder", ["data", "import", "p", "--out", "o.parquet", "--kind", "omniglot", "--protocol", "x"],
-         "valid protocols: vinyals, lake"),
-        ("folder", ["data", "import", "p", "--out", "o.parquet", "--split-ratios", "1,2"], "three non-negative"),
+        (
+            "folder",
+            ["data", "import", "p", "--out", "o.parquet", "--kind", "omniglot", "--protocol", "x"],
+            "valid protocols: vinyals, lake",
+        ),
+        (
+            "folder",
+            ["data", "import", "p", "--out", "o.parquet", "--split-ratios", "1,2"],
+            "three non-negative",
+        ),
         ("folder", ["data", "import", "p", "--out", "o.parquet", "--mode", "CMYK"], "unknown image mode"),
         ("none", ["data", "info", "absent.parquet"], "does not exist"),
         ("badimg", ["data", "import", "p", "--out", "o.parquet"], "is not a readable image"),
@@ -58,12 +65,21 @@ def test_impossible_episode_is_refused_before_training(tmp_path: Path) -> None:
     make_folder(Path("p"), classes=10, per_class=4)
     assert run_cli("data", "import", "p", "--out", "d.parquet").returncode == 0
     config = str(ROOT / "examples" / "omniglot_protonet_5w1s.yaml")
-    result = run_cli("train", config, "--set", "data.dataset=d.parquet", "--set", "data.ways=20",
-                     "--set", "data.rotations=false")
+    result = run_cli(
+        "train",
+        config,
+        "--set",
+        "data.dataset=d.parquet",
+        "--set",
+        "data.ways=20",
+        "--set",
+        "data.rotations=false",
+    )
     assert result.returncode == 2
     assert "ways=20 but split 'train'" in result.stderr and "has only 6 classes" in result.stderr
-    result = run_cli("train", config, "--set", "data.dataset=d.parquet", "--set", "data.ways=2",
-                     "--set", "data.shots=3")
+    result = run_cli(
+        "train", config, "--set", "data.dataset=d.parquet", "--set", "data.ways=2", "--set", "data.shots=3"
+    )
     assert result.returncode == 2
     assert "has only 4 images; lower shots or queries" in result.stderr
     assert not Path("runs").exists()
@@ -73,9 +89,22 @@ def test_impossible_episode_is_refused_before_training(tmp_path: Path) -> None:
 @pytest.mark.slow
 def test_protonet_on_real_omniglot_beats_chance() -> None:
     """ProtoNet on the real small Omniglot archives, a short budget: far above 20% chance."""
-    archives = [str(OMNIGLOT / "images_background_small1.zip"), str(OMNIGLOT / "images_background_small2.zip")]
-    imported = run_cli("data", "import", *archives, "--out", "small.parquet",
-                       "--train-classes", "200", "--val-classes", "30", "--no-progress")
+    archives = [
+        str(OMNIGLOT / "images_background_small1.zip"),
+        str(OMNIGLOT / "images_background_small2.zip"),
+    ]
+    imported = run_cli(
+        "data",
+        "import",
+        *archives,
+        "--out",
+        "small.parquet",
+        "--train-classes",
+        "200",
+        "--val-classes",
+        "30",
+        "--no-progress",
+    )
     assert imported.returncode == 0, imported.stderr
     result = run_cli(
         "train", str(ROOT / "examples" / "omniglot_protonet_5w1s.yaml"),

@@ -56,7 +56,9 @@ def test_resume_continues_from_the_checkpoint() -> None:
     assert half.returncode == 0, half.stderr
     rest = run_cli("train", EXAMPLE, "--set", "train.iterations=400", "--set", "name=r", "--resume", *SHORT)
     assert rest.returncode == 0, rest.stderr
-    assert last_json(rest.stdout)["test/mse"] == pytest.approx(last_json(straight.stdout)["test/mse"], rel=1e-6)
+    assert last_json(rest.stdout)["test/mse"] == pytest.approx(
+        last_json(straight.stdout)["test/mse"], rel=1e-6
+    )
     saved = torch.load("runs/r/checkpoint.pt", weights_only=True)
     assert saved["iteration"] == 400
 
@@ -79,7 +81,10 @@ def test_evaluate_rescores_with_other_inner_steps() -> None:
         (["train", EXAMPLE, "--set", "algorithm=mamll"], "valid algorithms: maml, anil"),
         (["train", EXAMPLE, "--set", "model.name=resnet"], "valid models: mlp, conv4"),
         (["train", EXAMPLE, "--set", "train.inner_lrr=0.1"], "did you mean 'inner_lr'?"),
-        (["train", EXAMPLE, "--set", "train.inner_lr=-0.1"], "train.inner_lr: Input should be greater than 0"),
+        (
+            ["train", EXAMPLE, "--set", "train.inner_lr=-0.1"],
+            "train.inner_lr: Input should be greater than 0",
+        ),
         (["train", EXAMPLE, "--set", "data.shots=0"], "data.shots"),
         (["train", EXAMPLE, "--set", "train.inner_steps=-1"], "train.inner_steps"),
         (["train", EXAMPLE, "--set", "data.dataset=/no/such", "--set", "model.name=conv4"], "does not exist"),

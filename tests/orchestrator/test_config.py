@@ -76,7 +76,9 @@ def test_yaml_round_trip() -> None:
         ("", ["train.inner_lr"], "--set expects key=value"),
     ],
 )
-def test_bad_input_is_one_clear_message(tmp_path: Path, text: str, overrides: list[str], expected: str) -> None:
+def test_bad_input_is_one_clear_message(
+    tmp_path: Path, text: str, overrides: list[str], expected: str
+) -> None:
     with pytest.raises(UserError) as info:
         load_config(write(tmp_path, text), overrides)
     assert expected in str(info.value)

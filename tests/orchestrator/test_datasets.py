@@ -83,7 +83,9 @@ def test_explicit_class_lists(tmp_path: Path) -> None:
     ds = load_dataset(str(tmp_path / "d.parquet"))
     assert {ds.class_names[i] for i in ds.classes_in("test")} == {"class_03"}
     with pytest.raises(UserError, match="exactly one split list"):
-        datasets.import_image_folder(root, str(tmp_path / "e.parquet"), lists={"train": {"class_00"}}, progress=False)
+        datasets.import_image_folder(
+            root, str(tmp_path / "e.parquet"), lists={"train": {"class_00"}}, progress=False
+        )
 
 
 def test_import_is_byte_identical(tmp_path: Path) -> None:
@@ -119,7 +121,9 @@ def test_splits_never_share_a_class(tmp_path: Path) -> None:
     datasets.import_omniglot([bg], str(out), train_classes=20, val_classes=5, progress=False)
     table = pq.read_table(out)
     by_split: dict[str, set[str]] = {}
-    for name, split in zip(table.column("class_name").to_pylist(), table.column("split").to_pylist(), strict=True):
+    for name, split in zip(
+        table.column("class_name").to_pylist(), table.column("split").to_pylist(), strict=True
+    ):
         by_split.setdefault(split, set()).add(name)
     assert sum(len(v) for v in by_split.values()) == 30
     assert not (by_split["train"] & by_split["val"] or by_split["train"] & by_split["test"])
@@ -170,7 +174,7 @@ def test_episode_shapes_and_labels(dataset: datasets.EpisodicDataset) -> None:
     assert ep.support_x.shape == (4, 10, 1, 8, 8)
     assert ep.query_x.shape == (4, 15, 1, 8, 8)
     assert ep.support_x.dtype == torch.float32
-    assert 0.0 <= float(ep.support_x.min()) and float(ep.support_x.max()) <= 1.0
+    assert float(ep.support_x.min()) >= 0.0 and float(ep.support_x.max()) <= 1.0
     assert ep.support_y[0].tolist() == [0, 0, 1, 1, 2, 2, 3, 3, 4, 4]
     assert ep.query_y[0].tolist() == [i for i in range(5) for _ in range(3)]
 
