@@ -207,8 +207,8 @@ def adapt_tasks(
         The adapted parameters named in ``adapt_names``, each ``(tasks, *param_shape)``; the
         others stay the model's own.
     """
-    params = dict(model.named_parameters())
-    buffers = dict(model.named_buffers())
+    params: Params = dict(model.named_parameters())
+    buffers: Params = dict(model.named_buffers())
 
     def one_task(sx: Tensor, sy: Tensor) -> Params:
         fast = adapt_task(
@@ -241,8 +241,8 @@ def predict_tasks(model: nn.Module, adapted: Params, x: Tensor, strategy: Litera
     Returns:
         ``(tasks, n, *output_shape)``.
     """
-    shared = dict(model.named_parameters())
-    buffers = dict(model.named_buffers())
+    shared: Params = dict(model.named_parameters())
+    buffers: Params = dict(model.named_buffers())
 
     def one_task(fast: Params, xi: Tensor) -> Tensor:
         return functional_call(model, ({**shared, **fast}, buffers), (xi,))

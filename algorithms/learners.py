@@ -11,7 +11,7 @@ Tensors carry a leading task dimension: ``support_x: (tasks, ways*shots, C, H, W
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Literal, Protocol, runtime_checkable
+from typing import Literal, Protocol, cast, runtime_checkable
 
 import torch
 import torch.nn.functional as F
@@ -34,12 +34,17 @@ class MetaLearner(Protocol):
     """What the training loop, evaluation and the model registry rely on.
 
     Every learner also has ``model``, the backbone (not declared here: Python 3.12's runtime
-    protocol check cannot see ``nn.Module`` sub-modules). Invariants: ``meta_loss`` is the mean query loss over the tasks of the batch and its
+    protocol check cannot see ``nn.Module`` sub-modules).
+
+    Invariants: ``meta_loss`` is the mean query loss over the tasks of the batch and its
     ``backward()`` leaves the meta-gradient in ``parameters()``; ``adapt`` and ``predict`` never
     modify the learner (the learner owns its state, callers own the adapted weights they get
     back); for the same inputs the result is the same, whatever ``strategy`` was chosen, up to
     float rounding. Learners are not thread-safe: one learner per trial.
     """
+
+    loss_fn: LossFn
+    """``loss_fn(predictions, targets)``, mean-reduced: the inner and the query loss."""
 
     def meta_loss(self, support_x: Tensor, support_y: Tensor, query_x: Tensor, query_y: Tensor) -> Tensor:
         """Mean query loss after adaptation to each task's support set (scalar)."""
@@ -217,13 +222,13 @@ class ANIL(nn.Module):
         return resolve_strategy(self.strategy, self.model, x.device)
 
     def _features(self, x: Tensor) -> Tensor:
-        body: Callable[[Tensor], Tensor] = self.model.body
+        body = cast(nn.Module, self.model.body)
         return map_tasks(body, self._strategy(x), x)  # type: ignore[return-value]
 
     def adapt(self, support_x: Tensor, support_y: Tensor, inner_steps: int | None = None) -> Params:
         """Adapted head parameters (names relative to ``model.head``), each ``(tasks, ...)``."""
         steps = self.inner_steps if inner_steps is None else inner_steps
-        head: nn.Module = self.model.head
+        head = cast(nn.Module, self.model.head)
         return adapt_tasks(
             head, self._features(support_x), support_y,
             loss_fn=self.loss_fn, steps=steps, lr=self.inner_lr,
@@ -235,7 +240,7 @@ class ANIL(nn.Module):
 
     def predict(self, adapted: Params, query_x: Tensor) -> Tensor:
         """Head outputs ``(tasks, q, ...)`` on the body's features of ``query_x``."""
-        return predict_tasks(self.model.head, adapted, self._features(query_x), "vmap")
+        return predict_tasks(cast(nn.Module, self.model.head), adapted, self._features(query_x), "vmap")
 
     def meta_loss(self, support_x: Tensor, support_y: Tensor, query_x: Tensor, query_y: Tensor) -> Tensor:
         """Mean query loss over tasks after adapting the head."""
@@ -308,7 +313,7 @@ class ProtoNet(nn.Module):
     def _embed(self, x: Tensor) -> Tensor:
         embed: Callable[[Tensor], Tensor] = self.model
         strategy = resolve_strategy(self.strategy, self.model, x.device)
-        return map_tasks(embed, strategy, x).flatten(2)  # type: ignore[union-attr]
+        return cast(Tensor, map_tasks(embed, strategy, x)).flatten(2)
 
     def adapt(self, support_x: Tensor, support_y: Tensor, inner_steps: int | None = None) -> Tensor:
         """Class prototypes ``(tasks, ways, dim)``; ``inner_steps`` is ignored (no inner loop)."""

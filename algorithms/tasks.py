@@ -48,8 +48,10 @@ class TaskSource(Protocol):
     advances; the source itself holds no RNG state, so one source may serve many generators.
     """
 
-    task_kind: str
-    """``"regression"`` or ``"classification"``: which metric and loss apply."""
+    @property
+    def task_kind(self) -> str:
+        """``"regression"`` or ``"classification"``: which metric and loss apply."""
+        ...
 
     def sample(self, tasks: int, generator: torch.Generator, queries: int | None = None) -> Episode:
         """Draw ``tasks`` episodes; ``queries`` overrides the source's query-set size."""

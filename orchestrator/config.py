@@ -88,10 +88,10 @@ class RunConfig(_Section):
 
     name: str = Field("run", description="run name; the default output directory is runs/<name>")
     algorithm: str = Field("maml", description="meta-learner: " + ", ".join(ALGORITHMS))
-    model: ModelConfig = Field(default_factory=ModelConfig, description="the backbone")
-    data: DataConfig = Field(default_factory=DataConfig, description="where episodes come from")
-    train: TrainConfig = Field(default_factory=TrainConfig, description="meta-training hyperparameters")
-    eval: EvalConfig = Field(default_factory=EvalConfig, description="held-out evaluation")
+    model: ModelConfig = Field(ModelConfig(), description="the backbone")
+    data: DataConfig = Field(DataConfig(), description="where episodes come from")
+    train: TrainConfig = Field(TrainConfig(), description="meta-training hyperparameters")
+    eval: EvalConfig = Field(EvalConfig(), description="held-out evaluation")
     seed: int = Field(0, description="seed of model initialisation and training episodes")
     device: Literal["auto", "cpu", "cuda"] = Field(
         "auto", description="'auto' uses a GPU when one is visible"

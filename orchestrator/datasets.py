@@ -34,7 +34,7 @@ import re
 import zipfile
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
-from functools import lru_cache
+from functools import lru_cache, partial
 from pathlib import Path
 from typing import Any
 
@@ -131,7 +131,7 @@ def read_omniglot_archive(path: Path, size: int | None) -> Iterator[ClassImages]
             match = _OMNIGLOT_CHAR.search(info.filename)
             if match and not info.is_dir():
                 key = (match.group(2), f"{match.group(3)}/{match.group(4)}")
-                entries.setdefault(key, []).append((info.filename, lambda n=info.filename: archive.read(n)))
+                entries.setdefault(key, []).append((info.filename, partial(archive.read, info.filename)))
     if not entries:
         raise UserError(
             f"no Omniglot characters in {path}; expected images_<set>/<Alphabet>/characterNN/*.png"

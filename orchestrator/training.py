@@ -15,7 +15,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import torch
 import torch.nn.functional as F
@@ -30,7 +30,16 @@ from rich.progress import (
 )
 from torch import nn
 
-from algorithms import ALGORITHMS, MLP, Conv4, SinusoidTasks, TaskSource, evaluate, fixed_episodes
+from algorithms import (
+    ALGORITHMS,
+    MLP,
+    Conv4,
+    MetaLearner,
+    SinusoidTasks,
+    TaskSource,
+    evaluate,
+    fixed_episodes,
+)
 from algorithms.tasks import Episode
 from orchestrator.config import SINUSOID, RunConfig, to_yaml
 from orchestrator.errors import UserError
@@ -253,7 +262,7 @@ def train(
         while state.iteration < t.iterations:
             episode = source.sample(t.meta_batch_size, state.generator).to(device)
             state.optimizer.zero_grad(set_to_none=True)
-            loss = state.learner.meta_loss(
+            loss = cast(MetaLearner, state.learner).meta_loss(
                 episode.support_x, episode.support_y, episode.query_x, episode.query_y
             )
             loss.backward()
