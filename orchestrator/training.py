@@ -197,7 +197,7 @@ def evaluate_split(
 ) -> dict[str, float]:
     """Score ``learner`` on held-out episodes with ``eval.inner_steps`` adaptation steps."""
     device = next(learner.parameters()).device
-    return evaluate(
+    metrics = evaluate(
         learner,  # type: ignore[arg-type]
         episodes,
         task_kind=source.task_kind,
@@ -205,6 +205,13 @@ def evaluate_split(
         split=split,
         device=device,
     )
+    if not all(math.isfinite(v) for v in metrics.values()):
+        log.warning(
+            "%s metrics are not finite after eval.inner_steps=%d: adaptation diverges on held-out "
+            "tasks; lower eval.inner_steps or train with as many inner steps",
+            split, config.eval.inner_steps,
+        )  # fmt: skip
+    return metrics
 
 
 def train(
