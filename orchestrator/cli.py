@@ -100,6 +100,59 @@ def evaluate(
     print(json.dumps(metrics))
 
 
+@app.command()
+def sweep(
+    config: ConfigArg,
+    set_: SetOpt = None,
+    resume: Annotated[
+        str | None,
+        typer.Option("--resume", help="Continue the sweep of this name; finished trials are kept."),
+    ] = None,
+    address: Annotated[
+        str | None, typer.Option(help="Ray cluster address (default: start a local Ray on this machine).")
+    ] = None,
+) -> None:
+    """Search hyperparameters with Optuna on Ray Tune, tracked in MLflow.
+
+    The config is a training config plus a 'search' section (space, sampler, scheduler,
+    resources) and a 'tracking' section (MLflow URI, experiment). Ends with the best trial, its
+    validation and meta-test metrics, and how to open the sweep in the MLflow UI.
+    """
+    from orchestrator.config import SweepConfig
+    from orchestrator.tuning import run_sweep
+
+    overrides = list(set_ or [])
+    if resume:
+        overrides.append(f"name={resume}")
+    cfg: SweepConfig = load_config(config, overrides, schema=SweepConfig)
+    result = run_sweep(cfg, address=address, resume=resume is not None)
+    table = Table(title=f"sweep {result.name}: best of {result.trials} trials ({result.best_trial})")
+    table.add_column("")
+    table.add_column("value", justify="right")
+    for key, value in result.best_params.items():
+        table.add_row(key, str(value))
+    for key, value in {**result.best_metrics, **result.test_metrics}.items():
+        table.add_row(key, f"{value:.4f}")
+    stderr.print(table)
+    stderr.print(
+        f"MLflow: parent run {result.parent_run_id} in {result.tracking_uri}\n"
+        f"  open it with: mlflow ui --backend-store-uri {result.tracking_uri} --host 127.0.0.1 "
+        "(then http://127.0.0.1:5000)",
+        markup=False,
+        highlight=False,
+    )
+    print(
+        json.dumps(
+            {
+                "best_trial": result.best_trial,
+                **result.best_params,
+                **result.best_metrics,
+                **result.test_metrics,
+            }
+        )
+    )
+
+
 data_app = typer.Typer(help="Import and inspect episodic image datasets (Parquet).", no_args_is_help=True)
 app.add_typer(data_app, name="data")
 

@@ -249,3 +249,164 @@ def format_validation_error(exc: ValidationError, schema: type[BaseModel], sourc
 def to_yaml(config: BaseModel) -> str:
     """The config as YAML, every default spelled out (saved beside each run)."""
     return yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False)
+
+
+# --------------------------------------------------------------------------------------------
+# Sweeps: metasweep sweep CONFIG.yaml
+# --------------------------------------------------------------------------------------------
+
+INNER_LOOP_FIELDS = ("train.inner_lr", "train.inner_steps", "train.first_order", "eval.inner_steps")
+"""Fields that mean nothing to ProtoNet: a sweep samples them only for inner-loop algorithms."""
+
+
+class ParamSpec(_Section):
+    """The distribution of one searched field."""
+
+    type: Literal["loguniform", "uniform", "int", "categorical"] = Field(
+        description="loguniform / uniform (floats), int (integers), categorical (listed values)"
+    )
+    low: float | None = Field(None, description="lower bound (numeric types)")
+    high: float | None = Field(None, description="upper bound, inclusive (numeric types)")
+    values: tuple[Any, ...] | None = Field(None, description="the choices (categorical)")
+
+    @model_validator(mode="after")
+    def _bounds(self) -> ParamSpec:
+        if self.type == "categorical":
+            if not self.values:
+                raise ValueError("categorical needs a non-empty 'values' list")
+            return self
+        if self.low is None or self.high is None:
+            raise ValueError(f"{self.type} needs 'low' and 'high'")
+        if self.low >= self.high:
+            raise ValueError(f"low must be below high, got low={self.low}, high={self.high}")
+        if self.type == "loguniform" and self.low <= 0:
+            raise ValueError(f"loguniform needs low > 0, got {self.low}")
+        if self.type == "int" and (self.low != int(self.low) or self.high != int(self.high)):
+            raise ValueError(f"int bounds must be whole numbers, got {self.low}, {self.high}")
+        return self
+
+
+class SearchConfig(_Section):
+    """What to search and how: Optuna sampler, Tune scheduler, resources."""
+
+    space: dict[str, ParamSpec] = Field(
+        default_factory=dict, description="searched fields by dotted name, e.g. train.inner_lr"
+    )
+    sampler: Literal["tpe", "random", "cmaes", "gp", "qmc"] = Field(
+        "tpe", description="Optuna sampler: multivariate TPE, random, CMA-ES, Gaussian process or QMC"
+    )
+    num_samples: int = Field(8, ge=1, description="trials to run")
+    max_concurrent: int = Field(2, ge=1, description="trials running at once")
+    initial_points: tuple[dict[str, Any], ...] = Field(
+        (), description="settings to evaluate first (e.g. the paper's), by dotted name"
+    )
+    scheduler: Literal["asha", "fifo"] = Field("asha", description="early stopping: asha, or fifo for none")
+    grace_period: int = Field(
+        1000, ge=1, description="meta-iterations every trial runs before ASHA may stop it"
+    )
+    reduction_factor: float = Field(2.0, gt=1, description="ASHA keeps 1/reduction_factor per rung")
+    metric: str | None = Field(None, description="metric to optimise (default val/accuracy or val/mse)")
+    time_budget_s: float | None = Field(None, gt=0, description="stop launching trials after this long")
+    cpus_per_trial: float = Field(1.0, gt=0, description="CPUs reserved per trial")
+    gpus_per_trial: float = Field(0.0, ge=0, description="GPUs per trial; fractions share one GPU")
+    max_failures: int = Field(2, ge=0, description="restarts of a failed trial from its checkpoint")
+    seed: int = Field(0, description="seed of the Optuna sampler")
+
+
+class TrackingConfig(_Section):
+    """Where MLflow records the sweep."""
+
+    uri: str | None = Field(
+        None, description="MLflow tracking URI (default: $MLFLOW_TRACKING_URI, else sqlite:///mlflow.db)"
+    )
+    experiment: str = Field("metasweep", description="MLflow experiment of the sweep")
+    registered_model: str | None = Field(None, description="registry name for the best model")
+
+
+class SweepConfig(RunConfig):
+    """A sweep: a run config plus a search space and a tracking destination."""
+
+    search: SearchConfig = Field(SearchConfig(), description="the search space and searcher")
+    tracking: TrackingConfig = Field(TrackingConfig(), description="MLflow tracking")
+
+    @model_validator(mode="after")
+    def _space_fits_the_run(self) -> SweepConfig:
+        base = self.model_dump(mode="json", exclude={"search", "tracking"})
+        for key, spec in self.search.space.items():
+            _check_space_key(key, spec)
+            if self.algorithm == "protonet" and key in INNER_LOOP_FIELDS:
+                raise ValueError(f"search.space.{key}: protonet has no inner loop; drop it from the space")
+        for point in self.search.initial_points:
+            unknown = sorted(set(point) - set(self.search.space))
+            if unknown:
+                raise ValueError(f"search.initial_points: {', '.join(unknown)} not in search.space")
+        # Every value the space can produce must make a valid run config.
+        for key, spec in self.search.space.items():
+            for value in _corners(spec):
+                trial = apply_params(base, {key: value})
+                try:
+                    RunConfig.model_validate(trial)
+                except ValidationError as exc:
+                    first = exc.errors()[0]
+                    raise ValueError(
+                        f"search.space.{key}: value {value!r} gives an invalid run: {first['msg']}"
+                    ) from None
+        return self
+
+    def run_config(self, params: dict[str, Any]) -> RunConfig:
+        """The run config of one trial: this config with ``params`` (dotted names) applied."""
+        base = self.model_dump(mode="json", exclude={"search", "tracking"})
+        return RunConfig.model_validate(apply_params(base, params))
+
+    @property
+    def objective(self) -> tuple[str, str]:
+        """``(metric, mode)`` the sweep optimises."""
+        regression = self.data.dataset == SINUSOID
+        metric = self.search.metric or ("val/mse" if regression else "val/accuracy")
+        return metric, ("min" if metric.endswith(("mse", "loss")) else "max")
+
+
+def _corners(spec: ParamSpec) -> list[Any]:
+    if spec.type == "categorical":
+        return list(spec.values or ())
+    assert spec.low is not None and spec.high is not None
+    if spec.type == "int":
+        return [int(spec.low), int(spec.high)]
+    return [spec.low, spec.high]
+
+
+def _check_space_key(key: str, spec: ParamSpec) -> None:
+    parts = key.split(".")
+    model: type[BaseModel] = RunConfig
+    for depth, part in enumerate(parts):
+        if part not in model.model_fields or part in ("search", "tracking"):
+            raise ValueError(f"search.space: {_unknown_key(part, model, parts[:depth])}")
+        annotation = model.model_fields[part].annotation
+        if depth < len(parts) - 1:
+            if not (isinstance(annotation, type) and issubclass(annotation, BaseModel)):
+                raise ValueError(
+                    f"search.space.{key}: {'.'.join(parts[: depth + 1])} is a value, not a section"
+                )
+            model = annotation
+    if spec.type in ("loguniform", "uniform") and annotation is not float:
+        raise ValueError(
+            f"search.space.{key}: {spec.type} draws floats but {key} is {_type_name(annotation)}"
+        )
+    if spec.type == "int" and annotation is not int:
+        raise ValueError(f"search.space.{key}: int draws integers but {key} is {_type_name(annotation)}")
+
+
+def _type_name(annotation: Any) -> str:
+    return getattr(annotation, "__name__", str(annotation))
+
+
+def apply_params(base: dict[str, Any], params: dict[str, Any]) -> dict[str, Any]:
+    """A deep copy of ``base`` with dotted ``params`` set."""
+    out = copy.deepcopy(base)
+    for key, value in params.items():
+        node = out
+        *parents, leaf = key.split(".")
+        for part in parents:
+            node = node.setdefault(part, {})
+        node[leaf] = value
+    return out

@@ -489,13 +489,30 @@ def read_metadata(uri: str) -> tuple[dict[str, Any], pa.Schema, int]:
     return metadata, schema, info.size
 
 
-@lru_cache(maxsize=4)
+_LOADED: dict[str, EpisodicDataset] = {}
+
+
+def share_dataset(dataset: EpisodicDataset) -> None:
+    """Make ``dataset`` the one :func:`load_dataset` returns for its URI in this process.
+
+    Ray workers receive the dataset from the object store (zero-copy on the node) and register
+    it here, so no trial re-reads the file.
+    """
+    _LOADED[dataset.uri] = dataset
+
+
 def load_dataset(uri: str) -> EpisodicDataset:
     """Read a dataset once per process (cached by URI), pixels into one contiguous array.
 
     Raises:
         UserError: missing, unreadable, unauthorised or non-metasweep dataset.
     """
+    if uri not in _LOADED:
+        _LOADED[uri] = _read_dataset(uri)
+    return _LOADED[uri]
+
+
+def _read_dataset(uri: str) -> EpisodicDataset:
     metadata, _, _ = read_metadata(uri)
     fs, path = _filesystem(uri)
     try:

@@ -12,7 +12,7 @@ import logging
 import math
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, cast
@@ -220,6 +220,7 @@ def train(
     resume: bool = False,
     on_eval: EvalCallback | None = None,
     show_progress: bool = True,
+    test: bool = True,
 ) -> dict[str, float]:
     """Meta-train as ``config`` says, evaluate on meta-test, and return the final metrics.
 
@@ -231,9 +232,12 @@ def train(
         resume: continue from ``<run_dir>/checkpoint.pt`` if it exists (same config required).
         on_eval: called as ``on_eval(iteration, metrics)`` after every meta-validation.
         show_progress: draw a progress bar on stderr.
+        test: score meta-test at the end; sweeps leave it to the driver, after the search, so
+            that test tasks never influence which trial wins.
 
     Returns:
-        ``train/loss``, ``val/*`` and ``test/*`` metrics of the final model, and ``time/seconds``.
+        ``train/loss``, ``val/*`` and (with ``test``) ``test/*`` metrics of the final model, and
+        ``time/seconds``.
 
     Raises:
         UserError: bad device, unreadable dataset, or a checkpoint from a different config.
@@ -295,7 +299,8 @@ def train(
     if not metrics:  # zero iterations to go (resumed a finished run, or iterations: 0)
         metrics = evaluate_split(state.learner, held_out.val, source, config, "val")
         save_checkpoint(state, config, checkpoint)
-    metrics.update(evaluate_split(state.learner, held_out.test, source, config, "test"))
+    if test:
+        metrics.update(evaluate_split(state.learner, held_out.test, source, config, "test"))
     metrics["time/seconds"] = time.perf_counter() - started
     _append_metrics(run_dir / METRICS, state.iteration, metrics)
     return metrics
@@ -324,7 +329,7 @@ def _progress(enabled: bool) -> Progress:
     )
 
 
-def evaluate_again(checkpoint: Path, overrides: list[str]) -> dict[str, float]:
+def evaluate_again(checkpoint: Path, overrides: Sequence[str] = ()) -> dict[str, float]:
     """Re-score a saved run on its meta-test tasks, with ``eval.*`` overrides applied.
 
     Raises:

@@ -1,0 +1,165 @@
+"""The one module that talks to MLflow: the sweep's parent run and one child run per trial.
+
+Everything is logged from the sweep's driver, never from Ray workers: on a cluster the workers may
+not reach the tracking server, while the driver already receives every trial's metrics from Tune.
+A trial that is retried after a failure continues its own child run (found again by its trial id
+tag), so the UI never shows duplicates.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import subprocess
+import time
+from pathlib import Path
+from typing import Any
+
+from mlflow.entities import Metric
+from mlflow.exceptions import MlflowException
+from mlflow.tracking import MlflowClient
+
+from orchestrator.errors import UserError
+
+log = logging.getLogger(__name__)
+
+DEFAULT_URI = "sqlite:///mlflow.db"
+SWEEP_TAG = "metasweep.sweep"
+TRIAL_TAG = "metasweep.trial_id"
+PARENT_TAG = "mlflow.parentRunId"
+
+
+def tracking_uri(configured: str | None) -> str:
+    """The tracking URI: the config's, else ``$MLFLOW_TRACKING_URI``, else a local SQLite file."""
+    return configured or os.environ.get("MLFLOW_TRACKING_URI") or DEFAULT_URI
+
+
+def git_commit() -> str:
+    """The project's git commit, or ``unknown`` outside a checkout."""
+    try:
+        here = Path(__file__).resolve().parent
+        done = subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=here, capture_output=True, text=True, timeout=5
+        )
+        return done.stdout.strip() or "unknown"
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+
+
+class SweepTracker:
+    """The MLflow side of one sweep: a parent run and a child run per trial.
+
+    Not thread-safe: call it from the driver's thread (Tune callbacks run there).
+
+    Args:
+        uri: tracking URI.
+        experiment: experiment name (created if missing).
+        sweep: the sweep's name; a parent run with this name tag is continued on resume.
+        resume: continue the existing parent run of ``sweep`` instead of starting a new one.
+
+    Raises:
+        UserError: the tracking store cannot be reached, or ``resume`` without a parent run.
+    """
+
+    def __init__(self, uri: str, experiment: str, sweep: str, resume: bool = False):
+        self.uri = uri
+        self.client = MlflowClient(tracking_uri=uri)
+        try:
+            found = self.client.get_experiment_by_name(experiment)
+            self.experiment_id = (
+                found.experiment_id if found is not None else self.client.create_experiment(experiment)
+            )
+            existing = self.client.search_runs(
+                [self.experiment_id], filter_string=f"tags.`{SWEEP_TAG}` = '{sweep}'"
+            )
+        except MlflowException as exc:
+            raise UserError(f"cannot use the MLflow tracking store {uri}: {exc.message}") from None
+        except Exception as exc:  # connection errors surface as many types
+            raise UserError(f"cannot reach the MLflow tracking store {uri}: {exc}") from None
+        parents = [r for r in existing if PARENT_TAG not in r.data.tags]
+        self.children: dict[str, str] = {
+            r.data.tags[TRIAL_TAG]: r.info.run_id for r in existing if TRIAL_TAG in r.data.tags
+        }
+        if resume:
+            if not parents:
+                raise UserError(f"no MLflow parent run for sweep {sweep!r} in experiment {experiment!r}")
+            self.parent_id = parents[0].info.run_id
+            self.client.update_run(self.parent_id, status="RUNNING")
+        else:
+            run = self.client.create_run(self.experiment_id, run_name=sweep, tags={SWEEP_TAG: sweep})
+            self.parent_id = run.info.run_id
+        self.sweep = sweep
+
+    # --- parent run -------------------------------------------------------------------------
+
+    def log_sweep(self, params: dict[str, Any], config_yaml: str) -> None:
+        """Search space, searcher and scheduler settings, and the resolved config as an artifact."""
+        for key, value in params.items():
+            self.client.log_param(self.parent_id, key, str(value)[:6000])
+        self.client.log_text(self.parent_id, config_yaml, "config.yaml")
+        self.client.set_tag(self.parent_id, "metasweep.git_commit", git_commit())
+
+    def log_best(self, trial_id: str, params: dict[str, Any], metrics: dict[str, float]) -> None:
+        """The best trial's hyperparameters and metrics on the parent run."""
+        self.client.set_tag(self.parent_id, "metasweep.best_trial", trial_id)
+        for key, value in params.items():
+            self.client.log_param(self.parent_id, f"best.{key}", value)
+        self._log_metrics(self.parent_id, metrics, step=0)
+
+    def log_artifact(self, path: Path, folder: str | None = None) -> None:
+        """Attach a file (plot, HTML) to the parent run."""
+        self.client.log_artifact(self.parent_id, str(path), folder)
+
+    def finish(self, status: str = "FINISHED", error: str | None = None) -> None:
+        """End the parent run (``FINISHED``, ``FAILED`` or ``KILLED``), with the error if any."""
+        if error:
+            self.client.set_tag(self.parent_id, "metasweep.error", error[:5000])
+        self.client.set_terminated(self.parent_id, status=status)
+
+    # --- child runs -------------------------------------------------------------------------
+
+    def start_trial(self, trial_id: str, params: dict[str, Any], tags: dict[str, str]) -> str:
+        """The child run of ``trial_id``: created once, continued when the trial is retried."""
+        if trial_id in self.children:
+            run_id = self.children[trial_id]
+            self.client.update_run(run_id, status="RUNNING")
+            return run_id
+        run = self.client.create_run(
+            self.experiment_id,
+            run_name=trial_id,
+            tags={PARENT_TAG: self.parent_id, SWEEP_TAG: self.sweep, TRIAL_TAG: trial_id, **tags},
+        )
+        run_id = run.info.run_id
+        self.children[trial_id] = run_id
+        for key, value in params.items():
+            self.client.log_param(run_id, key, value)
+        return run_id
+
+    def log_trial_metrics(self, trial_id: str, metrics: dict[str, float], step: int) -> None:
+        """Metrics named ``split/name`` at meta-iteration ``step``."""
+        self._log_metrics(self.children[trial_id], metrics, step)
+
+    def tag_trial(self, trial_id: str, tags: dict[str, str]) -> None:
+        """Set tags on a trial's child run."""
+        for key, value in tags.items():
+            self.client.set_tag(self.children[trial_id], key, value)
+
+    def end_trial(self, trial_id: str, status: str) -> None:
+        """End a child run: ``FINISHED``, ``FAILED`` or ``KILLED``."""
+        if trial_id in self.children:
+            self.client.set_terminated(self.children[trial_id], status=status)
+
+    def _log_metrics(self, run_id: str, metrics: dict[str, float], step: int) -> None:
+        now = int(time.time() * 1000)
+        batch = [
+            Metric(key, float(value), now, step)
+            for key, value in metrics.items()
+            if "/" in key and isinstance(value, int | float) and math.isfinite(value)
+        ]
+        if batch:
+            self.client.log_batch(run_id, metrics=batch)
+
+    def ui_hint(self) -> str:
+        """How to open this sweep in the MLflow UI."""
+        return f"mlflow ui --backend-store-uri {self.uri}  (then open http://127.0.0.1:5000)"

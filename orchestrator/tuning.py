@@ -1,0 +1,344 @@
+"""The one module that talks to Ray Tune (and, through Tune, to Optuna).
+
+A trial is :func:`trial`: settings in, metrics reported to Tune, a checkpoint at every
+evaluation. The driver (:func:`run_sweep`) owns the Optuna search, the ASHA scheduler and the
+MLflow logging (through :class:`TrackingCallback`), and scores the best trial on meta-test after
+the search, so test tasks never influence which trial wins.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import optuna
+import ray
+from ray import tune
+from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
+from ray.tune.search.optuna import OptunaSearch
+
+from orchestrator.config import INNER_LOOP_FIELDS, ParamSpec, SweepConfig, to_yaml
+from orchestrator.errors import UserError
+from orchestrator.tracking import SweepTracker, tracking_uri
+from orchestrator.training import CHECKPOINT, evaluate_again, train
+
+log = logging.getLogger(__name__)
+
+ITERATION = "iteration"
+
+
+# --------------------------------------------------------------------------------------------
+# The trial: runs on a Ray worker
+# --------------------------------------------------------------------------------------------
+
+
+def trial(params: dict[str, Any], sweep: dict[str, Any], dataset: Any = None) -> None:
+    """Train one configuration, reporting validation metrics and a checkpoint to Tune.
+
+    Continues from Tune's checkpoint when the trial is restarted after a failure.
+
+    Args:
+        params: the sampled hyperparameters, by dotted config name.
+        sweep: the sweep config as plain JSON data.
+        dataset: the episodic dataset from the object store (shared by the node's trials), or
+            ``None`` for sinusoid tasks.
+    """
+    if dataset is not None:
+        from orchestrator.datasets import share_dataset
+
+        share_dataset(dataset)
+    config = SweepConfig.model_validate(sweep).run_config(params)
+    work = Path(tempfile.mkdtemp(prefix="metasweep-trial-"))
+    config = config.model_copy(update={"output_dir": str(work)})
+    checkpoint = tune.get_checkpoint()
+    if checkpoint is not None:
+        with checkpoint.as_directory() as saved:
+            shutil.copy(Path(saved) / CHECKPOINT, work / CHECKPOINT)
+
+    def report(iteration: int, metrics: dict[str, float]) -> None:
+        tune.report({**metrics, ITERATION: iteration}, checkpoint=tune.Checkpoint.from_directory(str(work)))
+
+    try:
+        train(config, resume=checkpoint is not None, on_eval=report, show_progress=False, test=False)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+# --------------------------------------------------------------------------------------------
+# The driver
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class OptunaSpace:
+    """A define-by-run Optuna space: inner-loop fields are sampled only for algorithms with one.
+
+    A plain class (not a closure) because Tune pickles the searcher with its space to resume.
+    """
+
+    algorithm: str
+    space: dict[str, ParamSpec]
+
+    def __call__(self, trial: optuna.Trial) -> None:
+        algorithm = self.algorithm
+        if "algorithm" in self.space:
+            algorithm = _suggest(trial, "algorithm", self.space["algorithm"])
+        for key, spec in self.space.items():
+            if key == "algorithm" or (algorithm == "protonet" and key in INNER_LOOP_FIELDS):
+                continue
+            _suggest(trial, key, spec)
+
+
+def _suggest(trial: optuna.Trial, key: str, spec: ParamSpec) -> Any:
+    if spec.type == "categorical":
+        return trial.suggest_categorical(key, list(spec.values or ()))
+    assert spec.low is not None and spec.high is not None
+    if spec.type == "int":
+        return trial.suggest_int(key, int(spec.low), int(spec.high))
+    return trial.suggest_float(key, spec.low, spec.high, log=spec.type == "loguniform")
+
+
+def make_sampler(config: SweepConfig) -> optuna.samplers.BaseSampler:
+    """The configured, seeded Optuna sampler."""
+    s = config.search
+    if s.sampler == "tpe":
+        return optuna.samplers.TPESampler(seed=s.seed, multivariate=True, group=True)
+    if s.sampler == "random":
+        return optuna.samplers.RandomSampler(seed=s.seed)
+    if s.sampler == "cmaes":
+        return optuna.samplers.CmaEsSampler(seed=s.seed)
+    if s.sampler == "gp":
+        return optuna.samplers.GPSampler(seed=s.seed)
+    return optuna.samplers.QMCSampler(seed=s.seed)
+
+
+@dataclass(frozen=True)
+class SweepResult:
+    """What a finished sweep found."""
+
+    name: str
+    best_trial: str
+    best_params: dict[str, Any]
+    best_metrics: dict[str, float]
+    test_metrics: dict[str, float]
+    trials: int
+    parent_run_id: str
+    tracking_uri: str
+
+
+class TrackingCallback(tune.Callback):
+    """Mirrors Tune's trial events into MLflow child runs, from the driver."""
+
+    def __init__(self, tracker: SweepTracker, iterations: int, seed: int):
+        self.tracker = tracker
+        self.iterations = iterations
+        self.seed = seed
+        self.last_iteration: dict[str, int] = {}
+
+    def on_trial_start(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        self.tracker.start_trial(
+            trial.trial_id,
+            dict(trial.config),
+            {"metasweep.seed": str(trial.config.get("seed", self.seed)), "metasweep.status": "running"},
+        )
+
+    on_trial_restore = on_trial_start
+
+    def on_trial_result(self, iteration: int, trials: list, trial: Any, result: dict, **info: Any) -> None:
+        step = int(result.get(ITERATION, 0))
+        self.last_iteration[trial.trial_id] = step
+        self.tracker.log_trial_metrics(trial.trial_id, result, step)
+        node = result.get("node_ip")
+        if node:
+            self.tracker.tag_trial(trial.trial_id, {"metasweep.node": str(node)})
+
+    def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        finished = self.last_iteration.get(trial.trial_id, 0) >= self.iterations
+        status = "FINISHED" if finished else "KILLED"
+        self.tracker.tag_trial(
+            trial.trial_id, {"metasweep.status": "finished" if finished else "stopped early"}
+        )
+        self.tracker.end_trial(trial.trial_id, status)
+
+    def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        self.tracker.tag_trial(trial.trial_id, {"metasweep.status": "failed"})
+        self.tracker.end_trial(trial.trial_id, "FAILED")
+
+
+def run_sweep(
+    config: SweepConfig,
+    *,
+    address: str | None = None,
+    resume: bool = False,
+    storage: Path | None = None,
+    verbose: int = 1,
+) -> SweepResult:
+    """Search ``config.search.space`` with Optuna on Ray Tune and track it in MLflow.
+
+    Args:
+        config: the validated sweep config; ``config.name`` names the sweep.
+        address: a running Ray cluster, or ``None`` for a local one.
+        resume: continue the sweep ``config.name`` (finished trials are not re-run).
+        storage: where Tune keeps trial checkpoints (default ``runs/sweeps``).
+        verbose: Tune's verbosity (1 shows the live table of trials).
+
+    Returns:
+        The best trial, its parameters, validation and test metrics.
+
+    Raises:
+        UserError: an unreachable cluster or tracking store, a sweep that exists (or, with
+            ``resume``, does not), or resources no trial can get.
+    """
+    # Tune warns when checkpoints at every evaluation snapshot its state often; that is intended.
+    os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
+    storage = (storage or Path("runs") / "sweeps").absolute()
+    sweep_dir = storage / config.name
+    if resume and not sweep_dir.is_dir():
+        raise UserError(f"no sweep {config.name!r} under {storage} to resume")
+    if not resume and sweep_dir.exists():
+        raise UserError(
+            f"sweep {config.name!r} already exists under {storage}; resume it with --resume "
+            "or give a new name with --set name=..."
+        )
+    uri = tracking_uri(config.tracking.uri)
+    tracker = SweepTracker(uri, config.tracking.experiment, config.name, resume=resume)
+    dataset = _load_for_workers(config)
+    _start_ray(address)
+    try:
+        _check_resources(config)
+        metric, mode = config.objective
+        tracker.log_sweep(_sweep_params(config), to_yaml(config))
+        trainable = tune.with_resources(
+            tune.with_parameters(trial, sweep=config.model_dump(mode="json"), dataset=dataset),
+            {"cpu": config.search.cpus_per_trial, "gpu": config.search.gpus_per_trial},
+        )
+        callback = TrackingCallback(tracker, config.train.iterations, config.seed)
+        run_config = tune.RunConfig(
+            name=config.name,
+            storage_path=str(storage),
+            failure_config=tune.FailureConfig(max_failures=config.search.max_failures),
+            checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
+            callbacks=[callback],
+            verbose=verbose,
+        )
+        if resume:
+            tuner = tune.Tuner.restore(str(sweep_dir), trainable=trainable, resume_errored=True)
+        else:
+            tuner = tune.Tuner(
+                trainable,
+                tune_config=tune.TuneConfig(
+                    search_alg=OptunaSearch(
+                        space=OptunaSpace(config.algorithm, dict(config.search.space)),
+                        metric=metric,
+                        mode=mode,
+                        sampler=make_sampler(config),
+                        points_to_evaluate=list(config.search.initial_points) or None,
+                    ),
+                    scheduler=_scheduler(config, metric, mode),
+                    num_samples=config.search.num_samples,
+                    max_concurrent_trials=config.search.max_concurrent,
+                    time_budget_s=config.search.time_budget_s,
+                ),
+                run_config=run_config,
+            )
+        results = tuner.fit()
+        best = results.get_best_result(metric=metric, mode=mode, scope="all")
+        if best.checkpoint is None or best.metrics is None:
+            raise UserError("no trial reported a result; see the errors above")
+        with best.checkpoint.as_directory() as saved:
+            test_metrics = evaluate_again(Path(saved) / CHECKPOINT)
+        best_id = str(best.metrics.get("trial_id"))
+        best_params = {k: v for k, v in best.config.items()}
+        val_metrics = {k: float(v) for k, v in best.metrics.items() if k.startswith("val/")}
+        tracker.log_best(best_id, best_params, {**val_metrics, **test_metrics})
+        tracker.finish("FINISHED")
+        return SweepResult(
+            name=config.name,
+            best_trial=best_id,
+            best_params=best_params,
+            best_metrics=val_metrics,
+            test_metrics=test_metrics,
+            trials=len(results),
+            parent_run_id=tracker.parent_id,
+            tracking_uri=uri,
+        )
+    except BaseException as exc:
+        tracker.finish("KILLED" if isinstance(exc, KeyboardInterrupt) else "FAILED", error=str(exc))
+        raise
+    finally:
+        if address is None:
+            ray.shutdown()
+
+
+def _sweep_params(config: SweepConfig) -> dict[str, Any]:
+    s = config.search
+    params: dict[str, Any] = {f"space.{k}": v.model_dump(exclude_none=True) for k, v in s.space.items()}
+    params.update(
+        {f"search.{k}": v for k, v in s.model_dump(exclude={"space"}).items()},
+    )
+    params["algorithm"] = config.algorithm
+    params["objective"] = "%s (%s)" % config.objective
+    return params
+
+
+def _scheduler(config: SweepConfig, metric: str, mode: str) -> Any:
+    if config.search.scheduler == "fifo":
+        return FIFOScheduler()
+    return ASHAScheduler(
+        time_attr=ITERATION,
+        metric=metric,
+        mode=mode,
+        max_t=config.train.iterations,
+        grace_period=min(config.search.grace_period, config.train.iterations),
+        reduction_factor=config.search.reduction_factor,
+    )
+
+
+def _load_for_workers(config: SweepConfig) -> Any:
+    """Read the dataset once on the driver; Tune ships it to each node's object store once."""
+    if config.data.dataset == "sinusoid":
+        return None
+    from orchestrator.datasets import load_dataset
+    from orchestrator.training import build_sources
+
+    build_sources(config)  # fail before launching trials on impossible episodes
+    return load_dataset(config.data.dataset)
+
+
+def _start_ray(address: str | None) -> None:
+    try:
+        if address is None:
+            ray.init(include_dashboard=False, log_to_driver=False, configure_logging=False)
+        else:
+            ray.init(address=address, log_to_driver=False)
+    except (ConnectionError, RuntimeError, ValueError) as exc:
+        raise UserError(f"cannot connect to a Ray cluster at {address}: {exc}") from None
+
+
+def _check_resources(config: SweepConfig) -> None:
+    total = ray.cluster_resources()
+    s = config.search
+    cpus, gpus = total.get("CPU", 0.0), total.get("GPU", 0.0)
+    if s.gpus_per_trial > 0 and gpus == 0:
+        raise UserError(
+            f"search.gpus_per_trial={s.gpus_per_trial} but the Ray cluster has no GPUs; "
+            "set search.gpus_per_trial=0"
+        )
+    if s.cpus_per_trial > cpus:
+        raise UserError(f"search.cpus_per_trial={s.cpus_per_trial} but the Ray cluster has {cpus:g} CPUs")
+    if s.gpus_per_trial > gpus:
+        raise UserError(f"search.gpus_per_trial={s.gpus_per_trial} but the Ray cluster has {gpus:g} GPUs")
+    fits = math.floor(cpus / s.cpus_per_trial)
+    if s.gpus_per_trial > 0:
+        fits = min(fits, math.floor(gpus / s.gpus_per_trial))
+    if s.max_concurrent > fits:
+        raise UserError(
+            f"search.max_concurrent={s.max_concurrent} but the Ray cluster fits at most {fits} trials at once "
+            f"({cpus:g} CPUs, {gpus:g} GPUs); lower max_concurrent or the per-trial resources"
+        )
