@@ -56,7 +56,9 @@ class SweepTracker:
         uri: tracking URI.
         experiment: experiment name (created if missing).
         sweep: the sweep's name; a parent run with this name tag is continued on resume.
-        resume: continue the existing parent run of ``sweep`` instead of starting a new one.
+        resume: the sweep will be resumed, so its parent run must exist.
+
+    Nothing is written until :meth:`open`, so a sweep refused before it starts leaves no run.
 
     Raises:
         UserError: the tracking store cannot be reached, or ``resume`` without a parent run.
@@ -77,19 +79,27 @@ class SweepTracker:
             raise UserError(f"cannot use the MLflow tracking store {uri}: {exc.message}") from None
         except Exception as exc:  # connection errors surface as many types
             raise UserError(f"cannot reach the MLflow tracking store {uri}: {exc}") from None
-        parents = [r for r in existing if PARENT_TAG not in r.data.tags]
+        self._parents = [r.info.run_id for r in existing if PARENT_TAG not in r.data.tags]
         self.children: dict[str, str] = {
             r.data.tags[TRIAL_TAG]: r.info.run_id for r in existing if TRIAL_TAG in r.data.tags
         }
+        self.sweep = sweep
+        self.experiment = experiment
+        self.parent_id = ""
+        if resume and not self._parents:
+            raise UserError(f"no MLflow parent run for sweep {sweep!r} in experiment {experiment!r}")
+
+    def open(self, resume: bool) -> str:
+        """Start the sweep's parent run, or continue it with ``resume``; returns its id."""
         if resume:
-            if not parents:
-                raise UserError(f"no MLflow parent run for sweep {sweep!r} in experiment {experiment!r}")
-            self.parent_id = parents[0].info.run_id
+            self.parent_id = self._parents[0]
             self.client.update_run(self.parent_id, status="RUNNING")
         else:
-            run = self.client.create_run(self.experiment_id, run_name=sweep, tags={SWEEP_TAG: sweep})
+            run = self.client.create_run(
+                self.experiment_id, run_name=self.sweep, tags={SWEEP_TAG: self.sweep}
+            )
             self.parent_id = run.info.run_id
-        self.sweep = sweep
+        return self.parent_id
 
     # --- parent run -------------------------------------------------------------------------
 

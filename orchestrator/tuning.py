@@ -212,6 +212,12 @@ def run_sweep(
     _start_ray(address)
     try:
         _check_resources(config)
+    except BaseException:
+        if address is None:
+            ray.shutdown()
+        raise
+    tracker.open(resume)
+    try:
         metric, mode = config.objective
         tracker.log_sweep(_sweep_params(config), to_yaml(config))
         trainable = tune.with_resources(
@@ -254,7 +260,7 @@ def run_sweep(
         with best.checkpoint.as_directory() as saved:
             test_metrics = evaluate_again(Path(saved) / CHECKPOINT)
         best_id = str(best.metrics.get("trial_id"))
-        best_params = {k: v for k, v in best.config.items()}
+        best_params = dict(best.config or {})
         val_metrics = {k: float(v) for k, v in best.metrics.items() if k.startswith("val/")}
         tracker.log_best(best_id, best_params, {**val_metrics, **test_metrics})
         tracker.finish("FINISHED")
@@ -283,7 +289,8 @@ def _sweep_params(config: SweepConfig) -> dict[str, Any]:
         {f"search.{k}": v for k, v in s.model_dump(exclude={"space"}).items()},
     )
     params["algorithm"] = config.algorithm
-    params["objective"] = "%s (%s)" % config.objective
+    metric, mode = config.objective
+    params["objective"] = f"{metric} ({mode})"
     return params
 
 
@@ -339,6 +346,6 @@ def _check_resources(config: SweepConfig) -> None:
         fits = min(fits, math.floor(gpus / s.gpus_per_trial))
     if s.max_concurrent > fits:
         raise UserError(
-            f"search.max_concurrent={s.max_concurrent} but the Ray cluster fits at most {fits} trials at once "
-            f"({cpus:g} CPUs, {gpus:g} GPUs); lower max_concurrent or the per-trial resources"
+            f"search.max_concurrent={s.max_concurrent} but the Ray cluster fits at most {fits} trials "
+            f"at once ({cpus:g} CPUs, {gpus:g} GPUs); lower max_concurrent or the per-trial resources"
         )

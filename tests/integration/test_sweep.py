@@ -1,0 +1,103 @@
+"""``metasweep sweep`` on a real local Ray with a real MLflow SQLite store."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from mlflow.tracking import MlflowClient
+
+from tests.conftest import run_cli
+
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
+
+SWEEP = """
+name: {name}
+algorithm: maml
+model: {{name: mlp, hidden: [20, 20]}}
+data: {{dataset: sinusoid, shots: 5, queries: 5}}
+train: {{iterations: 60, meta_batch_size: 5, eval_every: 20}}
+eval: {{inner_steps: 3, val_tasks: 20, test_tasks: 30, batch_size: 10}}
+search:
+  space:
+    train.inner_lr: {{type: loguniform, low: 0.001, high: 0.05}}
+    train.inner_steps: {{type: int, low: 1, high: 2}}
+  num_samples: 4
+  max_concurrent: 2
+  grace_period: 20
+  reduction_factor: 2
+  initial_points: [{{train.inner_lr: 0.01, train.inner_steps: 1}}]
+  cpus_per_trial: 1
+tracking: {{experiment: it}}
+"""
+
+
+def store() -> MlflowClient:
+    # An absolute URI: MLflow caches one database engine per URI string in a process.
+    return MlflowClient(f"sqlite:///{Path('mlflow.db').absolute()}")
+
+
+def test_sweep_tracks_every_trial_as_a_child_run(tmp_path: Path) -> None:
+    Path("sweep.yaml").write_text(SWEEP.format(name="s1"))
+    result = run_cli("sweep", "sweep.yaml", timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    summary = json.loads(result.stdout.strip().splitlines()[-1])
+    assert {"best_trial", "train.inner_lr", "val/mse", "test/mse", "test/mse_ci95"} <= set(summary)
+    assert "mlflow ui --backend-store-uri sqlite:///mlflow.db" in result.stderr
+
+    client = store()
+    experiment = client.get_experiment_by_name("it")
+    runs = client.search_runs([experiment.experiment_id])
+    parents = [r for r in runs if "mlflow.parentRunId" not in r.data.tags]
+    children = [r for r in runs if "mlflow.parentRunId" in r.data.tags]
+    assert len(parents) == 1 and len(children) == 4
+    parent = parents[0]
+    assert parent.info.status == "FINISHED"
+    assert parent.data.tags["metasweep.best_trial"] == summary["best_trial"]
+    assert parent.data.metrics["test/mse"] == pytest.approx(summary["test/mse"])
+    assert "space.train.inner_lr" in parent.data.params and parent.data.params["search.sampler"] == "tpe"
+    assert {c.data.tags["metasweep.trial_id"] for c in children} >= {summary["best_trial"]}
+
+    # The paper's point is evaluated first, and every child run is a complete, gap-free history.
+    params = [
+        (float(c.data.params["train.inner_lr"]), int(c.data.params["train.inner_steps"])) for c in children
+    ]
+    assert (0.01, 1) in params
+    for child in children:
+        assert child.data.tags["mlflow.parentRunId"] == parent.info.run_id
+        assert child.data.tags["metasweep.node"]
+        history = [m.step for m in client.get_metric_history(child.info.run_id, "val/mse")]
+        assert history == list(range(20, 20 * len(history) + 1, 20))
+        stopped = child.data.tags["metasweep.status"] == "stopped early"
+        assert child.info.status == ("KILLED" if stopped else "FINISHED")
+        assert (history[-1] < 60) == stopped
+        assert "test/mse" not in child.data.metrics, "test tasks must not be seen by trials"
+
+
+def test_bad_sweeps_exit_2_and_leave_no_run(tmp_path: Path) -> None:
+    Path("sweep.yaml").write_text(SWEEP.format(name="bad"))
+    cases = [
+        (
+            ["--set", "search.space={train.inner_lrr: {type: uniform, low: 0.1, high: 1}}"],
+            "did you mean 'inner_lr'",
+        ),
+        (
+            ["--set", "search.space={train.inner_lr: {type: uniform, low: 1, high: 0.1}}"],
+            "low must be below high",
+        ),
+        (["--set", "search.space={train.inner_steps: {type: uniform, low: 1, high: 3}}"], "is int"),
+        (["--set", "search.space={algorithm: {type: categorical, values: []}}"], "non-empty 'values'"),
+        (["--resume", "never-ran"], "no sweep 'never-ran'"),
+        (["--set", "search.gpus_per_trial=0.5"], "has no GPUs"),
+        (["--set", "search.max_concurrent=64"], "fits at most"),
+    ]
+    for args, expected in cases:
+        result = run_cli("sweep", "sweep.yaml", *args, timeout=300)
+        assert result.returncode == 2, (args, result.stderr[-2000:])
+        assert expected in result.stderr, (args, result.stderr[-2000:])
+        assert "Traceback" not in result.stderr
+    if Path("mlflow.db").exists():
+        client = store()
+        experiment = client.get_experiment_by_name("it")
+        assert experiment is None or not client.search_runs([experiment.experiment_id])
