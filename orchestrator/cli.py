@@ -134,6 +134,14 @@ def sweep(
     for key, value in {**result.best_metrics, **result.test_metrics}.items():
         table.add_row(key, f"{value:.4f}")
     stderr.print(table)
+    if result.registration is not None:
+        r = result.registration
+        stderr.print(
+            f"registered {r.name} v{r.version} as @{r.alias}: {r.reason}\n"
+            f"  pull it with: metasweep models pull {r.name}@{r.alias} --out model/",
+            markup=False,
+            highlight=False,
+        )
     stderr.print(
         f"MLflow: parent run {result.parent_run_id} in {result.tracking_uri}\n"
         f"  open it with: mlflow ui --backend-store-uri {result.tracking_uri} --host 127.0.0.1 "

@@ -8,14 +8,19 @@ tag), so the UI never shows duplicates.
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 import os
 import subprocess
+import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+import torch
 from mlflow.entities import Metric
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
@@ -173,3 +178,117 @@ class SweepTracker:
     def ui_hint(self) -> str:
         """How to open this sweep in the MLflow UI."""
         return f"mlflow ui --backend-store-uri {self.uri}  (then open http://127.0.0.1:5000)"
+
+
+# --------------------------------------------------------------------------------------------
+# Model registry
+# --------------------------------------------------------------------------------------------
+
+CHAMPION = "champion"
+CHALLENGER = "challenger"
+
+
+@dataclass(frozen=True)
+class Registration:
+    """Where a sweep's best model went in the registry, and why."""
+
+    name: str
+    version: str
+    alias: str
+    reason: str
+
+
+def log_and_register(
+    tracker: SweepTracker,
+    *,
+    name: str,
+    weights: dict[str, Any],
+    spec: dict[str, Any],
+    input_example: dict[str, np.ndarray],
+    metric: str,
+    value: float,
+    mode: str,
+    fingerprint: str,
+    protocol: str,
+) -> Registration:
+    """Log the best model as a pyfunc on the parent run, register it, and move the aliases.
+
+    ``champion`` moves to the new version only if its meta-test ``metric`` beats the current
+    champion's on the same dataset fingerprint and protocol; otherwise the version gets
+    ``challenger``.
+
+    Args:
+        tracker: the sweep's tracker (its parent run receives the model).
+        name: registered model name.
+        weights: the learner's ``state_dict``.
+        spec: JSON-serialisable description (config, task kind, image shape, preprocessing).
+        input_example: a real support/query example for the signature.
+        metric, value, mode: the meta-test metric, its value, ``max`` or ``min``.
+        fingerprint, protocol: what makes two models comparable.
+    """
+    import mlflow
+    from mlflow.models import infer_signature
+
+    from orchestrator import pyfunc_model
+
+    with tempfile.TemporaryDirectory() as tmp:
+        weights_path = Path(tmp) / "weights.pt"
+        spec_path = Path(tmp) / "spec.json"
+        torch.save(weights, weights_path)
+        spec_path.write_text(json.dumps(spec, sort_keys=True))
+        root = Path(pyfunc_model.__file__).resolve().parents[1]
+        mlflow.set_tracking_uri(tracker.uri)
+        with mlflow.start_run(run_id=tracker.parent_id):
+            predictions = pyfunc_model.predict_with(_rebuild(spec, weights), spec, input_example)
+            info = mlflow.pyfunc.log_model(
+                name="model",
+                python_model=str(Path(pyfunc_model.__file__)),
+                artifacts={pyfunc_model.WEIGHTS: str(weights_path), pyfunc_model.SPEC: str(spec_path)},
+                code_paths=[str(root / "algorithms"), str(root / "orchestrator")],
+                signature=infer_signature(input_example, predictions),
+                input_example=input_example,
+                pip_requirements=_requirements(),
+            )
+    version = mlflow.register_model(info.model_uri, name, tags={
+        "metasweep.metric": metric, "metasweep.test_value": repr(value),
+        "metasweep.fingerprint": fingerprint, "metasweep.protocol": protocol,
+        "metasweep.sweep": tracker.sweep,
+    }).version  # fmt: skip
+    client = tracker.client
+    try:
+        champion = client.get_model_version_by_alias(name, CHAMPION)
+    except MlflowException:
+        champion = None
+    if champion is None:
+        alias, reason = CHAMPION, "first registered version"
+    else:
+        tags = champion.tags
+        if tags.get("metasweep.fingerprint") != fingerprint or tags.get("metasweep.protocol") != protocol:
+            alias, reason = (
+                CHALLENGER,
+                f"champion v{champion.version} was scored on another dataset or protocol",
+            )
+        else:
+            old = float(tags.get("metasweep.test_value", "nan"))
+            better = value > old if mode == "max" else value < old
+            alias = CHAMPION if better or math.isnan(old) else CHALLENGER
+            verdict = "beats" if alias == CHAMPION else "does not beat"
+            reason = f"{metric} {value:.4f} {verdict} champion v{champion.version}'s {old:.4f}"
+    client.set_registered_model_alias(name, alias, str(version))
+    return Registration(name, str(version), alias, reason)
+
+
+def _rebuild(spec: dict[str, Any], weights: dict[str, Any]) -> torch.nn.Module:
+    from orchestrator.pyfunc_model import build_from_spec
+
+    learner = build_from_spec(spec)
+    learner.load_state_dict(weights)
+    return learner
+
+
+def _requirements() -> list[str]:
+    from importlib.metadata import version
+
+    return [
+        f"{p}=={version(p)}" for p in ("torch", "numpy", "pydantic", "pyyaml", "pillow", "rich", "mlflow")
+    ]

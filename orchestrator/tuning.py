@@ -23,10 +23,10 @@ from ray import tune
 from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
 from ray.tune.search.optuna import OptunaSearch
 
-from orchestrator.config import INNER_LOOP_FIELDS, ParamSpec, SweepConfig, to_yaml
+from orchestrator.config import INNER_LOOP_FIELDS, SINUSOID, ParamSpec, RunConfig, SweepConfig, to_yaml
 from orchestrator.errors import UserError
-from orchestrator.tracking import SweepTracker, tracking_uri
-from orchestrator.training import CHECKPOINT, evaluate_again, train
+from orchestrator.tracking import Registration, SweepTracker, log_and_register, tracking_uri
+from orchestrator.training import CHECKPOINT, evaluate_again, load_checkpoint, train
 
 log = logging.getLogger(__name__)
 
@@ -130,6 +130,7 @@ class SweepResult:
     trials: int
     parent_run_id: str
     tracking_uri: str
+    registration: Registration | None = None
 
 
 class TrackingCallback(tune.Callback):
@@ -257,12 +258,16 @@ def run_sweep(
         best = results.get_best_result(metric=metric, mode=mode, scope="all")
         if best.checkpoint is None or best.metrics is None:
             raise UserError("no trial reported a result; see the errors above")
+        best_params = dict(best.config or {})
         with best.checkpoint.as_directory() as saved:
             test_metrics = evaluate_again(Path(saved) / CHECKPOINT)
+            weights = load_checkpoint(Path(saved) / CHECKPOINT)["learner"]
         best_id = str(best.metrics.get("trial_id"))
-        best_params = dict(best.config or {})
         val_metrics = {k: float(v) for k, v in best.metrics.items() if k.startswith("val/")}
         tracker.log_best(best_id, best_params, {**val_metrics, **test_metrics})
+        registration = None
+        if config.tracking.registered_model:
+            registration = _register(tracker, config, config.run_config(best_params), weights, test_metrics)
         tracker.finish("FINISHED")
         return SweepResult(
             name=config.name,
@@ -273,6 +278,7 @@ def run_sweep(
             trials=len(results),
             parent_run_id=tracker.parent_id,
             tracking_uri=uri,
+            registration=registration,
         )
     except BaseException as exc:
         tracker.finish("KILLED" if isinstance(exc, KeyboardInterrupt) else "FAILED", error=str(exc))
@@ -349,3 +355,58 @@ def _check_resources(config: SweepConfig) -> None:
             f"search.max_concurrent={s.max_concurrent} but the Ray cluster fits at most {fits} trials "
             f"at once ({cpus:g} CPUs, {gpus:g} GPUs); lower max_concurrent or the per-trial resources"
         )
+
+
+def _register(
+    tracker: SweepTracker,
+    config: SweepConfig,
+    best: RunConfig,
+    weights: dict[str, Any],
+    test_metrics: dict[str, float],
+) -> Registration:
+    """Register the best trial's model with the facts that make two versions comparable."""
+    import hashlib
+    import json
+
+    import numpy as np
+
+    metric = "test/mse" if config.data.dataset == SINUSOID else "test/accuracy"
+    mode = "min" if metric == "test/mse" else "max"
+    d, e = best.data, best.eval
+    protocol = (
+        f"ways={d.ways} shots={d.shots} queries={e.queries or d.queries} rotations={d.rotations} "
+        f"test_tasks={e.test_tasks} eval_seed={e.seed}"
+    )
+    spec: dict[str, Any] = {
+        "config": best.model_dump(mode="json"),
+        "eval_inner_steps": e.inner_steps,
+        "ways": d.ways,
+    }
+    if config.data.dataset == SINUSOID:
+        spec |= {"task_kind": "regression", "image_shape": None, "invert": False}
+        fingerprint = "sinusoid"
+        rng = np.random.default_rng(0)
+        x = rng.uniform(-5, 5, (d.shots + 5, 1)).astype(np.float32)
+        y = (2.0 * np.sin(x - 0.5)).astype(np.float32)
+        example = {"support_x": x[: d.shots], "support_y": y[: d.shots], "query_x": x[d.shots :]}
+    else:
+        from orchestrator.datasets import load_dataset
+
+        dataset = load_dataset(config.data.dataset)
+        meta = dataset.metadata
+        spec |= {"task_kind": "classification", "image_shape": meta["image_shape"], "invert": meta["invert"]}
+        fingerprint = hashlib.sha256(json.dumps(meta, sort_keys=True).encode()).hexdigest()[:16]
+        classes = dataset.classes_in("test")[: d.ways]
+        rows = [dataset.class_start[c] + i for c in classes for i in range(d.shots + 1)]
+        pixels = dataset.pixels[rows]
+        pixels = pixels[..., 0] if pixels.shape[-1] == 1 else pixels
+        labels = np.repeat(np.arange(len(classes)), d.shots + 1)
+        support = np.arange(len(rows)) % (d.shots + 1) < d.shots
+        example = {
+            "support_x": pixels[support], "support_y": labels[support], "query_x": pixels[~support],
+        }  # fmt: skip
+    return log_and_register(
+        tracker, name=config.tracking.registered_model or "", weights=weights, spec=spec,
+        input_example=example, metric=metric, value=test_metrics[metric], mode=mode,
+        fingerprint=fingerprint, protocol=protocol,
+    )  # fmt: skip

@@ -1,0 +1,132 @@
+"""The MLflow pyfunc model of a meta-learner: it adapts to the caller's support set at prediction.
+
+Logged as an MLflow "model from code": MLflow copies this file into the model and runs it at load
+time, so no pickled Python object is ever loaded. Weights are read with
+``torch.load(weights_only=True)``; everything else is JSON.
+
+    model = mlflow.pyfunc.load_model("models:/omniglot-5w1s@champion")
+    pred = model.predict({"support_x": sx, "support_y": sy, "query_x": qx})
+
+Images: ``support_x``/``query_x`` are uint8 ``(n, H, W)`` or ``(n, H, W, C)``, as PIL gives
+them, in the source dataset's pixel convention; the model resizes, scales and inverts them as the
+dataset recorded. ``support_y`` holds any integer or string labels; predictions come back in the
+same label space. Regression: float ``(n, 1)`` inputs and targets, float ``(n, 1)`` predictions.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import mlflow
+import mlflow.models
+import numpy as np
+import torch
+from mlflow.pyfunc import PythonModel
+from PIL import Image
+
+WEIGHTS = "weights"
+SPEC = "spec"
+
+
+def build_from_spec(spec: dict[str, Any]) -> torch.nn.Module:
+    """The learner described by ``spec`` (the run config and dataset facts), untrained."""
+    from orchestrator.config import RunConfig
+    from orchestrator.training import build_learner
+
+    config = RunConfig.model_validate(spec["config"])
+
+    class _Shape:
+        task_kind = spec["task_kind"]
+        image_shape = tuple(spec["image_shape"]) if spec.get("image_shape") else (28, 28, 1)
+
+    return build_learner(config, _Shape())  # type: ignore[arg-type]
+
+
+def preprocess_images(images: np.ndarray, spec: dict[str, Any]) -> torch.Tensor:
+    """uint8 ``(n, H, W[, C])`` in the dataset's convention to the model's ``(n, C, h, w)`` floats.
+
+    Raises:
+        ValueError: a channel count the model cannot take.
+    """
+    h, w, c = spec["image_shape"]
+    images = np.asarray(images)
+    if images.ndim == 3:
+        images = images[..., None]
+    if images.ndim != 4 or images.shape[-1] not in (1, 3, 4):
+        raise ValueError(f"images must be (n, H, W) or (n, H, W, C), got shape {images.shape}")
+    if images.shape[-1] != c:
+        if c == 1:
+            images = np.stack([np.asarray(Image.fromarray(i.astype(np.uint8)).convert("L")) for i in images])[
+                ..., None
+            ]
+        else:
+            raise ValueError(f"the model takes {c}-channel images, got {images.shape[-1]} channels")
+    if images.shape[1:3] != (h, w):
+        mode = "L" if c == 1 else "RGB"
+        images = np.stack(
+            [
+                np.asarray(
+                    Image.fromarray(i.squeeze(-1) if c == 1 else i, mode=mode).resize(
+                        (w, h), Image.Resampling.LANCZOS
+                    )
+                ).reshape(h, w, c)
+                for i in images.astype(np.uint8)
+            ]
+        )
+    x = torch.from_numpy(np.ascontiguousarray(images)).permute(0, 3, 1, 2).float() / 255.0
+    return 1.0 - x if spec.get("invert") else x
+
+
+class MetaLearnerModel(PythonModel):
+    """Adapts the meta-learned model to each call's support set, then predicts its queries."""
+
+    def load_context(self, context: Any) -> None:
+        """Rebuild the learner from JSON and tensors only."""
+        self.spec = json.loads(Path(context.artifacts[SPEC]).read_text())
+        self.learner = build_from_spec(self.spec)
+        self.learner.load_state_dict(
+            torch.load(context.artifacts[WEIGHTS], map_location="cpu", weights_only=True)
+        )
+        self.learner.eval()
+
+    def predict(self, context: Any, model_input: Any, params: dict[str, Any] | None = None) -> np.ndarray:
+        """Predictions for ``model_input["query_x"]`` after adapting to the support set."""
+        return predict_with(self.learner, self.spec, model_input)
+
+
+def predict_with(learner: torch.nn.Module, spec: dict[str, Any], model_input: Any) -> np.ndarray:
+    """Adapt ``learner`` to one support set and predict the query set (see module docstring).
+
+    Raises:
+        ValueError: missing keys, or more classes than the model's ways.
+    """
+    missing = {"support_x", "support_y", "query_x"} - set(model_input)
+    if missing:
+        raise ValueError(f"model input needs support_x, support_y and query_x; missing {sorted(missing)}")
+    steps = spec["eval_inner_steps"]
+    if spec["task_kind"] == "regression":
+        sx = torch.as_tensor(np.asarray(model_input["support_x"], dtype=np.float32)).reshape(1, -1, 1)
+        sy = torch.as_tensor(np.asarray(model_input["support_y"], dtype=np.float32)).reshape(1, -1, 1)
+        qx = torch.as_tensor(np.asarray(model_input["query_x"], dtype=np.float32)).reshape(1, -1, 1)
+        adapted = learner.adapt(sx, sy, inner_steps=steps)  # type: ignore[operator]
+        with torch.no_grad():
+            return learner.predict(adapted, qx)[0].numpy()  # type: ignore[operator]
+    labels = np.asarray(model_input["support_y"]).reshape(-1)
+    classes, indices = np.unique(labels, return_inverse=True)
+    ways = spec["ways"]
+    if spec["config"]["algorithm"] != "protonet" and len(classes) > ways:
+        raise ValueError(
+            f"the support set has {len(classes)} classes but the model was trained for {ways} ways"
+        )
+    sx = preprocess_images(model_input["support_x"], spec).unsqueeze(0)
+    qx = preprocess_images(model_input["query_x"], spec).unsqueeze(0)
+    sy = torch.as_tensor(indices, dtype=torch.long).unsqueeze(0)
+    with torch.no_grad():
+        adapted = learner.adapt(sx, sy, inner_steps=steps)  # type: ignore[operator]
+        logits = learner.predict(adapted, qx)[0, :, : len(classes)]  # type: ignore[operator]
+    return classes[logits.argmax(-1).numpy()]
+
+
+mlflow.models.set_model(MetaLearnerModel())
