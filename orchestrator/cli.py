@@ -10,7 +10,7 @@ import json
 import logging
 import sys
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 from rich.console import Console
@@ -158,6 +158,156 @@ def sweep(
                 **result.test_metrics,
             }
         )
+    )
+
+
+models_app = typer.Typer(help="Registered meta-learners: list and pull.", no_args_is_help=True)
+app.add_typer(models_app, name="models")
+TrackingOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--tracking-uri", help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI or sqlite:///mlflow.db)."
+    ),
+]
+
+
+@models_app.command("list")
+def models_list(
+    name: Annotated[str | None, typer.Argument(help="Only this registered model.")] = None,
+    tracking_uri: TrackingOpt = None,
+) -> None:
+    """Registered models, versions, aliases and meta-test metrics."""
+    from orchestrator.tracking import list_models
+    from orchestrator.tracking import tracking_uri as resolve
+
+    table = Table(title="registered models")
+    for column in ("name", "version", "aliases", "metric", "value", "protocol"):
+        table.add_column(column)
+    for row in list_models(resolve(tracking_uri), name):
+        table.add_row(*(str(row[c]) for c in ("name", "version", "aliases", "metric", "value", "protocol")))
+    Console().print(table)
+
+
+@models_app.command("pull")
+def models_pull(
+    reference: Annotated[
+        str, typer.Argument(help="NAME, NAME@alias or NAME/version (default alias: champion).")
+    ],
+    out: Annotated[Path, typer.Option("--out", "-o", help="Folder to create (must be new or empty).")],
+    tracking_uri: TrackingOpt = None,
+) -> None:
+    """Download a registered model as a self-contained folder (loads with no tracking server)."""
+    from orchestrator.tracking import pull_model
+    from orchestrator.tracking import tracking_uri as resolve
+
+    path = pull_model(resolve(tracking_uri), reference, out)
+    stderr.print(
+        f"pulled {reference} to {path}; load it with mlflow.pyfunc.load_model({str(path)!r})",
+        markup=False,
+        highlight=False,
+    )
+
+
+def _read_images(path: Path) -> tuple[list[Any], list[str], list[str]]:
+    from PIL import Image
+
+    from orchestrator.datasets import IMAGE_SUFFIXES
+
+    if not path.exists():
+        raise UserError(f"{path} does not exist")
+    files = (
+        [path] if path.is_file() else sorted(p for p in path.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
+    )
+    if not files:
+        raise UserError(f"no images in {path}")
+    images, labels, names = [], [], []
+    for f in files:
+        try:
+            with Image.open(f) as image:
+                images.append(image.copy())
+        except OSError as exc:
+            raise UserError(f"{f} is not a readable image ({exc})") from None
+        labels.append(f.parent.name)
+        names.append(str(f))
+    return images, labels, names
+
+
+@app.command()
+def adapt(
+    model: Annotated[str, typer.Argument(help="A models:/ URI, NAME[@alias|/version], or a pulled folder.")],
+    support: Annotated[
+        Path, typer.Option(help="Folder of class subfolders of images (the labelled examples).")
+    ],
+    query: Annotated[Path, typer.Option(help="An image or a folder of images to label.")],
+    out: Annotated[Path | None, typer.Option(help="Also write predictions to this CSV.")] = None,
+    tracking_uri: TrackingOpt = None,
+) -> None:
+    """Adapt a meta-learned model to a support set and label the query images."""
+    import numpy as np
+
+    from orchestrator.tracking import load_model
+    from orchestrator.tracking import tracking_uri as resolve
+
+    support_images, support_labels, _ = _read_images(support)
+    query_images, _, query_names = _read_images(query)
+    pyfunc = load_model(resolve(tracking_uri), model)
+    spec = pyfunc.unwrap_python_model().spec
+    if spec["task_kind"] != "classification":
+        raise UserError("adapt labels images; this model is a regression model")
+    h, w, c = spec["image_shape"]
+    mode = "L" if c == 1 else "RGB"
+
+    def stack(images: list[Any]) -> Any:
+        sizes = {i.size for i in images}
+        if len(sizes) > 1:
+            images = [i.resize((w, h)) for i in images]
+        arrays = [np.asarray(i.convert(mode)) for i in images]
+        return np.stack(arrays)
+
+    names, label_ids = np.unique(np.asarray(support_labels), return_inverse=True)
+    try:
+        predicted = pyfunc.predict(
+            {"support_x": stack(support_images), "support_y": label_ids.astype(np.int64),
+             "query_x": stack(query_images)}
+        )  # fmt: skip
+    except Exception as exc:  # the model's own checks and MLflow's schema enforcement
+        raise UserError(f"the model cannot take this support/query set: {exc}") from None
+    predictions = names[np.asarray(predicted).astype(int)]
+    lines = [f"{name},{label}" for name, label in zip(query_names, predictions, strict=True)]
+    if out is not None:
+        out.write_text("image,prediction\n" + "\n".join(lines) + "\n")
+    for name, label in zip(query_names, predictions, strict=True):
+        print(f"{name}\t{label}")
+
+
+@app.command()
+def ui(
+    tracking_uri: TrackingOpt = None,
+    port: Annotated[int, typer.Option(help="Port on 127.0.0.1.")] = 5000,
+) -> None:
+    """Start the MLflow UI on the configured store, on 127.0.0.1."""
+    import subprocess
+
+    from orchestrator.tracking import tracking_uri as resolve
+
+    uri = resolve(tracking_uri)
+    stderr.print(
+        f"MLflow UI for {uri} at http://127.0.0.1:{port} (Ctrl-C to stop)", markup=False, highlight=False
+    )
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "mlflow",
+            "ui",
+            "--backend-store-uri",
+            uri,
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+        ],
+        check=False,
     )
 
 

@@ -227,7 +227,6 @@ def log_and_register(
         fingerprint, protocol: what makes two models comparable.
     """
     import mlflow
-    from mlflow.models import infer_signature
 
     from orchestrator import pyfunc_model
 
@@ -245,7 +244,7 @@ def log_and_register(
                 python_model=str(Path(pyfunc_model.__file__)),
                 artifacts={pyfunc_model.WEIGHTS: str(weights_path), pyfunc_model.SPEC: str(spec_path)},
                 code_paths=[str(root / "algorithms"), str(root / "orchestrator")],
-                signature=infer_signature(input_example, predictions),
+                signature=_signature(input_example, predictions),
                 input_example=input_example,
                 pip_requirements=_requirements(),
             )
@@ -278,6 +277,19 @@ def log_and_register(
     return Registration(name, str(version), alias, reason)
 
 
+def _signature(example: dict[str, np.ndarray], predictions: np.ndarray) -> Any:
+    """Inputs of any count and image size (the model resizes), in the example's dtypes."""
+    from mlflow.models import ModelSignature
+    from mlflow.types.schema import Schema, TensorSpec
+
+    def spec(name: str, array: np.ndarray) -> TensorSpec:
+        return TensorSpec(array.dtype, (-1, *([-1] * (array.ndim - 1))), name)
+
+    inputs = Schema([spec(name, np.asarray(array)) for name, array in example.items()])
+    outputs = Schema([TensorSpec(predictions.dtype, (-1, *predictions.shape[1:]))])
+    return ModelSignature(inputs=inputs, outputs=outputs)
+
+
 def _rebuild(spec: dict[str, Any], weights: dict[str, Any]) -> torch.nn.Module:
     from orchestrator.pyfunc_model import build_from_spec
 
@@ -292,3 +304,88 @@ def _requirements() -> list[str]:
     return [
         f"{p}=={version(p)}" for p in ("torch", "numpy", "pydantic", "pyyaml", "pillow", "rich", "mlflow")
     ]
+
+
+def list_models(uri: str, name: str | None = None) -> list[dict[str, Any]]:
+    """Registered versions (all models, or one), newest first, with aliases and test metrics.
+
+    Raises:
+        UserError: unreachable store or unknown model name.
+    """
+    client = MlflowClient(tracking_uri=uri, registry_uri=uri)
+    try:
+        names = [name] if name else [m.name for m in client.search_registered_models()]
+        rows = []
+        for model in names:
+            for found in client.search_model_versions(f"name = '{model}'"):
+                v = client.get_model_version(model, found.version)  # search results omit aliases
+                rows.append({
+                    "name": model, "version": int(v.version), "aliases": ",".join(v.aliases),
+                    "metric": v.tags.get("metasweep.metric", ""),
+                    "value": v.tags.get("metasweep.test_value", ""),
+                    "protocol": v.tags.get("metasweep.protocol", ""),
+                })  # fmt: skip
+    except MlflowException as exc:
+        raise UserError(f"cannot list models in {uri}: {exc.message}") from None
+    if name and not rows:
+        raise UserError(f"no registered model {name!r} in {uri}")
+    return sorted(rows, key=lambda r: (r["name"], -r["version"]))
+
+
+def model_uri(reference: str) -> str:
+    """``NAME``, ``NAME@alias`` or ``NAME/version`` (or a ``models:/`` URI) as a ``models:/`` URI."""
+    if reference.startswith("models:/"):
+        return reference
+    if "@" in reference:
+        return f"models:/{reference}"
+    if "/" in reference:
+        return f"models:/{reference}"
+    return f"models:/{reference}@{CHAMPION}"
+
+
+def pull_model(uri: str, reference: str, out: Path) -> Path:
+    """Download a registered model into ``out``: a directory ``mlflow.pyfunc.load_model`` loads
+    with no tracking server.
+
+    Raises:
+        UserError: unknown model, alias or version; ``out`` exists and is not empty.
+    """
+    import mlflow
+
+    if out.exists() and any(out.iterdir()):
+        raise UserError(f"--out {out} exists and is not empty; choose a new folder")
+    target = model_uri(reference)
+    tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
+    try:
+        mlflow.artifacts.download_artifacts(target, dst_path=str(tmp), tracking_uri=uri, registry_uri=uri)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        if out.exists():
+            out.rmdir()
+        os.replace(tmp, out)
+    except MlflowException as exc:
+        raise UserError(f"cannot pull {target} from {uri}: {exc.message}") from None
+    finally:
+        if tmp.exists():
+            import shutil
+
+            shutil.rmtree(tmp, ignore_errors=True)
+    return out
+
+
+def load_model(uri: str, reference: str) -> Any:
+    """A pyfunc model from a pulled directory or a registry reference.
+
+    Raises:
+        UserError: nothing at that path or reference.
+    """
+    import mlflow
+
+    path = Path(reference)
+    target = str(path) if path.is_dir() else model_uri(reference)
+    if not path.is_dir():
+        mlflow.set_tracking_uri(uri)
+        mlflow.set_registry_uri(uri)
+    try:
+        return mlflow.pyfunc.load_model(target)
+    except (MlflowException, OSError) as exc:
+        raise UserError(f"cannot load model {reference!r}: {getattr(exc, 'message', exc)}") from None
