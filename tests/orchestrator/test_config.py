@@ -106,3 +106,40 @@ def test_config_is_frozen() -> None:
     cfg = load_config(None)
     with pytest.raises(Exception, match="frozen"):
         cfg.seed = 3  # type: ignore[misc]
+
+
+@pytest.mark.parametrize("name", ["sweep_sinusoid_maml.yaml", "sweep_omniglot_maml.yaml"])
+def test_sweep_examples_validate(name: str) -> None:
+    from orchestrator.config import SweepConfig
+
+    cfg = load_config(ROOT / "examples" / name, schema=SweepConfig)
+    assert cfg.search.space and cfg.search.initial_points
+    first = cfg.run_config(dict(cfg.search.initial_points[0]))
+    assert first.train.inner_lr == cfg.train.inner_lr
+
+
+def test_sweep_space_is_checked_against_the_run_schema() -> None:
+    from orchestrator.config import SweepConfig
+
+    good = load_config(None, ["search.space={train.inner_lr: {type: loguniform, low: 0.01, high: 1}}"],
+                       schema=SweepConfig)  # fmt: skip
+    assert good.objective == ("val/mse", "min")
+    assert good.run_config({"train.inner_lr": 0.5}).train.inner_lr == 0.5
+    bad = {
+        "search.space={train.inner_lrr: {type: uniform, low: 0, high: 1}}": "did you mean 'inner_lr'",
+        "search.space={train.inner_lr: {type: uniform, low: 1, high: 0.5}}": "low must be below high",
+        "search.space={train.inner_steps: {type: loguniform, low: 1, high: 5}}": "is int",
+        "search.space={train.meta_lr: {type: int, low: 1, high: 5}}": "is float",
+        "search.space={algorithm: {type: categorical, values: []}}": "non-empty 'values'",
+        "search.space={algorithm: {type: categorical, values: [maml, nope]}}": "unknown algorithm 'nope'",
+        "search.space={train.inner_lr: {type: loguniform, low: 0, high: 1}}": "loguniform needs low > 0",
+        "search.space={search.num_samples: {type: int, low: 1, high: 2}}": "unknown key 'search'",
+        "search.initial_points=[{train.inner_lr: 0.1}]": "not in search.space",
+    }
+    for override, expected in bad.items():
+        with pytest.raises(UserError, match=expected):
+            load_config(None, [override], schema=SweepConfig)
+    with pytest.raises(UserError, match="protonet has no inner loop"):
+        load_config(None, ["algorithm=protonet", "data.dataset=x.parquet", "model.name=conv4",
+                           "search.space={train.inner_lr: {type: uniform, low: 0.1, high: 1}}"],
+                    schema=SweepConfig)  # fmt: skip
