@@ -265,6 +265,9 @@ def run_sweep(
         best_id = str(best.metrics.get("trial_id"))
         val_metrics = {k: float(v) for k, v in best.metrics.items() if k.startswith("val/")}
         tracker.log_best(best_id, best_params, {**val_metrics, **test_metrics})
+        with tempfile.TemporaryDirectory() as tmp:
+            for plot in sweep_plots(results, config, Path(tmp)):
+                tracker.log_artifact(plot, "plots")
         registration = None
         if config.tracking.registered_model:
             registration = _register(tracker, config, config.run_config(best_params), weights, test_metrics)
@@ -410,3 +413,78 @@ def _register(
         input_example=example, metric=metric, value=test_metrics[metric], mode=mode,
         fingerprint=fingerprint, protocol=protocol,
     )  # fmt: skip
+
+
+def sweep_plots(results: Any, config: SweepConfig, folder: Path) -> list[Path]:
+    """Learning curves of every trial, and Optuna's hyperparameter importance and parallel
+    coordinates, as PNG files in ``folder``."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    metric, mode = config.objective
+    paths = []
+    fig, ax = plt.subplots(figsize=(7, 4))
+    finished = []
+    for result in results:
+        frame = result.metrics_dataframe
+        if frame is None or metric not in frame or ITERATION not in frame:
+            continue
+        ax.plot(
+            frame[ITERATION],
+            frame[metric],
+            marker="o",
+            markersize=3,
+            label=str(result.metrics.get("trial_id")),
+        )
+        finished.append(result)
+    ax.set_xlabel("meta-iteration")
+    ax.set_ylabel(metric)
+    ax.set_title(f"{config.name}: {metric} of every trial")
+    if len(finished) <= 12:
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    paths.append(folder / "learning_curves.png")
+    fig.savefig(paths[-1], dpi=120)
+    plt.close(fig)
+
+    study = optuna.create_study(direction="maximize" if mode == "max" else "minimize")
+    for result in finished:
+        params = {k: v for k, v in (result.config or {}).items() if k in config.search.space}
+        if not params or metric not in (result.metrics or {}):
+            continue
+        distributions = {k: _distribution(config.search.space[k]) for k in params}
+        study.add_trial(
+            optuna.trial.create_trial(
+                params=params, distributions=distributions, value=result.metrics[metric]
+            )
+        )
+    if len(study.trials) >= 2 and len(config.search.space) >= 1:
+        from optuna.visualization import matplotlib as optuna_plots
+
+        for name, draw in (
+            ("param_importances.png", optuna_plots.plot_param_importances),
+            ("parallel_coordinate.png", optuna_plots.plot_parallel_coordinate),
+        ):
+            try:
+                draw(study)
+            except (ValueError, RuntimeError) as exc:  # e.g. importance needs varied parameters
+                log.info("skipping %s: %s", name, exc)
+                continue
+            figure: Any = plt.gcf()
+            figure.set_size_inches(8, 4.5)
+            figure.tight_layout()
+            paths.append(folder / name)
+            figure.savefig(paths[-1], dpi=120)
+            plt.close(figure)
+    return paths
+
+
+def _distribution(spec: ParamSpec) -> optuna.distributions.BaseDistribution:
+    if spec.type == "categorical":
+        return optuna.distributions.CategoricalDistribution(list(spec.values or ()))
+    assert spec.low is not None and spec.high is not None
+    if spec.type == "int":
+        return optuna.distributions.IntDistribution(int(spec.low), int(spec.high))
+    return optuna.distributions.FloatDistribution(spec.low, spec.high, log=spec.type == "loguniform")
