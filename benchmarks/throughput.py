@@ -13,19 +13,24 @@ Every algorithm runs as metasweep implements it with ``strategy="auto"``, ``"vma
 module with its parameters kept in the graph (``clone_module``), take inner steps by rebinding
 ``p - lr * grad`` on the clone's attributes (``maml_update``/``update_module``), sum the query
 losses and call ``backward()`` once. learn2learn itself no longer installs on Python 3.11, so the
-baseline is re-implemented below from its source (learn2learn 0.2, ``utils/__init__.py``,
-``algorithms/maml.py``, ``algorithms/meta_sgd.py``).
+baseline is re-implemented below from its source (``utils/__init__.py``, ``algorithms/maml.py``,
+``algorithms/meta_sgd.py``). Before timing, the script checks that ``auto`` and the baseline give
+the same meta-gradient on the same tasks, so that the two sides do the same work.
 
-Each configuration runs in a fresh subprocess (``--one ALG WORKLOAD IMPL``) so that its peak
-memory is its own: the CPU figure is ``ru_maxrss`` (the process high-water mark, interpreter and
-torch included; ``step MB`` is the part above the RSS reached before the first iteration), the
-CUDA figure ``torch.cuda.max_memory_allocated``.
+Peak memory: on the CPU every row runs in a fresh subprocess (``--one ALG WORKLOAD IMPL``), because
+the resident-set high-water mark (``VmHWM``; ``ru_maxrss`` without ``/proc``) cannot be reset
+within a process. It includes the interpreter and torch; ``step MB`` is the part above the level
+reached before the first iteration. On CUDA the rows share one process and
+``torch.cuda.max_memory_allocated`` is reset before each.
 
 Usage::
 
-    python benchmarks/throughput.py                      # full run, about 5 min on 2 CPU cores
+    python benchmarks/throughput.py                      # full run, about 5 min on 2 idle cores
     python benchmarks/throughput.py --quick              # smoke run, under a minute
     python benchmarks/throughput.py --device cuda --json throughput.json
+
+Timings on a shared machine are only as good as its idleness: the ``others' CPU`` column says how
+much of the CPUs other processes took while each row was timed.
 
 References:
     Arnold et al., "learn2learn: A Library for Meta-Learning Research", arXiv:2008.12284, 2020
@@ -37,6 +42,7 @@ from __future__ import annotations
 import argparse
 import copy
 import datetime
+import gc
 import json
 import os
 import platform
@@ -65,12 +71,12 @@ META_LR = 1e-3
 SEED = 0
 SINUSOID_TARGET = 5.0
 """Sinusoid second-order MAML, ``auto``: at least this many times the baseline's tasks/s."""
-BUSY_WARNING = 0.1
-"""Share of the CPUs taken by other processes above which the report warns."""
-GRADIENT_TOLERANCE = 1e-3
-"""Largest relative difference between our and the baseline's meta-gradients taken as equal."""
 CONV4_TARGET = 1.0
 """Omniglot (Conv-4), every algorithm's ``auto``: at least the baseline's tasks/s."""
+GRADIENT_TOLERANCE = 1e-3
+"""Largest relative difference between our and the baseline's meta-gradients taken as equal."""
+BUSY_WARNING = 0.1
+"""Share of the CPUs taken by other processes above which the report warns."""
 
 
 @dataclass(frozen=True)
@@ -250,11 +256,11 @@ def meta_sgd_update(
         for param, lr, g in zip(module.parameters(), lrs, grads, strict=True):
             param.grad = g
             param._lr = lr  # type: ignore[attr-defined]
-    for key, param in module._parameters.items():
-        if param is not None and param.grad is not None:
-            module._parameters[key] = param - param._lr * param.grad  # type: ignore[assignment,attr-defined]
-            param.grad = None
-            param._lr = None  # type: ignore[attr-defined]
+    for key, p in module._parameters.items():
+        if p is not None and p.grad is not None:
+            module._parameters[key] = p - p._lr * p.grad  # type: ignore[assignment,attr-defined]
+            p.grad = None
+            p._lr = None  # type: ignore[attr-defined]
     for key, child in module._modules.items():
         if child is not None:
             module._modules[key] = meta_sgd_update(child)
@@ -283,7 +289,7 @@ class Trainer:
         meta_parameters: every meta-parameter: the backbone's, then Meta-SGD's learning rates in
             the backbone's parameter order (so that two trainers' gradients line up).
         backward: computes the meta-gradient of a batch of tasks into ``.grad`` of every
-            meta-parameter (the backbone's, plus Meta-SGD's learning rates).
+            meta-parameter.
         optimizer: the meta-optimiser over all meta-parameters.
         strategy: what runs: ``vmap``/``loop`` for metasweep (``auto`` resolved), ``l2l`` for the
             baseline.
@@ -326,7 +332,7 @@ def baseline_trainer(algorithm: str, workload: Workload, model: nn.Module) -> Tr
             return loss_fn(learner(qx), qy)
         if algorithm == "anil":
             # learn2learn's ANIL example: features once by the body, clone only the head.
-            body, head = model.body, clone_module(model.head)
+            body, head = cast(nn.Module, model.body), clone_module(cast(nn.Module, model.head))
             support_features, query_features = body(sx), body(qx)
             for _ in range(steps):
                 head = l2l_adapt(head, loss_fn(head(support_features), sy), lr, first_order=False)
@@ -397,6 +403,10 @@ def ours_trainer(algorithm: str, workload: Workload, model: nn.Module, strategy:
 
     Returns:
         The trainer, whose ``strategy`` says what ``auto`` resolved to.
+
+    Raises:
+        ValueError: metasweep refuses ``strategy`` for this algorithm and model (``vmap`` for
+            second-order meta-gradients through BatchNorm).
     """
     loss_fn, lr, steps = workload.loss_fn, workload.inner_lr, INNER_STEPS[algorithm]
     how = cast(Strategy, strategy)
@@ -418,12 +428,15 @@ def ours_trainer(algorithm: str, workload: Workload, model: nn.Module, strategy:
     def backward(episode: Episode) -> None:
         learner.meta_loss(episode.support_x, episode.support_y, episode.query_x, episode.query_y).backward()
 
-    params = list(model.parameters())
+    params: list[Tensor] = list(model.parameters())
     if isinstance(learner, MetaSGD):
         # inner_lrs is a ParameterDict, whose order is not the model's: go by name.
         params += [learner._lr()[name] for name, _ in model.named_parameters()]
     optimizer = torch.optim.Adam(learner.parameters(), lr=META_LR)
-    return Trainer(model, params, backward, optimizer, resolve_strategy(how, model, device))
+    # What the learner will run; raises, as the learner would, for vmap where it is refused.
+    second_order = algorithm in ("maml", "metasgd")
+    strategy_run = resolve_strategy(how, model, device, second_order=second_order)
+    return Trainer(model, params, backward, optimizer, strategy_run)
 
 
 def make_trainer(algorithm: str, workload: Workload, impl: str, device: torch.device) -> Trainer:
@@ -450,7 +463,7 @@ class Result:
         tasks_per_s: ``meta_batch_size * iters / median(repeat seconds)``; 0 when it failed.
         ms_per_iter: median milliseconds per meta-training iteration.
         repeat_seconds: wall-clock seconds of every timed repeat.
-        peak_mb: peak memory in MiB (CPU: process ``ru_maxrss``; CUDA: max allocated).
+        peak_mb: peak memory in MiB (CPU: the process's ``VmHWM``; CUDA: max allocated).
         step_mb: the part of ``peak_mb`` above the level reached before the first iteration.
         threads: ``torch.get_num_threads()`` during the run.
         others_cpu: share of the machine's CPU time that other processes (and the hypervisor)
@@ -508,6 +521,15 @@ def others_cpu_share(seconds: float = 0.5) -> float | None:
 
 
 def _rss_high_water_mb() -> float:
+    # VmHWM, not ru_maxrss: Linux carries ru_maxrss over fork and exec, so a subprocess started
+    # by a parent of 700 MB reports at least 700 MB.
+    try:
+        with open("/proc/self/status", encoding="utf-8") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024
+    except (OSError, ValueError):
+        pass
     # ru_maxrss is KiB on Linux, bytes on macOS.
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return peak / (1024 * 1024) if sys.platform == "darwin" else peak / 1024
@@ -527,9 +549,13 @@ def measure(algorithm: str, workload: Workload, impl: str, device: torch.device,
         timing: warm-up, iterations and repeats.
 
     Returns:
-        The measurement; peak memory covers everything this process did so far.
+        The measurement; peak memory covers everything this process did so far. A strategy that
+        metasweep refuses for this configuration comes back with ``error`` saying why.
     """
-    trainer = make_trainer(algorithm, workload, impl, device)
+    try:
+        trainer = make_trainer(algorithm, workload, impl, device)
+    except ValueError as exc:
+        return Result(workload.name, algorithm, impl, error=f"refused by metasweep: {exc}")
     generator = torch.Generator().manual_seed(SEED)
     episodes = [workload.episode(generator).to(device) for _ in range(2)]
     _synchronize(device)
@@ -602,7 +628,9 @@ def gradient_agreement(
 
     Both start from the same weights and see the same four tasks, so they should differ by
     float rounding only; a large difference means the two sides compute different things and
-    their timings are not comparable.
+    their timings are not comparable. TF32 is off during the check: with cuDNN's default TF32
+    convolutions a batched and a per-task Conv-4 differ by 0.5% (FOMAML) to 5% (Reptile's five
+    steps at ``inner_lr`` 0.4) on an H200, which would hide what the check is for.
 
     Args:
         workloads: the workloads to check.
@@ -613,21 +641,28 @@ def gradient_agreement(
         One :class:`Agreement` per workload and algorithm.
     """
     agreements = []
-    for workload in workloads:
-        small = replace(workload, meta_batch_size=min(workload.meta_batch_size, 4))
-        episode = small.episode(torch.Generator().manual_seed(SEED)).to(device)
-        for algorithm in (a for a in small.algorithms if a in algorithms):
-            flat = []
-            for impl in ("auto", "baseline"):
-                trainer = make_trainer(algorithm, small, impl, device)
-                trainer.optimizer.zero_grad(set_to_none=True)
-                trainer.backward(episode)
-                grads = [torch.zeros_like(p) if p.grad is None else p.grad for p in trainer.meta_parameters]
-                flat.append(torch.cat([g.flatten() for g in grads]))
-            ours, baseline = flat
-            difference = ((ours - baseline).norm() / baseline.norm().clamp_min(1e-30)).item()
-            agreements.append(Agreement(workload.name, algorithm, difference))
+    tf32 = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
+    try:
+        for workload in workloads:
+            small = replace(workload, meta_batch_size=min(workload.meta_batch_size, 4))
+            episode = small.episode(torch.Generator().manual_seed(SEED)).to(device)
+            for algorithm in (a for a in small.algorithms if a in algorithms):
+                ours, baseline = (_meta_gradient(algorithm, small, i, episode) for i in ("auto", "baseline"))
+                difference = ((ours - baseline).norm() / baseline.norm().clamp_min(1e-30)).item()
+                agreements.append(Agreement(workload.name, algorithm, difference))
+    finally:
+        torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = tf32
     return agreements
+
+
+def _meta_gradient(algorithm: str, workload: Workload, impl: str, episode: Episode) -> Tensor:
+    # Every meta-parameter's gradient, flattened into one vector.
+    trainer = make_trainer(algorithm, workload, impl, episode.support_x.device)
+    trainer.optimizer.zero_grad(set_to_none=True)
+    trainer.backward(episode)
+    grads = [torch.zeros_like(p) if p.grad is None else p.grad for p in trainer.meta_parameters]
+    return torch.cat([g.flatten() for g in grads])
 
 
 @dataclass(frozen=True)
@@ -674,11 +709,11 @@ def _ratio(result: Result, baseline: Result | None) -> float | None:
     return result.tasks_per_s / baseline.tasks_per_s
 
 
-def _spread(result: Result) -> float:
+def _spread(result: Result) -> float | None:
     # (slowest - fastest) / median repeat: how much the machine moved under this row.
     seconds = result.repeat_seconds or []
     if len(seconds) < 2:
-        return 0.0
+        return None
     return (max(seconds) - min(seconds)) / statistics.median(seconds)
 
 
@@ -695,7 +730,8 @@ def format_table(results: list[Result]) -> str:
     ]
     for r in results:
         if r.error:
-            rows.append(f"| {r.workload} | {r.algorithm} | {r.impl} | failed: {r.error} | | | | | |")
+            text = r.error if r.error.startswith("refused") else f"failed: {r.error}"
+            rows.append(f"| {r.workload} | {r.algorithm} | {r.impl} | {text} | | | | | |")
             continue
         ratio = _ratio(r, baselines.get((r.workload, r.algorithm)))
         shown = "n/a" if ratio is None else f"{ratio:.2f}x"
@@ -727,10 +763,11 @@ def check_targets(results: list[Result]) -> list[tuple[bool, str]]:
         else:
             assert auto is not None
             baseline = by_key[(workload, algorithm, "baseline")]
-            spread = _spread(auto) + _spread(baseline)
+            spreads = (_spread(auto), _spread(baseline))
+            spread = "n/a" if None in spreads else f"{100 * sum(s or 0.0 for s in spreads):.0f}%"
             message = (
                 f"{workload} {algorithm} {_impl_label(auto)} = {ratio:.2f}x baseline "
-                f"(target >= {target:g}x; repeats spread {100 * spread:.0f}%)"
+                f"(target >= {target:g}x; repeats spread, ours + baseline: {spread})"
             )
             outcome.append((ratio >= target, message))
     return outcome
@@ -768,12 +805,12 @@ def header(
         "one backward over the summed query losses); ProtoNet's: per-task embedding + prototypes"
     )
     if args.quick:
-        lines.append(
-            "- --quick: in one process (peak MB is the running process high-water mark), smoke test only"
-        )
+        lines.append("- --quick: a smoke test with a small Omniglot meta-batch, not figures to publish")
+    if args.quick and info["device"] == "cpu":
+        lines.append("- peak MB: the running process's peak RSS (--quick runs every row in one process)")
     elif info["device"] == "cpu":
         lines.append(
-            "- peak MB: ru_maxrss of a fresh process per row; step MB: the part above the pre-loop RSS"
+            "- peak MB: peak RSS (VmHWM) of a fresh process per row; step MB: the part above the pre-loop RSS"
         )
     else:
         lines.append(
@@ -907,13 +944,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     started = time.perf_counter()
     for n, (workload, algorithm, impl) in enumerate(configs, 1):
         timing = timings[workload.name]
-        if args.quick:
+        if device.type == "cpu" and not args.quick:
+            result = measure_in_subprocess(algorithm, workload, impl, device, timing, args.threads)
+        else:
+            # CUDA's peak is reset per row, so one process suffices (and skips CUDA start-ups).
             try:
                 result = measure(algorithm, workload, impl, device, timing)
-            except Exception as exc:  # a smoke run reports every failure, then goes on
+            except Exception as exc:  # report every failure, then go on to the next row
                 result = Result(workload.name, algorithm, impl, error=f"{type(exc).__name__}: {exc}"[:200])
-        else:
-            result = measure_in_subprocess(algorithm, workload, impl, device, timing, args.threads)
+            gc.collect()
+            if device.type == "cuda":
+                torch.cuda.empty_cache()
         results.append(result)
         status = result.error or f"{result.tasks_per_s:.1f} tasks/s"
         elapsed = time.perf_counter() - started

@@ -133,14 +133,24 @@ class SweepResult:
     registration: Registration | None = None
 
 
+_TRACKERS: dict[str, SweepTracker] = {}
+"""The driver's live tracker per sweep name. Tune pickles the callbacks with the experiment and
+``Tuner.restore`` brings back those copies, so a callback looks its tracker up here by name
+instead of carrying one: a resumed sweep logs through the resumed driver's tracker."""
+
+
 class TrackingCallback(tune.Callback):
     """Mirrors Tune's trial events into MLflow child runs, from the driver."""
 
-    def __init__(self, tracker: SweepTracker, iterations: int, seed: int):
-        self.tracker = tracker
+    def __init__(self, sweep: str, iterations: int, seed: int):
+        self.sweep = sweep
         self.iterations = iterations
         self.seed = seed
         self.last_iteration: dict[str, int] = {}
+
+    @property
+    def tracker(self) -> SweepTracker:
+        return _TRACKERS[self.sweep]
 
     def on_trial_start(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         self.tracker.start_trial(
@@ -225,7 +235,8 @@ def run_sweep(
             tune.with_parameters(trial, sweep=config.model_dump(mode="json"), dataset=dataset),
             {"cpu": config.search.cpus_per_trial, "gpu": config.search.gpus_per_trial},
         )
-        callback = TrackingCallback(tracker, config.train.iterations, config.seed)
+        _TRACKERS[config.name] = tracker
+        callback = TrackingCallback(config.name, config.train.iterations, config.seed)
         run_config = tune.RunConfig(
             name=config.name,
             storage_path=str(storage),
@@ -287,6 +298,7 @@ def run_sweep(
         tracker.finish("KILLED" if isinstance(exc, KeyboardInterrupt) else "FAILED", error=str(exc))
         raise
     finally:
+        _TRACKERS.pop(config.name, None)
         if address is None:
             ray.shutdown()
 

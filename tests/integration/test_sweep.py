@@ -101,3 +101,61 @@ def test_bad_sweeps_exit_2_and_leave_no_run(tmp_path: Path) -> None:
         client = store()
         experiment = client.get_experiment_by_name("it")
         assert experiment is None or not client.search_runs([experiment.experiment_id])
+
+
+def test_sweep_resumes_after_the_driver_is_killed(tmp_path: Path) -> None:
+    """SIGKILL the driver once two trials have finished; --resume completes the sweep, re-runs
+    no finished trial, and MLflow keeps one child run per trial with gap-free histories."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    config = (
+        SWEEP.format(name="r1")
+        .replace("num_samples: 4", "num_samples: 6")
+        .replace("iterations: 60", "iterations: 100")
+        .replace("grace_period: 20", "scheduler: fifo")
+    )
+    Path("sweep.yaml").write_text(config)
+    driver = subprocess.Popen(
+        [sys.executable, "-m", "orchestrator.cli", "sweep", "sweep.yaml"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
+    )  # fmt: skip
+    deadline = time.time() + 300
+    finished: list[str] = []
+    while time.time() < deadline and len(finished) < 2:
+        time.sleep(2)
+        if Path("mlflow.db").exists():
+            client = store()
+            experiment = client.get_experiment_by_name("it")
+            if experiment is not None:
+                finished = [
+                    r.data.tags["metasweep.trial_id"]
+                    for r in client.search_runs([experiment.experiment_id], "attributes.status = 'FINISHED'")
+                    if "metasweep.trial_id" in r.data.tags
+                ]
+    os.killpg(driver.pid, signal.SIGKILL)
+    driver.wait()
+    assert len(finished) >= 2, "two trials should finish within five minutes"
+    # The killed driver's local Ray processes are orphans now; stop them as an operator would.
+    subprocess.run(
+        [str(Path(sys.executable).parent / "ray"), "stop", "--force"], capture_output=True, check=False
+    )
+
+    resumed = run_cli("sweep", "sweep.yaml", "--resume", "r1", timeout=600)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    client = store()
+    experiment = client.get_experiment_by_name("it")
+    runs = client.search_runs([experiment.experiment_id])
+    parents = [r for r in runs if "mlflow.parentRunId" not in r.data.tags]
+    children = [r for r in runs if "mlflow.parentRunId" in r.data.tags]
+    assert len(parents) == 1 and parents[0].info.status == "FINISHED"
+    trial_ids = [c.data.tags["metasweep.trial_id"] for c in children]
+    assert len(trial_ids) == len(set(trial_ids)) == 6, "one child run per trial, no duplicates"
+    for child in children:
+        steps = [m.step for m in client.get_metric_history(child.info.run_id, "val/mse")]
+        if child.data.tags["metasweep.trial_id"] in finished:
+            assert steps == [20, 40, 60, 80, 100], "a finished trial is not run again"
+        assert sorted(set(steps)) == list(range(20, 101, 20)), steps
