@@ -56,12 +56,12 @@ def adapt_task(
     lr: float | Mapping[str, Tensor],
     adapt_names: tuple[str, ...],
     first_order: bool,
+    batched: bool = True,
 ) -> Params:
     """Adapt ``params`` to one task with ``steps`` SGD steps on its support set.
 
-    Uses :func:`torch.func.grad`, which composes with ``vmap`` and with an outer
-    ``loss.backward()``: when ``first_order`` is false the inner gradients stay in the graph, so
-    the meta-gradient is the full second-order one.
+    When ``first_order`` is false the inner gradients stay in the graph, so an outer
+    ``loss.backward()`` gives the full second-order meta-gradient.
 
     Args:
         model: the module whose forward is called functionally; it is never mutated.
@@ -76,6 +76,9 @@ def adapt_task(
         adapt_names: names of the parameters the inner loop updates (all for MAML, the head for
             ANIL); the others are held at their meta value.
         first_order: drop second-order terms by detaching the inner gradients.
+        batched: take inner gradients with :func:`torch.func.grad`, which composes with
+            ``vmap``; false uses :func:`torch.autograd.grad`, which dispatches less per
+            operation and is the faster choice task by task (same gradients).
 
     Returns:
         The adapted parameters, a dict with the same keys as ``params``.
@@ -88,11 +91,26 @@ def adapt_task(
 
     fast = dict(params)
     for _ in range(steps):
-        grads = grad(support_loss)({k: fast[k] for k in adapt_names})
+        adaptable = {k: fast[k] for k in adapt_names}
+        grads = (
+            grad(support_loss)(adaptable)
+            if batched
+            else _autograd_grads(support_loss, adaptable, first_order)
+        )
         if first_order:
             grads = {k: g.detach() for k, g in grads.items()}
         fast = sgd_update(fast, grads, lr)
     return fast
+
+
+def _autograd_grads(loss_of: Callable[[Params], Tensor], params: Params, first_order: bool) -> Params:
+    # Outside a graph (evaluation under no_grad, or after a first-order step) the parameters are
+    # made leaves so that the inner gradient still exists.
+    create_graph = not first_order and torch.is_grad_enabled()
+    with torch.enable_grad():
+        leaves = {k: v if v.requires_grad else v.detach().requires_grad_() for k, v in params.items()}
+        values = torch.autograd.grad(loss_of(leaves), list(leaves.values()), create_graph=create_graph)
+    return dict(zip(leaves, values, strict=True))
 
 
 def _stack(outputs: list[object]) -> object:
@@ -222,6 +240,7 @@ def adapt_tasks(
             lr=lr,
             adapt_names=adapt_names,
             first_order=first_order,
+            batched=strategy == "vmap",
         )
         return {k: fast[k] for k in adapt_names}
 

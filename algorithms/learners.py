@@ -278,8 +278,9 @@ class Reptile(MAML):
 
     def meta_loss(self, support_x: Tensor, support_y: Tensor, query_x: Tensor, query_y: Tensor) -> Tensor:
         """Query loss as the value, the Reptile direction as the gradient."""
-        adapted = {k: v.detach() for k, v in self.adapt(support_x, support_y).items()}
+        # No graph is needed through the inner loop: the gradient is built from the result.
         with torch.no_grad():
+            adapted = self.adapt(support_x, support_y)
             query_loss = _task_mean_loss(self.loss_fn, self.predict(adapted, query_x), query_y)
         surrogate = sum(
             (p * (p.detach() - adapted[n].mean(0))).sum() for n, p in self.model.named_parameters()
