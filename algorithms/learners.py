@@ -183,7 +183,7 @@ def _key(name: str) -> str:
     return name.replace(".", "__")
 
 
-class ANIL(nn.Module):
+class ANIL(MAML):
     """Almost No Inner Loop: MAML whose inner loop adapts only the head.
 
     The body's features are computed once per task (the body is not adapted), then the inner
@@ -208,17 +208,11 @@ class ANIL(nn.Module):
         loss_fn: LossFn = F.cross_entropy,
         strategy: Strategy = "auto",
     ):
-        super().__init__()
-        _check_inner(inner_lr, inner_steps)
         head_parameter_names(model)  # fail early on a model without a head
-        self.model = model
-        self.inner_lr = inner_lr
-        self.inner_steps = inner_steps
-        self.first_order = first_order
-        self.loss_fn = loss_fn
-        self.strategy = strategy
+        super().__init__(model, inner_lr, inner_steps, first_order, loss_fn, strategy)
 
     def _strategy(self, x: Tensor) -> Literal["vmap", "loop"]:
+        # The body is not adapted: no second-order term passes through its BatchNorm.
         return resolve_strategy(self.strategy, self.model, x.device)
 
     def _features(self, x: Tensor) -> Tensor:
@@ -241,11 +235,6 @@ class ANIL(nn.Module):
     def predict(self, adapted: Params, query_x: Tensor) -> Tensor:
         """Head outputs ``(tasks, q, ...)`` on the body's features of ``query_x``."""
         return predict_tasks(cast(nn.Module, self.model.head), adapted, self._features(query_x), "vmap")
-
-    def meta_loss(self, support_x: Tensor, support_y: Tensor, query_x: Tensor, query_y: Tensor) -> Tensor:
-        """Mean query loss over tasks after adapting the head."""
-        predictions = self.predict(self.adapt(support_x, support_y), query_x)
-        return _task_mean_loss(self.loss_fn, predictions, query_y)
 
 
 class Reptile(MAML):
