@@ -91,8 +91,11 @@ class MetaLearnerModel(PythonModel):
         )
         self.learner.eval()
 
-    def predict(self, context: Any, model_input: Any, params: dict[str, Any] | None = None) -> np.ndarray:
-        """Predictions for ``model_input["query_x"]`` after adapting to the support set."""
+    def predict(self, context, model_input, params=None):  # type: ignore[no-untyped-def]
+        """Predictions for ``model_input["query_x"]`` after adapting to the support set.
+
+        Deliberately without type hints: MLflow would read them as an input schema.
+        """
         return predict_with(self.learner, self.spec, model_input)
 
 

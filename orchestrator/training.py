@@ -307,8 +307,14 @@ def train(
 
 
 def _without_budget(config: dict[str, Any]) -> dict[str, Any]:
-    # A resumed run may train for longer or evaluate differently; everything else must match.
-    return {**config, "train": {**config["train"], "iterations": None, "eval_every": None}, "eval": None}
+    # A resumed run may train for longer, evaluate differently or live in another directory
+    # (a retried sweep trial gets a fresh one); everything else must match.
+    return {
+        **config,
+        "train": {**config["train"], "iterations": None, "eval_every": None},
+        "eval": None,
+        "output_dir": None,
+    }
 
 
 def _append_metrics(path: Path, iteration: int, metrics: dict[str, float]) -> None:

@@ -177,6 +177,9 @@ class TrackingCallback(tune.Callback):
         )
         self.tracker.end_trial(trial.trial_id, status)
 
+    def on_trial_recover(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        self.tracker.tag_trial(trial.trial_id, {"metasweep.status": "restarting from its checkpoint"})
+
     def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         self.tracker.tag_trial(trial.trial_id, {"metasweep.status": "failed"})
         self.tracker.end_trial(trial.trial_id, "FAILED")

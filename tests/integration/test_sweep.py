@@ -159,3 +159,50 @@ def test_sweep_resumes_after_the_driver_is_killed(tmp_path: Path) -> None:
         if child.data.tags["metasweep.trial_id"] in finished:
             assert steps == [20, 40, 60, 80, 100], "a finished trial is not run again"
         assert sorted(set(steps)) == list(range(20, 101, 20)), steps
+
+
+def test_a_crashed_trial_continues_from_its_checkpoint(tmp_path: Path) -> None:
+    """SIGKILL the Ray worker of a running trial: Tune restarts it from its last checkpoint and
+    MLflow keeps one child run whose history has no gap and no repeat."""
+    import subprocess
+    import sys
+    import time
+
+    config = (
+        SWEEP.format(name="c1")
+        .replace("num_samples: 4", "num_samples: 1")
+        .replace("max_concurrent: 2", "max_concurrent: 1")
+        .replace("iterations: 60", "iterations: 400")
+        .replace("grace_period: 20", "scheduler: fifo")
+    )
+    Path("sweep.yaml").write_text(config)
+    driver = subprocess.Popen(
+        [sys.executable, "-m", "orchestrator.cli", "sweep", "sweep.yaml"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    steps: list[int] = []
+    deadline = time.time() + 300
+    while time.time() < deadline and len(steps) < 3:
+        time.sleep(1)
+        if Path("mlflow.db").exists():
+            client = store()
+            experiment = client.get_experiment_by_name("it")
+            children = [] if experiment is None else client.search_runs([experiment.experiment_id])
+            children = [r for r in children if "metasweep.trial_id" in r.data.tags]
+            if children:
+                steps = [m.step for m in client.get_metric_history(children[0].info.run_id, "val/mse")]
+    assert len(steps) >= 3, "the trial should report three evaluations within five minutes"
+    killed = subprocess.run(["pkill", "-9", "-f", "ray::ImplicitFunc"], check=False)
+    assert killed.returncode == 0, "no trial worker to kill"
+    _, stderr = driver.communicate(timeout=600)
+    assert driver.returncode == 0, stderr[-3000:]
+
+    client = store()
+    experiment = client.get_experiment_by_name("it")
+    children = [
+        r for r in client.search_runs([experiment.experiment_id]) if "metasweep.trial_id" in r.data.tags
+    ]
+    assert len(children) == 1, "the retried trial continues its own child run"
+    assert children[0].info.status == "FINISHED"
+    history = [m.step for m in client.get_metric_history(children[0].info.run_id, "val/mse")]
+    assert history == list(range(20, 401, 20)), history
