@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import pytest
@@ -161,18 +162,36 @@ def test_sweep_resumes_after_the_driver_is_killed(tmp_path: Path) -> None:
         assert sorted(set(steps)) == list(range(20, 101, 20)), steps
 
 
+def trial_workers(sweep: str) -> list[int]:
+    """Ray worker processes running a trial of ``sweep`` (Tune runs each trial in
+    ``.../<sweep>/working_dirs/<trial>``), so that no other sweep on the machine is touched."""
+    pids = []
+    for proc in Path("/proc").iterdir():
+        try:
+            cmdline = (proc / "cmdline").read_bytes()
+            cwd = os.readlink(proc / "cwd")
+        except (OSError, ValueError):
+            continue
+        if b"ImplicitFunc" in cmdline and f"/{sweep}/working_dirs/" in cwd:
+            pids.append(int(proc.name))
+    return pids
+
+
 def test_a_crashed_trial_continues_from_its_checkpoint(tmp_path: Path) -> None:
     """SIGKILL the Ray worker of a running trial: Tune restarts it from its last checkpoint and
     MLflow keeps one child run whose history has no gap and no repeat."""
+    import os
+    import signal
     import subprocess
     import sys
     import time
 
     config = (
-        SWEEP.format(name="c1")
+        SWEEP.format(name=f"crash-{tmp_path.name}")
         .replace("num_samples: 4", "num_samples: 1")
         .replace("max_concurrent: 2", "max_concurrent: 1")
-        .replace("iterations: 60", "iterations: 400")
+        .replace("iterations: 60", "iterations: 4000")
+        .replace("meta_batch_size: 5", "meta_batch_size: 25")
         .replace("grace_period: 20", "scheduler: fifo")
     )
     Path("sweep.yaml").write_text(config)
@@ -192,8 +211,10 @@ def test_a_crashed_trial_continues_from_its_checkpoint(tmp_path: Path) -> None:
             if children:
                 steps = [m.step for m in client.get_metric_history(children[0].info.run_id, "val/mse")]
     assert len(steps) >= 3, "the trial should report three evaluations within five minutes"
-    killed = subprocess.run(["pkill", "-9", "-f", "ray::ImplicitFunc"], check=False)
-    assert killed.returncode == 0, "no trial worker to kill"
+    workers = trial_workers(f"crash-{tmp_path.name}")
+    assert workers, "no trial worker to kill"
+    for pid in workers:
+        os.kill(pid, signal.SIGKILL)
     _, stderr = driver.communicate(timeout=600)
     assert driver.returncode == 0, stderr[-3000:]
 
@@ -205,4 +226,4 @@ def test_a_crashed_trial_continues_from_its_checkpoint(tmp_path: Path) -> None:
     assert len(children) == 1, "the retried trial continues its own child run"
     assert children[0].info.status == "FINISHED"
     history = [m.step for m in client.get_metric_history(children[0].info.run_id, "val/mse")]
-    assert history == list(range(20, 401, 20)), history
+    assert history == list(range(20, 4001, 20)), history
