@@ -52,6 +52,27 @@ def git_commit() -> str:
         return "unknown"
 
 
+def check_reachable(uri: str, timeout: float = 10.0) -> None:
+    """Fail fast on a tracking server that does not answer (MLflow's own client retries for
+    minutes before it gives up).
+
+    Raises:
+        UserError: an ``http(s)://`` URI whose ``/health`` does not answer within ``timeout``.
+    """
+    if not uri.startswith(("http://", "https://")):
+        return
+    import urllib.error
+    import urllib.request
+
+    try:
+        urllib.request.urlopen(f"{uri.rstrip('/')}/health", timeout=timeout).close()
+    except urllib.error.HTTPError:
+        return  # it answered (e.g. 401 behind authentication): reachable
+    except (urllib.error.URLError, OSError) as exc:
+        reason = getattr(exc, "reason", exc)
+        raise UserError(f"cannot reach the MLflow tracking server at {uri}: {reason}") from None
+
+
 class SweepTracker:
     """The MLflow side of one sweep: a parent run and a child run per trial.
 
@@ -71,6 +92,7 @@ class SweepTracker:
 
     def __init__(self, uri: str, experiment: str, sweep: str, resume: bool = False):
         self.uri = uri
+        check_reachable(uri)
         self.client = MlflowClient(tracking_uri=uri)
         try:
             found = self.client.get_experiment_by_name(experiment)
@@ -356,8 +378,11 @@ def pull_model(uri: str, reference: str, out: Path) -> Path:
         raise UserError(f"--out {out} exists and is not empty; choose a new folder")
     target = model_uri(reference)
     tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
+    # models:/ URIs resolve through the process-wide registry URI, not the call's arguments.
+    mlflow.set_tracking_uri(uri)
+    mlflow.set_registry_uri(uri)
     try:
-        mlflow.artifacts.download_artifacts(target, dst_path=str(tmp), tracking_uri=uri, registry_uri=uri)
+        mlflow.artifacts.download_artifacts(target, dst_path=str(tmp))
         out.parent.mkdir(parents=True, exist_ok=True)
         if out.exists():
             out.rmdir()

@@ -42,7 +42,7 @@ from algorithms import (
 )
 from algorithms.tasks import Episode
 from orchestrator.config import SINUSOID, RunConfig, to_yaml
-from orchestrator.errors import UserError
+from orchestrator.errors import TrainingDiverged, UserError
 
 log = logging.getLogger(__name__)
 
@@ -281,7 +281,7 @@ def train(
             state.iteration += 1
             value = loss.item()
             if not math.isfinite(value):
-                raise UserError(
+                raise TrainingDiverged(
                     f"meta-training diverged at iteration {state.iteration} (loss={value}); "
                     "lower train.inner_lr or train.meta_lr"
                 )

@@ -24,13 +24,14 @@ from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
 from ray.tune.search.optuna import OptunaSearch
 
 from orchestrator.config import INNER_LOOP_FIELDS, SINUSOID, ParamSpec, RunConfig, SweepConfig, to_yaml
-from orchestrator.errors import UserError
+from orchestrator.errors import TrainingDiverged, UserError
 from orchestrator.tracking import Registration, SweepTracker, log_and_register, tracking_uri
 from orchestrator.training import CHECKPOINT, evaluate_again, load_checkpoint, train
 
 log = logging.getLogger(__name__)
 
 ITERATION = "iteration"
+DIVERGED = "diverged"
 
 
 # --------------------------------------------------------------------------------------------
@@ -61,11 +62,21 @@ def trial(params: dict[str, Any], sweep: dict[str, Any], dataset: Any = None) ->
         with checkpoint.as_directory() as saved:
             shutil.copy(Path(saved) / CHECKPOINT, work / CHECKPOINT)
 
+    metric, mode = SweepConfig.model_validate(sweep).objective
+    worst = math.inf if mode == "min" else -math.inf
+
     def report(iteration: int, metrics: dict[str, float]) -> None:
-        tune.report({**metrics, ITERATION: iteration}, checkpoint=tune.Checkpoint.from_directory(str(work)))
+        # Optuna refuses NaN objectives: a diverged evaluation scores the worst possible value.
+        score = metrics.get(metric, math.nan)
+        metrics = {**metrics, metric: score if math.isfinite(score) else worst, ITERATION: iteration}
+        tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(str(work)))
 
     try:
         train(config, resume=checkpoint is not None, on_eval=report, show_progress=False, test=False)
+    except TrainingDiverged as exc:
+        # The worst possible score ends the trial (ASHA and Optuna learn from it); retrying
+        # would diverge again.
+        tune.report({metric: worst, DIVERGED: str(exc), ITERATION: config.train.iterations})
     finally:
         shutil.rmtree(work, ignore_errors=True)
 
@@ -147,6 +158,7 @@ class TrackingCallback(tune.Callback):
         self.iterations = iterations
         self.seed = seed
         self.last_iteration: dict[str, int] = {}
+        self.diverged: set[str] = set()
 
     @property
     def tracker(self) -> SweepTracker:
@@ -164,12 +176,20 @@ class TrackingCallback(tune.Callback):
     def on_trial_result(self, iteration: int, trials: list, trial: Any, result: dict, **info: Any) -> None:
         step = int(result.get(ITERATION, 0))
         self.last_iteration[trial.trial_id] = step
+        if DIVERGED in result:
+            self.diverged.add(trial.trial_id)
+            self.tracker.tag_trial(trial.trial_id, {"metasweep.error": str(result[DIVERGED])[:500]})
+            return
         self.tracker.log_trial_metrics(trial.trial_id, result, step)
         node = result.get("node_ip")
         if node:
             self.tracker.tag_trial(trial.trial_id, {"metasweep.node": str(node)})
 
     def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        if trial.trial_id in self.diverged:
+            self.tracker.tag_trial(trial.trial_id, {"metasweep.status": "diverged"})
+            self.tracker.end_trial(trial.trial_id, "FAILED")
+            return
         finished = self.last_iteration.get(trial.trial_id, 0) >= self.iterations
         status = "FINISHED" if finished else "KILLED"
         self.tracker.tag_trial(

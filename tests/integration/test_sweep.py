@@ -227,3 +227,20 @@ def test_a_crashed_trial_continues_from_its_checkpoint(tmp_path: Path) -> None:
     assert children[0].info.status == "FINISHED"
     history = [m.step for m in client.get_metric_history(children[0].info.run_id, "val/mse")]
     assert history == list(range(20, 4001, 20)), history
+
+
+def test_a_diverging_trial_scores_worst_and_the_sweep_goes_on(tmp_path: Path) -> None:
+    config = (
+        SWEEP.format(name="d1")
+        .replace("{type: loguniform, low: 0.001, high: 0.05}", "{type: categorical, values: [0.01, 50.0]}")
+        .replace("    train.inner_steps: {type: int, low: 1, high: 2}\n", "")
+        .replace("num_samples: 4", "num_samples: 2")
+        .replace(
+            "[{train.inner_lr: 0.01, train.inner_steps: 1}]",
+            "[{train.inner_lr: 50.0}, {train.inner_lr: 0.01}]",
+        )
+    )
+    Path("sweep.yaml").write_text(config)
+    result = run_cli("sweep", "sweep.yaml", timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert json.loads(result.stdout.strip().splitlines()[-1])["train.inner_lr"] == 0.01
