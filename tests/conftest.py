@@ -1,8 +1,10 @@
 from __future__ import annotations
 
 import os
+import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -23,3 +25,25 @@ def run_cli(*args: str, timeout: float = 300) -> subprocess.CompletedProcess[str
         [sys.executable, "-m", "orchestrator.cli", *args],
         capture_output=True, text=True, timeout=timeout, env=env,
     )  # fmt: skip
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on right now."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def wait_for_port(port: int, server: subprocess.Popen, what: str, timeout: float) -> None:
+    """Wait until ``server`` accepts connections on 127.0.0.1:``port``; fail the test if it dies
+    or does not listen within ``timeout`` seconds."""
+    deadline = time.time() + timeout
+    while True:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+            return
+        except OSError:
+            if time.time() > deadline or server.poll() is not None:
+                server.kill()
+                pytest.fail(f"{what} did not start on 127.0.0.1:{port}")
+            time.sleep(0.2)

@@ -3,7 +3,6 @@ artifacts served by the server), then the pulled model loaded with no server at 
 
 from __future__ import annotations
 
-import socket
 import subprocess
 import sys
 import time
@@ -15,8 +14,7 @@ import numpy as np
 import pytest
 from mlflow.tracking import MlflowClient
 
-from tests.conftest import run_cli
-from tests.integration.test_object_storage import free_port
+from tests.conftest import free_port, run_cli, wait_for_port
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -49,16 +47,7 @@ def mlflow_server(tmp_path: Path) -> Iterator[str]:
         ],
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
     )  # fmt: skip
-    deadline = time.time() + 90
-    while True:
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=1).close()
-            break
-        except OSError:
-            if time.time() > deadline or server.poll() is not None:
-                server.kill()
-                pytest.fail("mlflow server did not start on 127.0.0.1")
-            time.sleep(0.5)
+    wait_for_port(port, server, "mlflow server", timeout=90)
     yield f"http://127.0.0.1:{port}"
     server.terminate()
     server.wait(timeout=30)

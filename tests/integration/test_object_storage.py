@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -17,16 +16,10 @@ import torch
 from orchestrator import datasets
 from orchestrator.datasets import EpisodeSampler, load_dataset
 from orchestrator.errors import UserError
-from tests.conftest import run_cli
+from tests.conftest import free_port, run_cli, wait_for_port
 from tests.orchestrator.test_datasets import make_folder
 
 pytestmark = pytest.mark.integration
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 @pytest.fixture(scope="module")
@@ -38,16 +31,7 @@ def s3_endpoint() -> Iterator[str]:
         [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env,
     )  # fmt: skip
-    deadline = time.time() + 30
-    while True:
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=1).close()
-            break
-        except OSError:
-            if time.time() > deadline or server.poll() is not None:
-                server.kill()
-                pytest.fail("moto server did not start on 127.0.0.1")
-            time.sleep(0.2)
+    wait_for_port(port, server, "moto server", timeout=30)
     endpoint = f"127.0.0.1:{port}"
     fs = pafs.S3FileSystem(
         access_key="testing", secret_key="testing", endpoint_override=endpoint, scheme="http",
