@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 TORCH_SPEC ?= torch==2.13.0
 DEMO_ITERATIONS ?= 3000
 
-.PHONY: install demo sweep-demo test lint benchmark clean
+.PHONY: install demo train-demo test lint benchmark clean
 
 $(VENV)/.installed: pyproject.toml
 	python3 -m venv $(VENV)
@@ -17,15 +17,15 @@ $(VENV)/.installed: pyproject.toml
 ## install: create .venv with PyTorch (CPU build) and metasweep
 install: $(VENV)/.installed
 
-## demo: install, then meta-train MAML on sinusoid regression for a few minutes
-demo: install
+## train-demo: install, then meta-train MAML on sinusoid regression (no Ray, no servers)
+train-demo: install
 	$(VENV)/bin/metasweep train examples/sinusoid_maml.yaml \
 		--set name=demo --set train.iterations=$(DEMO_ITERATIONS) --set train.eval_every=1000
 
-## sweep-demo: install, then a small sweep on local Ray with MLflow tracking and a registered champion
-sweep-demo: install
+## demo: install, then a small sweep on local Ray, tracked in ./mlflow.db, best model registered
+demo: install
 	$(VENV)/bin/metasweep sweep examples/sweep_sinusoid_maml.yaml \
-		--set name=sweep-demo --set train.iterations=1000 --set search.num_samples=4 \
+		--set name=demo-$$(date +%Y%m%d-%H%M%S) --set train.iterations=1000 --set search.num_samples=4 \
 		--set search.grace_period=500 --set train.eval_every=250
 
 ## test: install, then run the whole test suite
