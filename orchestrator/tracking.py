@@ -258,7 +258,10 @@ def log_and_register(
         torch.save(weights, weights_path)
         spec_path.write_text(json.dumps(spec, sort_keys=True))
         root = Path(pyfunc_model.__file__).resolve().parents[1]
+        # The registry lives with the tracking store named in the config, whatever
+        # MLFLOW_REGISTRY_URI says.
         mlflow.set_tracking_uri(tracker.uri)
+        mlflow.set_registry_uri(tracker.uri)
         with mlflow.start_run(run_id=tracker.parent_id):
             predictions = pyfunc_model.predict_with(_rebuild(spec, weights), spec, input_example)
             info = mlflow.pyfunc.log_model(

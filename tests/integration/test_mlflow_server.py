@@ -53,7 +53,14 @@ def mlflow_server(tmp_path: Path) -> Iterator[str]:
     server.wait(timeout=30)
 
 
-def test_sweep_registers_on_a_tracking_server_and_pulls_offline(mlflow_server: str) -> None:
+def test_sweep_registers_on_a_tracking_server_and_pulls_offline(
+    mlflow_server: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # mlflow.set_*_uri below also export MLFLOW_*_URI to later subprocesses; scope them to this test.
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "")
+    monkeypatch.setenv("MLFLOW_REGISTRY_URI", "")
+    monkeypatch.delenv("MLFLOW_TRACKING_URI")
+    monkeypatch.delenv("MLFLOW_REGISTRY_URI")
     Path("sweep.yaml").write_text(SWEEP)
     result = run_cli("sweep", "sweep.yaml", "--set", f"tracking.uri={mlflow_server}", timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
