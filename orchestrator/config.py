@@ -52,6 +52,9 @@ class DataConfig(_Section):
     shots: int = Field(10, ge=1, description="support examples per class (per task for regression)")
     queries: int = Field(10, ge=1, description="query examples per class (per task for regression)")
     rotations: bool = Field(False, description="add 90/180/270-degree rotations of each class as new classes")
+    split: Literal["train", "val", "test"] = Field(
+        "train", description="dataset split meta-training draws from (validation: val, test: test)"
+    )
 
 
 class TrainConfig(_Section):

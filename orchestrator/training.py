@@ -91,7 +91,7 @@ def build_sources(config: RunConfig) -> Sources:
     def split(name: str, queries: int) -> EpisodeSampler:
         return EpisodeSampler(dataset, name, d.ways, d.shots, queries, d.rotations)
 
-    return Sources(split("train", d.queries), split("val", eval_queries), split("test", eval_queries))
+    return Sources(split(d.split, d.queries), split("val", eval_queries), split("test", eval_queries))
 
 
 def build_learner(config: RunConfig, source: TaskSource) -> nn.Module:

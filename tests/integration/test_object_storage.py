@@ -89,3 +89,26 @@ def test_s3_wrong_bucket_is_a_clear_error(s3_env: str) -> None:
     result = run_cli("data", "info", "s3://no-such-bucket/d.parquet")
     assert result.returncode == 2
     assert "metasweep: error:" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_s3_unauthorized_is_a_clear_error(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A server that enforces credentials (moto with IAM authentication on) refuses unknown keys."""
+    port = free_port()
+    env = {**os.environ, "INITIAL_NO_AUTH_ACTION_COUNT": "0"}
+    server = subprocess.Popen(
+        [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env,
+    )  # fmt: skip
+    try:
+        wait_for_port(port, server, "moto server", timeout=30)
+        monkeypatch.setenv("AWS_ACCESS_KEY_ID", "not-a-key")
+        monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "not-a-secret")
+        monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
+        monkeypatch.setenv("AWS_ENDPOINT_URL", f"http://127.0.0.1:{port}")
+        monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
+        result = run_cli("data", "info", "s3://episodes/d.parquet")
+        assert result.returncode == 2, result.stderr
+        assert "ACCESS_DENIED" in result.stderr and "Traceback" not in result.stderr
+    finally:
+        server.terminate()
+        server.wait(timeout=10)

@@ -115,3 +115,21 @@ def test_protonet_on_real_omniglot_beats_chance() -> None:
     assert result.returncode == 0, result.stderr
     metrics = json.loads(result.stdout.strip().splitlines()[-1])
     assert metrics["test/accuracy"] - metrics["test/accuracy_ci95"] > 0.6, metrics
+
+
+def test_training_split_is_configurable(tmp_path: Path) -> None:
+    make_folder(Path("p"), classes=10, per_class=4)
+    assert (
+        run_cli("data", "import", "p", "--out", "d.parquet", "--split-ratios", "0.3,0.3,0.4").returncode == 0
+    )
+    config = str(ROOT / "examples" / "omniglot_protonet_5w1s.yaml")
+    common = ["--set", "data.dataset=d.parquet", "--set", "data.rotations=false", "--set", "data.shots=1",
+              "--set", "data.queries=1"]  # fmt: skip
+    refused = run_cli("train", config, *common, "--set", "data.ways=4")
+    assert (
+        refused.returncode == 2 and "split 'train'" in refused.stderr and "only 3 classes" in refused.stderr
+    )
+    from_test = run_cli("train", config, *common, "--set", "data.ways=4", "--set", "data.split=test")
+    assert from_test.returncode == 2 and "split 'val'" in from_test.stderr, from_test.stderr
+    bad = run_cli("train", config, *common, "--set", "data.split=holdout")
+    assert bad.returncode == 2 and "data.split" in bad.stderr
