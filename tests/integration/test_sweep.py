@@ -39,6 +39,20 @@ def store() -> MlflowClient:
     return MlflowClient(f"sqlite:///{Path('mlflow.db').absolute()}")
 
 
+def live_trial_runs() -> list:
+    """The trial runs in ./mlflow.db while a sweep is running; none yet while its driver is still
+    creating or migrating the database (reading then would race the migration)."""
+    if not Path("mlflow.db").exists():
+        return []
+    try:
+        client = store()
+        experiment = client.get_experiment_by_name("it")
+        runs = [] if experiment is None else client.search_runs([experiment.experiment_id])
+    except Exception:  # alembic/sqlalchemy errors of a half-created database
+        return []
+    return [r for r in runs if "metasweep.trial_id" in r.data.tags]
+
+
 def test_sweep_tracks_every_trial_as_a_child_run(tmp_path: Path) -> None:
     Path("sweep.yaml").write_text(SWEEP.format(name="s1"))
     result = run_cli("sweep", "sweep.yaml", timeout=600)
@@ -120,6 +134,7 @@ def test_sweep_resumes_after_the_driver_is_killed(tmp_path: Path) -> None:
         .replace("grace_period: 20", "scheduler: fifo")
     )
     Path("sweep.yaml").write_text(config)
+    store()  # create the database here first, so that polling never races its creation
     driver = subprocess.Popen(
         [sys.executable, "-m", "orchestrator.cli", "sweep", "sweep.yaml"],
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
@@ -128,15 +143,9 @@ def test_sweep_resumes_after_the_driver_is_killed(tmp_path: Path) -> None:
     finished: list[str] = []
     while time.time() < deadline and len(finished) < 2:
         time.sleep(2)
-        if Path("mlflow.db").exists():
-            client = store()
-            experiment = client.get_experiment_by_name("it")
-            if experiment is not None:
-                finished = [
-                    r.data.tags["metasweep.trial_id"]
-                    for r in client.search_runs([experiment.experiment_id], "attributes.status = 'FINISHED'")
-                    if "metasweep.trial_id" in r.data.tags
-                ]
+        finished = [
+            r.data.tags["metasweep.trial_id"] for r in live_trial_runs() if r.info.status == "FINISHED"
+        ]
     os.killpg(driver.pid, signal.SIGKILL)
     driver.wait()
     assert len(finished) >= 2, "two trials should finish within five minutes"
@@ -195,6 +204,7 @@ def test_a_crashed_trial_continues_from_its_checkpoint(tmp_path: Path) -> None:
         .replace("grace_period: 20", "scheduler: fifo")
     )
     Path("sweep.yaml").write_text(config)
+    store()  # create the database here first, so that polling never races its creation
     driver = subprocess.Popen(
         [sys.executable, "-m", "orchestrator.cli", "sweep", "sweep.yaml"],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
@@ -203,13 +213,9 @@ def test_a_crashed_trial_continues_from_its_checkpoint(tmp_path: Path) -> None:
     deadline = time.time() + 300
     while time.time() < deadline and len(steps) < 3:
         time.sleep(1)
-        if Path("mlflow.db").exists():
-            client = store()
-            experiment = client.get_experiment_by_name("it")
-            children = [] if experiment is None else client.search_runs([experiment.experiment_id])
-            children = [r for r in children if "metasweep.trial_id" in r.data.tags]
-            if children:
-                steps = [m.step for m in client.get_metric_history(children[0].info.run_id, "val/mse")]
+        children = live_trial_runs()
+        if children:
+            steps = [m.step for m in store().get_metric_history(children[0].info.run_id, "val/mse")]
     assert len(steps) >= 3, "the trial should report three evaluations within five minutes"
     workers = trial_workers(f"crash-{tmp_path.name}")
     assert workers, "no trial worker to kill"
