@@ -144,8 +144,8 @@ def sweep(
         )
     stderr.print(
         f"MLflow: parent run {result.parent_run_id} in {result.tracking_uri}\n"
-        f"  open it with: mlflow ui --backend-store-uri {result.tracking_uri} --host 127.0.0.1 "
-        "(then http://127.0.0.1:5000)",
+        f"  open it with: metasweep ui --tracking-uri {result.tracking_uri}  (http://127.0.0.1:5000), or "
+        f"mlflow ui --backend-store-uri {result.tracking_uri} --host 127.0.0.1",
         markup=False,
         highlight=False,
     )

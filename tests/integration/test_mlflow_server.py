@@ -95,3 +95,24 @@ def test_unreachable_tracking_server_fails_before_any_trial() -> None:
     assert "Traceback" not in result.stderr
     assert not Path("runs/sweeps/served").exists()
     assert time.time() - started < 60, "an unreachable server must fail fast, not after retries"
+
+
+def test_metasweep_ui_serves_the_store_on_loopback(tmp_path: Path) -> None:
+    import urllib.request
+
+    port = free_port()
+    ui = subprocess.Popen(
+        [sys.executable, "-m", "orchestrator.cli", "ui", "--port", str(port),
+         "--tracking-uri", f"sqlite:///{tmp_path / 'ui.db'}"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
+    )  # fmt: skip
+    try:
+        wait_for_port(port, ui, "metasweep ui", timeout=90)
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=10) as response:
+            assert response.read() == b"OK"
+    finally:
+        import os
+        import signal
+
+        os.killpg(ui.pid, signal.SIGTERM)
+        ui.wait(timeout=30)
