@@ -12,6 +12,7 @@ import json
 import logging
 import math
 import os
+import shutil
 import subprocess
 import tempfile
 import time
@@ -258,10 +259,7 @@ def log_and_register(
         torch.save(weights, weights_path)
         spec_path.write_text(json.dumps(spec, sort_keys=True))
         root = Path(pyfunc_model.__file__).resolve().parents[1]
-        # The registry lives with the tracking store named in the config, whatever
-        # MLFLOW_REGISTRY_URI says.
-        mlflow.set_tracking_uri(tracker.uri)
-        mlflow.set_registry_uri(tracker.uri)
+        use_store(tracker.uri)
         with mlflow.start_run(run_id=tracker.parent_id):
             predictions = pyfunc_model.predict_with(_rebuild(spec, weights), spec, input_example)
             info = mlflow.pyfunc.log_model(
@@ -331,6 +329,16 @@ def _requirements() -> list[str]:
     ]
 
 
+def use_store(uri: str) -> None:
+    """Point MLflow's fluent API (runs, ``register_model``, ``models:/`` URIs) at ``uri`` for
+    both tracking and registry: those calls read the process-wide URIs, not arguments, and a
+    stale ``MLFLOW_REGISTRY_URI`` must not send a model elsewhere."""
+    import mlflow
+
+    mlflow.set_tracking_uri(uri)
+    mlflow.set_registry_uri(uri)
+
+
 def list_models(uri: str, name: str | None = None) -> list[dict[str, Any]]:
     """Registered versions (all models, or one), newest first, with aliases and test metrics.
 
@@ -381,9 +389,7 @@ def pull_model(uri: str, reference: str, out: Path) -> Path:
         raise UserError(f"--out {out} exists and is not empty; choose a new folder")
     target = model_uri(reference)
     tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
-    # models:/ URIs resolve through the process-wide registry URI, not the call's arguments.
-    mlflow.set_tracking_uri(uri)
-    mlflow.set_registry_uri(uri)
+    use_store(uri)
     try:
         mlflow.artifacts.download_artifacts(target, dst_path=str(tmp))
         out.parent.mkdir(parents=True, exist_ok=True)
@@ -394,8 +400,6 @@ def pull_model(uri: str, reference: str, out: Path) -> Path:
         raise UserError(f"cannot pull {target} from {uri}: {exc.message}") from None
     finally:
         if tmp.exists():
-            import shutil
-
             shutil.rmtree(tmp, ignore_errors=True)
     return out
 
@@ -411,8 +415,7 @@ def load_model(uri: str, reference: str) -> Any:
     path = Path(reference)
     target = str(path) if path.is_dir() else model_uri(reference)
     if not path.is_dir():
-        mlflow.set_tracking_uri(uri)
-        mlflow.set_registry_uri(uri)
+        use_store(uri)
     try:
         return mlflow.pyfunc.load_model(target)
     except (MlflowException, OSError) as exc:
