@@ -602,7 +602,7 @@ class EpisodeSampler:
         self.ways, self.shots, self.queries = ways, shots, queries
         self.image_shape = dataset.image_shape
         self.invert = bool(dataset.metadata.get("invert", False))
-        self._images, self._start, self._count = _split_view(dataset, split, rotations)
+        self._images, self._start, self._count = _split_view(dataset.uri, split, rotations)
 
     @property
     def num_classes(self) -> int:
@@ -639,15 +639,10 @@ class EpisodeSampler:
         return self._start[classes][..., None] + picks
 
 
-def _split_view(
-    dataset: EpisodicDataset, split: str, rotations: bool
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Images of one split (contiguous, rotations appended as new classes), starts and counts."""
-    return _split_view_cached(dataset.uri, split, rotations)
-
-
 @lru_cache(maxsize=8)
-def _split_view_cached(uri: str, split: str, rotations: bool) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def _split_view(uri: str, split: str, rotations: bool) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Images of one split (contiguous, rotations appended as new classes), starts and counts;
+    built once per process and shared by every sampler of that split."""
     dataset = load_dataset(uri)
     classes = dataset.classes_in(split)
     if len(classes) == 0:
