@@ -1,0 +1,206 @@
+"""What a sweep tracked, as a person sees it: ``metasweep ui`` on 127.0.0.1, driven by Playwright in
+a headless Debian Chromium (``/usr/bin/chromium``; Playwright's own browser download is not used).
+
+Every page is saved as a screenshot under the test's tmp_path (the paths are printed) and, when
+``METASWEEP_SCREENSHOTS`` names a folder, copied there too."""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import pytest
+from mlflow.tracking import MlflowClient
+
+from tests.conftest import free_port, run_cli, wait_for_port
+
+if TYPE_CHECKING:
+    from playwright.sync_api import Page
+
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
+
+CHROMIUM = Path("/usr/bin/chromium")
+if not CHROMIUM.is_file():
+    pytest.skip(
+        f"needs Debian's Chromium at {CHROMIUM} (apt-get install chromium chromium-driver)",
+        allow_module_level=True,
+    )
+sync_api = pytest.importorskip(
+    "playwright.sync_api", reason="needs Playwright for Python (pip install playwright; no browser download)"
+)
+
+# Without the networking flags Chromium keeps calling Google's hosts, which a closed network refuses.
+CHROMIUM_FLAGS = [
+    "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+    "--disable-background-networking", "--disable-component-update", "--disable-sync",
+]  # fmt: skip
+# The UI opens on its GenAI view with an assistant panel over a third of the page; a metasweep user
+# is in "Model training". These are the keys the UI's own toggles write.
+UI_PREFERENCES = """
+localStorage.setItem("mlflow.workflowType_v1", '"machine_learning"');
+localStorage.setItem("mlflow.assistant.panelOpen_v1", "false");
+localStorage.setItem("mlflow.assistant.fab.autoOpenedOnFirstLoad_v1", "true");
+"""
+WAIT_MS = 30_000  # the UI's first API calls are slow on a busy 2-core machine
+
+EXPERIMENT = "browser-it"
+SWEEP_NAME = "ui-sweep"
+MODEL = "ui-sine"
+SWEEP = f"""
+name: {SWEEP_NAME}
+algorithm: maml
+model: {{name: mlp, hidden: [20, 20]}}
+data: {{dataset: sinusoid, shots: 5, queries: 5}}
+train: {{iterations: 60, meta_batch_size: 5, eval_every: 20}}
+eval: {{inner_steps: 3, val_tasks: 20, test_tasks: 30, batch_size: 10}}
+search:
+  space:
+    train.inner_lr: {{type: loguniform, low: 0.005, high: 0.05}}
+  num_samples: 2
+  max_concurrent: 1
+  scheduler: fifo
+tracking: {{experiment: {EXPERIMENT}, registered_model: {MODEL}}}
+"""
+
+
+def stop_group(process: subprocess.Popen) -> None:
+    """Stop a server started with ``start_new_session`` and everything it forked (MLflow's UI
+    leaves uvicorn workers and huey job consumers behind its own process)."""
+    try:
+        os.killpg(process.pid, signal.SIGTERM)
+        deadline = time.time() + 15
+        while time.time() < deadline:
+            process.poll()
+            os.killpg(process.pid, 0)  # raises once every process of the group has exited
+            time.sleep(0.5)
+        os.killpg(process.pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+    process.wait(timeout=30)
+
+
+@pytest.fixture
+def swept_store(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> str:
+    """A SQLite store holding one finished sweep with two trials and a registered champion."""
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    monkeypatch.delenv("MLFLOW_REGISTRY_URI", raising=False)
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    Path("sweep.yaml").write_text(SWEEP)
+    result = run_cli("sweep", "sweep.yaml", "--set", f"tracking.uri={uri}", timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert f"registered {MODEL} v1 as @champion" in result.stderr
+    return uri
+
+
+@pytest.fixture
+def ui_url(swept_store: str) -> Iterator[str]:
+    """``metasweep ui`` on the store, answering ``/health``."""
+    port = free_port()
+    ui = subprocess.Popen(
+        [sys.executable, "-m", "orchestrator.cli", "ui", "--port", str(port), "--tracking-uri", swept_store],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
+        env={**os.environ, "MLFLOW_DISABLE_TELEMETRY": "true"},
+    )  # fmt: skip
+    try:
+        wait_for_port(port, ui, "metasweep ui", timeout=90)
+        url = f"http://127.0.0.1:{port}"
+        # uvicorn listens before its workers are up; /health answers once one serves requests.
+        with urllib.request.urlopen(f"{url}/health", timeout=60) as response:
+            assert response.read() == b"OK"
+        yield url
+    finally:
+        stop_group(ui)
+
+
+@pytest.fixture
+def browser_page(tmp_path: Path) -> Iterator[Page]:
+    """A page in a fresh headless Chromium profile, 1600x1000."""
+    with sync_api.sync_playwright() as playwright:
+        context = playwright.chromium.launch_persistent_context(
+            str(tmp_path / "chromium-profile"),
+            executable_path=str(CHROMIUM),
+            args=CHROMIUM_FLAGS,
+            headless=True,
+            viewport={"width": 1600, "height": 1000},
+        )
+        context.add_init_script(UI_PREFERENCES)
+        context.set_default_timeout(WAIT_MS)
+        try:
+            yield context.new_page()
+        finally:
+            context.close()
+
+
+def screenshot(page: Page, tmp_path: Path, name: str) -> None:
+    """Save the visible page as ``name``.png for a person to look at."""
+    path = tmp_path / "screenshots" / f"{name}.png"
+    page.screenshot(path=str(path))
+    print(f"screenshot: {path}")
+    if extra := os.environ.get("METASWEEP_SCREENSHOTS"):
+        Path(extra).mkdir(parents=True, exist_ok=True)
+        shutil.copy(path, Path(extra) / path.name)
+
+
+def test_mlflow_ui_shows_the_sweep_its_trials_their_curves_and_the_champion(
+    ui_url: str, swept_store: str, browser_page: Page, tmp_path: Path
+) -> None:
+    page = browser_page
+    expect = sync_api.expect
+    client = MlflowClient(swept_store)
+    experiment_id = client.get_experiment_by_name(EXPERIMENT).experiment_id
+    runs = client.search_runs([experiment_id])
+    parent = next(r for r in runs if "mlflow.parentRunId" not in r.data.tags)
+    children = [r for r in runs if "mlflow.parentRunId" in r.data.tags]
+    trials = sorted(c.info.run_name for c in children)
+    assert len(trials) == 2 and parent.info.run_name == SWEEP_NAME
+    best = next(c for c in children if c.info.run_name == parent.data.tags["metasweep.best_trial"])
+    evaluations = len(client.get_metric_history(best.info.run_id, "val/mse"))
+    try:
+        page.goto(f"{ui_url}/#/experiments")
+        expect(page.get_by_role("link", name=EXPERIMENT, exact=True)).to_be_visible(timeout=WAIT_MS)
+        screenshot(page, tmp_path, "1-experiments")
+
+        # The sweep is one top-level row; its trials appear under it only once it is expanded.
+        page.goto(f"{ui_url}/#/experiments/{experiment_id}/runs")
+        expect(page.get_by_text(f"{1 + len(trials)} matching runs")).to_be_visible(timeout=WAIT_MS)
+        sweep_link = page.get_by_role("link", name=SWEEP_NAME, exact=True)
+        expect(sweep_link).to_be_visible(timeout=WAIT_MS)
+        trial_links = page.get_by_role(
+            "link", name=re.compile("^(" + "|".join(map(re.escape, trials)) + ")$")
+        )
+        expect(trial_links).to_have_count(0)
+        screenshot(page, tmp_path, "2-runs-collapsed")
+        sweep_row = page.get_by_role("row").filter(has=sweep_link)
+        sweep_row.locator('[col-id="attributes.`Run Name`"] button').click()
+        expect(trial_links).to_have_count(len(trials), timeout=WAIT_MS)
+        for trial in trials:
+            expect(page.get_by_role("link", name=trial, exact=True)).to_be_visible()
+        screenshot(page, tmp_path, "3-runs-expanded")
+
+        # The best trial's val/mse curve is drawn, one marker per evaluation.
+        page.goto(f"{ui_url}/#/experiments/{experiment_id}/runs/{best.info.run_id}/model-metrics")
+        chart = page.get_by_test_id("experiment-view-compare-runs-card").filter(
+            has_text=f"{best.info.run_name} (val/mse)"
+        )
+        expect(chart).to_be_visible(timeout=WAIT_MS)
+        expect(chart.locator(".js-plotly-plot .point")).to_have_count(evaluations, timeout=WAIT_MS)
+        chart.scroll_into_view_if_needed()
+        screenshot(page, tmp_path, "4-trial-model-metrics")
+
+        page.goto(f"{ui_url}/#/models/{MODEL}")
+        expect(page.get_by_role("heading", name=MODEL, exact=True)).to_be_visible(timeout=WAIT_MS)
+        version_row = page.get_by_role("row").filter(has=page.get_by_role("link", name="Version 1"))
+        expect(version_row).to_contain_text("champion", timeout=WAIT_MS)
+        screenshot(page, tmp_path, "5-registered-model")
+    except Exception:
+        screenshot(page, tmp_path, "failure")
+        raise
