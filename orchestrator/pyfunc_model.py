@@ -9,8 +9,11 @@ time, so no pickled Python object is ever loaded. Weights are read with
 
 Images: ``support_x``/``query_x`` are uint8 ``(n, H, W)`` or ``(n, H, W, C)``, as PIL gives
 them, in the source dataset's pixel convention; the model resizes, scales and inverts them as the
-dataset recorded. ``support_y`` holds any integer or string labels; predictions come back in the
-same label space. Regression: float ``(n, 1)`` inputs and targets, float ``(n, 1)`` predictions.
+dataset recorded. ``support_y`` holds integer or string labels, ``(n,)``, any values (e.g.
+``[7, 42, 3]`` or ``["Alef", "Bet", "Gimel"]``); predictions come back as those labels, in the same
+dtype. Which label names a class never changes a prediction: classes are numbered in order of first
+appearance in ``support_y``. Regression: float ``(n, 1)`` inputs and targets, float ``(n, 1)``
+predictions.
 """
 
 from __future__ import annotations
@@ -44,18 +47,30 @@ def build_from_spec(spec: dict[str, Any]) -> torch.nn.Module:
     return build_learner(config, _Shape())  # type: ignore[arg-type]
 
 
-def preprocess_images(images: np.ndarray, spec: dict[str, Any]) -> torch.Tensor:
+def preprocess_images(images: np.ndarray, spec: dict[str, Any], name: str = "images") -> torch.Tensor:
     """uint8 ``(n, H, W[, C])`` in the dataset's convention to the model's ``(n, C, h, w)`` floats.
 
+    Args:
+        images: one array of equally sized images; any size, the model resizes them.
+        spec: the model's spec (``image_shape`` as ``(h, w, c)``, ``invert``).
+        name: the input's name in error messages.
+
     Raises:
-        ValueError: a channel count the model cannot take.
+        ValueError: images of different sizes in one array, a wrong rank, or a channel count the
+            model cannot take.
     """
     h, w, c = spec["image_shape"]
     images = np.asarray(images)
+    if images.dtype == object:
+        # MLflow lets ragged (n,) object arrays through a (-1, -1, -1) tensor spec.
+        raise ValueError(
+            f"{name} holds images of different sizes; resize them to one size and stack them into "
+            "one uint8 array (n, H, W) or (n, H, W, C)"
+        )
     if images.ndim == 3:
         images = images[..., None]
     if images.ndim != 4 or images.shape[-1] not in (1, 3, 4):
-        raise ValueError(f"images must be (n, H, W) or (n, H, W, C), got shape {images.shape}")
+        raise ValueError(f"{name} must be (n, H, W) or (n, H, W, C) images, got shape {images.shape}")
     if images.shape[-1] != c:
         if c == 1:
             images = np.stack([np.asarray(Image.fromarray(i.astype(np.uint8)).convert("L")) for i in images])[
@@ -102,8 +117,18 @@ class MetaLearnerModel(PythonModel):
 def predict_with(learner: torch.nn.Module, spec: dict[str, Any], model_input: Any) -> np.ndarray:
     """Adapt ``learner`` to one support set and predict the query set (see module docstring).
 
+    Args:
+        learner: the meta-learner, in eval mode.
+        spec: the model's spec (config, task kind, ways, image shape, preprocessing).
+        model_input: ``support_x``, ``support_y`` and ``query_x`` arrays.
+
+    Returns:
+        Classification: ``(queries,)`` labels taken from ``support_y``, in its dtype.
+        Regression: ``(queries, 1)`` float32 predictions.
+
     Raises:
-        ValueError: missing keys, or more classes than the model's ways.
+        ValueError: missing keys, labels that are not integers or strings, a label count that
+            differs from the support image count, or more classes than the model's ways.
     """
     missing = {"support_x", "support_y", "query_x"} - set(model_input)
     if missing:
@@ -113,23 +138,71 @@ def predict_with(learner: torch.nn.Module, spec: dict[str, Any], model_input: An
         sx = torch.as_tensor(np.asarray(model_input["support_x"], dtype=np.float32)).reshape(1, -1, 1)
         sy = torch.as_tensor(np.asarray(model_input["support_y"], dtype=np.float32)).reshape(1, -1, 1)
         qx = torch.as_tensor(np.asarray(model_input["query_x"], dtype=np.float32)).reshape(1, -1, 1)
+        _check_one_label_each(sy.shape[1], sx.shape[1], "inputs")
         adapted = learner.adapt(sx, sy, inner_steps=steps)  # type: ignore[operator]
         with torch.no_grad():
             return learner.predict(adapted, qx)[0].numpy()  # type: ignore[operator]
-    labels = np.asarray(model_input["support_y"]).reshape(-1)
-    classes, indices = np.unique(labels, return_inverse=True)
+    sx = preprocess_images(model_input["support_x"], spec, "support_x").unsqueeze(0)
+    qx = preprocess_images(model_input["query_x"], spec, "query_x").unsqueeze(0)
+    classes, indices = encode_labels(model_input["support_y"])
+    _check_one_label_each(len(indices), sx.shape[1], "images")
     ways = spec["ways"]
     if spec["config"]["algorithm"] != "protonet" and len(classes) > ways:
         raise ValueError(
-            f"the support set has {len(classes)} classes but the model was trained for {ways} ways"
+            f"the support set has {len(classes)} classes but the model was trained for {ways} ways; "
+            f"adapt it to at most {ways} classes at a time"
         )
-    sx = preprocess_images(model_input["support_x"], spec).unsqueeze(0)
-    qx = preprocess_images(model_input["query_x"], spec).unsqueeze(0)
     sy = torch.as_tensor(indices, dtype=torch.long).unsqueeze(0)
     with torch.no_grad():
         adapted = learner.adapt(sx, sy, inner_steps=steps)  # type: ignore[operator]
         logits = learner.predict(adapted, qx)[0, :, : len(classes)]  # type: ignore[operator]
     return classes[logits.argmax(-1).numpy()]
+
+
+def encode_labels(support_y: Any) -> tuple[np.ndarray, np.ndarray]:
+    """The distinct labels in order of first appearance, and each example's index among them.
+
+    Indices depend only on which examples share a label, never on the label values, so renaming
+    classes (``7`` to ``"Alef"``) cannot change which example a prediction points to.
+
+    Args:
+        support_y: ``(n,)`` integer labels (any int dtype, or Python ints in an object array) or
+            string labels (``<U``, or ``str`` in an object array, as MLflow's JSON parsing gives).
+
+    Returns:
+        ``classes`` ``(k,)`` in ``support_y``'s dtype, and ``indices`` ``(n,)`` into it.
+
+    Raises:
+        ValueError: not 1-D, empty, or labels that are not all integers or all strings.
+    """
+    labels = np.asarray(support_y)
+    if labels.ndim != 1 or len(labels) == 0:
+        raise ValueError(f"support_y must be a non-empty (n,) array of labels, got shape {labels.shape}")
+    kind = labels.dtype.kind
+    if kind == "O":
+        values = labels.tolist()
+        integers = all(isinstance(v, int) and not isinstance(v, bool) for v in values)
+        if not (integers or all(isinstance(v, str) for v in values)):
+            kinds = sorted({type(v).__name__ for v in values})
+            raise ValueError(f"support_y must hold all integer or all string labels, got {kinds}")
+    elif kind not in "iuU":
+        raise ValueError(
+            f"support_y must hold integer or string labels, got dtype {labels.dtype}; "
+            "pass class names as strings or class ids as integers"
+        )
+    classes, first, inverse = np.unique(labels, return_index=True, return_inverse=True)
+    order = np.argsort(first)
+    rank = np.empty_like(order)
+    rank[order] = np.arange(len(order))
+    return classes[order], rank[inverse.reshape(-1)]
+
+
+def _check_one_label_each(labels: int, examples: int, what: str) -> None:
+    if labels != examples:
+        raise ValueError(
+            f"support_y has {labels} labels but support_x has {examples} {what}; "
+            "give exactly one label per support example"
+        )
 
 
 mlflow.models.set_model(MetaLearnerModel())

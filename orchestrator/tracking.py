@@ -267,7 +267,7 @@ def log_and_register(
                 python_model=str(Path(pyfunc_model.__file__)),
                 artifacts={pyfunc_model.WEIGHTS: str(weights_path), pyfunc_model.SPEC: str(spec_path)},
                 code_paths=[str(root / "algorithms"), str(root / "orchestrator")],
-                signature=_signature(input_example, predictions),
+                signature=_signature(input_example, predictions, spec["task_kind"]),
                 input_example=input_example,
                 pip_requirements=_requirements(),
             )
@@ -300,17 +300,32 @@ def log_and_register(
     return Registration(name, str(version), alias, reason)
 
 
-def _signature(example: dict[str, np.ndarray], predictions: np.ndarray) -> Any:
-    """Inputs of any count and image size (the model resizes), in the example's dtypes."""
+def _signature(example: dict[str, np.ndarray], predictions: np.ndarray, task_kind: str) -> Any:
+    """Inputs of any count and image size (the model resizes), in the example's dtypes; for
+    classification, ``support_y`` and the predictions are labels of any integer or string dtype.
+
+    A TensorSpec holds one dtype and MLflow casts nothing, so an ``int64`` ``support_y`` would
+    refuse string labels (and ``int32`` ones). Labels are declared ``object`` ``(-1,)`` instead,
+    the one tensor spec MLflow's enforcement passes through unchanged (an int64, ``<U`` or object
+    array alike, and JSON lists when served); ``pyfunc_model.encode_labels`` then checks them.
+    Images keep their uint8 dtype and rank.
+    """
     from mlflow.models import ModelSignature
     from mlflow.types.schema import Schema, TensorSpec
 
+    classification = task_kind == "classification"
+
     def spec(name: str, array: np.ndarray) -> TensorSpec:
+        if classification and name == "support_y":
+            return TensorSpec(np.dtype(object), (-1,), name)
         return TensorSpec(array.dtype, (-1, *([-1] * (array.ndim - 1))), name)
 
     inputs = Schema([spec(name, np.asarray(array)) for name, array in example.items()])
-    outputs = Schema([TensorSpec(predictions.dtype, (-1, *predictions.shape[1:]))])
-    return ModelSignature(inputs=inputs, outputs=outputs)
+    if classification:
+        output = TensorSpec(np.dtype(object), (-1,))
+    else:
+        output = TensorSpec(predictions.dtype, (-1, *predictions.shape[1:]))
+    return ModelSignature(inputs=inputs, outputs=Schema([output]))
 
 
 def _rebuild(spec: dict[str, Any], weights: dict[str, Any]) -> torch.nn.Module:

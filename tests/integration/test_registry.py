@@ -84,6 +84,14 @@ def test_champion_pull_and_adapt(tmp_path: Path) -> None:
     qx = np.stack([ds.pixels[ds.class_start[c] + 1, :, :, 0] for c in classes])
     in_process = model.predict({"support_x": sx, "support_y": np.arange(5), "query_x": qx})
     assert [f"class{classes[i]}" for i in in_process] == cli_predictions
+    # The same support set labelled with the characters' names, or with arbitrary integer ids:
+    # predictions come back in that label space and agree with the 0..4 answers.
+    names = np.array([ds.class_names[c] for c in classes])
+    by_name = model.predict({"support_x": sx, "support_y": names, "query_x": qx})
+    assert by_name.dtype.kind == "U" and by_name.tolist() == names[in_process].tolist()
+    ids = np.array([7, 42, 3, 19, 5])
+    by_id = model.predict({"support_x": sx, "support_y": ids, "query_x": qx})
+    assert by_id.dtype == ids.dtype and by_id.tolist() == ids[in_process].tolist()
     assert Path("p.csv").read_text().startswith("image,prediction\n")
 
     # The same support set at the original resolution (105x105 PNGs are resized by the model).

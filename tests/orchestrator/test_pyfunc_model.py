@@ -1,0 +1,112 @@
+"""The pyfunc model's label handling and input checks, called directly (no MLflow store)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+
+from orchestrator.config import RunConfig
+from orchestrator.pyfunc_model import build_from_spec, encode_labels, predict_with
+
+NAMES = np.array(["Gimel", "Alef", "He", "Bet", "Dalet"])
+IDS = np.array([7, 42, 3, 19, 5])
+
+
+def image_spec(algorithm: str, ways: int = 5) -> dict[str, Any]:
+    """What the sweep records for a 28x28 grayscale model (see tuning.register_best)."""
+    config = RunConfig.model_validate({
+        "algorithm": algorithm, "model": {"name": "conv4", "filters": 8},
+        "data": {"dataset": "images.parquet", "ways": ways, "shots": 1}, "train": {"inner_lr": 0.4},
+    })  # fmt: skip
+    return {
+        "config": config.model_dump(mode="json"), "eval_inner_steps": 2, "ways": ways,
+        "task_kind": "classification", "image_shape": [28, 28, 1], "invert": False,
+    }  # fmt: skip
+
+
+def episode(seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """Five random uint8 28x28 images (one per class) and a shuffled order to query them in."""
+    rng = np.random.default_rng(seed)
+    support = rng.integers(0, 256, (5, 28, 28), dtype=np.uint8)
+    order = rng.permutation(5)
+    return support, order
+
+
+@pytest.fixture(scope="module")
+def protonet() -> tuple[torch.nn.Module, dict[str, Any]]:
+    spec = image_spec("protonet")
+    return build_from_spec(spec).eval(), spec
+
+
+def test_labels_are_numbered_by_first_appearance_in_their_own_dtype() -> None:
+    classes, indices = encode_labels(np.array(["b", "a", "b", "c", "a"]))
+    assert classes.tolist() == ["b", "a", "c"] and classes.dtype.kind == "U"
+    assert indices.tolist() == [0, 1, 0, 2, 1]
+    classes, indices = encode_labels(np.array([42, 7, 42], dtype=np.int32))
+    assert classes.dtype == np.int32 and classes.tolist() == [42, 7] and indices.tolist() == [0, 1, 0]
+    # MLflow parses JSON labels into object arrays.
+    classes, _ = encode_labels(np.array(["x", "y"], dtype=object))
+    assert classes.dtype == object and classes.tolist() == ["x", "y"]
+    classes, _ = encode_labels(np.array([3, 1], dtype=object))
+    assert classes.tolist() == [3, 1]
+
+
+@pytest.mark.parametrize(
+    ("labels", "message"),
+    [
+        (np.array([1.0, 2.0]), "integer or string labels, got dtype float64"),
+        (np.array([True, False]), "integer or string labels, got dtype bool"),
+        (np.array([1, "a"], dtype=object), r"all integer or all string labels, got \['int', 'str'\]"),
+        (np.array([[1, 2]]), r"non-empty \(n,\) array of labels, got shape \(1, 2\)"),
+        (np.array([], dtype=np.int64), "non-empty"),
+    ],
+)
+def test_labels_that_are_not_integers_or_strings_are_refused(labels: np.ndarray, message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        encode_labels(labels)
+
+
+def test_predictions_come_back_in_the_callers_label_space(protonet: tuple[Any, dict[str, Any]]) -> None:
+    learner, spec = protonet
+    support, order = episode()
+    # One shot per class and queries identical to support images: each query's own prototype is
+    # at distance zero, so the right label is known without training.
+    for labels in (NAMES, IDS, IDS.astype(np.int32), NAMES.astype(object)):
+        pred = predict_with(
+            learner, spec, {"support_x": support, "support_y": labels, "query_x": support[order]}
+        )
+        assert pred.dtype == labels.dtype
+        assert pred.tolist() == labels[order].tolist()
+
+
+def test_renaming_classes_never_changes_a_prediction() -> None:
+    spec = image_spec("maml")
+    learner = build_from_spec(spec).eval()
+    rng = np.random.default_rng(1)
+    support = rng.integers(0, 256, (10, 28, 28), dtype=np.uint8)
+    query = rng.integers(0, 256, (12, 28, 28), dtype=np.uint8)
+    slot = rng.permutation(np.repeat(np.arange(5), 2))  # two shots per class, shuffled
+    by_id = predict_with(learner, spec, {"support_x": support, "support_y": IDS[slot], "query_x": query})
+    by_name = predict_with(learner, spec, {"support_x": support, "support_y": NAMES[slot], "query_x": query})
+    name_of = dict(zip(IDS.tolist(), NAMES.tolist(), strict=True))
+    assert [name_of[i] for i in by_id.tolist()] == by_name.tolist()
+
+
+def test_bad_support_sets_are_refused_with_what_to_do(protonet: tuple[Any, dict[str, Any]]) -> None:
+    learner, spec = protonet
+    support, _ = episode()
+    with pytest.raises(ValueError, match="4 labels but support_x has 5 images; give exactly one label"):
+        predict_with(learner, spec, {"support_x": support, "support_y": NAMES[:4], "query_x": support})
+    ragged = np.empty(2, dtype=object)
+    ragged[:] = [support[0], np.zeros((30, 30), dtype=np.uint8)]
+    with pytest.raises(ValueError, match="query_x holds images of different sizes"):
+        predict_with(learner, spec, {"support_x": support, "support_y": NAMES, "query_x": ragged})
+    with pytest.raises(ValueError, match="missing \\['support_y'\\]"):
+        predict_with(learner, spec, {"support_x": support, "query_x": support})
+    maml_spec = image_spec("maml", ways=3)
+    maml = build_from_spec(maml_spec).eval()
+    with pytest.raises(ValueError, match="5 classes but the model was trained for 3 ways"):
+        predict_with(maml, maml_spec, {"support_x": support, "support_y": NAMES, "query_x": support})
