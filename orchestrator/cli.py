@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import logging
 import sys
+import time
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -100,6 +101,15 @@ def evaluate(
     print(json.dumps(metrics))
 
 
+StorageOpt = Annotated[
+    str | None,
+    typer.Option(
+        help="Where trial checkpoints live, reachable from every node: a path or s3://... "
+        "(default: ./runs/sweeps)."
+    ),
+]
+
+
 @app.command()
 def sweep(
     config: ConfigArg,
@@ -111,6 +121,7 @@ def sweep(
     address: Annotated[
         str | None, typer.Option(help="Ray cluster address (default: start a local Ray on this machine).")
     ] = None,
+    storage: StorageOpt = None,
 ) -> None:
     """Search hyperparameters with Optuna on Ray Tune, tracked in MLflow.
 
@@ -125,7 +136,7 @@ def sweep(
     if resume:
         overrides.append(f"name={resume}")
     cfg: SweepConfig = load_config(config, overrides, schema=SweepConfig)
-    result = run_sweep(cfg, address=address, resume=resume is not None)
+    result = run_sweep(cfg, address=address, resume=resume is not None, storage=storage)
     table = Table(title=f"sweep {result.name}: best of {result.trials} trials ({result.best_trial})")
     table.add_column("")
     table.add_column("value", justify="right")
@@ -159,6 +170,147 @@ def sweep(
             }
         )
     )
+
+
+AddressOpt = Annotated[
+    str,
+    typer.Option(
+        envvar="RAY_API_SERVER_ADDRESS",
+        help="The Ray cluster's dashboard, e.g. http://HEAD:8265 ($RAY_API_SERVER_ADDRESS).",
+        show_default=False,
+    ),
+]
+
+
+@app.command()
+def submit(
+    config: ConfigArg,
+    address: AddressOpt,
+    set_: SetOpt = None,
+    storage: StorageOpt = None,
+    tracking_uri: Annotated[
+        str | None,
+        typer.Option(
+            "--tracking-uri",
+            help="MLflow tracking URI as the cluster sees it (default: the config's, "
+            "$MLFLOW_TRACKING_URI, or ./mlflow.db for a cluster on this machine).",
+        ),
+    ] = None,
+    resume: Annotated[
+        str | None, typer.Option("--resume", help="Continue the sweep of this name from --storage.")
+    ] = None,
+    pip: Annotated[
+        list[str] | None,
+        typer.Option(help="A package to pip-install into the job's environment (repeatable)."),
+    ] = None,
+    resource_check: Annotated[
+        bool,
+        typer.Option(help="Refuse when no node fits one trial (turn off for autoscaling clusters)."),
+    ] = True,
+    wait: Annotated[bool, typer.Option("--wait", help="Follow the job's log until it ends.")] = False,
+) -> None:
+    """Submit a sweep to a Ray cluster as a Ray job.
+
+    The config is checked here first; the project code and the resolved config travel with the
+    job, the tracking URI and credentials ($MLFLOW_TRACKING_USERNAME/PASSWORD, AWS_*) as
+    environment variables. Prints the job id and how to follow it.
+    """
+    from orchestrator import jobs
+    from orchestrator.config import SweepConfig
+
+    overrides = list(set_ or [])
+    if resume:
+        overrides.append(f"name={resume}")
+    cfg: SweepConfig = load_config(config, overrides, schema=SweepConfig)
+    submission = jobs.submit(
+        cfg,
+        address,
+        storage=storage,
+        tracking=tracking_uri,
+        resume=resume is not None,
+        pip=pip,
+        resource_check=resource_check,
+    )
+    stderr.print(
+        f"submitted sweep {submission.sweep} as job {submission.job_id} to {submission.dashboard}\n"
+        f"  follow it: metasweep jobs logs {submission.job_id} --follow --address {submission.dashboard}\n"
+        f"  stop it:   metasweep jobs stop {submission.job_id} --address {submission.dashboard}",
+        markup=False,
+        highlight=False,
+    )
+    print(submission.job_id)
+    if wait:
+        _follow(jobs.Cluster(address), submission.job_id)
+
+
+def _follow(cluster: Any, job_id: str) -> None:
+    for chunk in cluster.follow(job_id):
+        sys.stdout.write(chunk)
+        sys.stdout.flush()
+    info = cluster.wait(job_id)
+    if str(info.status) != "SUCCEEDED":
+        stderr.print(f"job {job_id} {info.status}: {info.message or ''}", markup=False, highlight=False)
+        raise typer.Exit(1)
+
+
+jobs_app = typer.Typer(help="Sweeps running as Ray jobs: list, status, logs, stop.", no_args_is_help=True)
+app.add_typer(jobs_app, name="jobs")
+JobArg = Annotated[str, typer.Argument(help="Job id, as `metasweep submit` printed it.", show_default=False)]
+
+
+@jobs_app.command("list")
+def jobs_list(address: AddressOpt) -> None:
+    """List the cluster's jobs, oldest first."""
+    from orchestrator import jobs
+
+    listed = jobs.Cluster(address).list()
+    table = Table(title=f"jobs on {jobs.dashboard_url(address)}")
+    for column in ("job", "status", "sweep", "started", "entrypoint"):
+        table.add_column(column)
+    for job in listed:
+        started = job.start_time and time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(job.start_time / 1000))
+        table.add_row(
+            str(job.submission_id or job.job_id),
+            str(job.status),
+            (job.metadata or {}).get(jobs.SWEEP_METADATA, ""),
+            started or "",
+            job.entrypoint,
+        )
+    Console(soft_wrap=True).print(table)
+
+
+@jobs_app.command("status")
+def jobs_status(job_id: JobArg, address: AddressOpt) -> None:
+    """Show one job's status and message."""
+    from orchestrator import jobs
+
+    info = jobs.Cluster(address).info(job_id)
+    print(f"{job_id}: {info.status}" + (f" ({info.message})" if info.message else ""))
+
+
+@jobs_app.command("logs")
+def jobs_logs(
+    job_id: JobArg,
+    address: AddressOpt,
+    follow: Annotated[bool, typer.Option("--follow", "-f", help="Keep printing until the job ends.")] = False,
+) -> None:
+    """Print a job's log (the sweep's driver output)."""
+    from orchestrator import jobs
+
+    cluster = jobs.Cluster(address)
+    if follow:
+        _follow(cluster, job_id)
+    else:
+        sys.stdout.write(cluster.logs(job_id))
+
+
+@jobs_app.command("stop")
+def jobs_stop(job_id: JobArg, address: AddressOpt) -> None:
+    """Stop a running job. Its sweep can continue with `metasweep submit CONFIG --resume NAME`."""
+    from orchestrator import jobs
+
+    stopped = jobs.Cluster(address).stop(job_id)
+    print(f"{job_id}: {'stopping' if stopped else 'already finished'}")
 
 
 models_app = typer.Typer(help="Registered meta-learners: list and pull.", no_args_is_help=True)

@@ -422,6 +422,15 @@ def _filesystem(uri: str) -> tuple[pafs.FileSystem, str]:
         raise UserError(f"cannot open {uri.split('?')[0]}: {exc}") from None
 
 
+def path_exists(uri: str) -> bool:
+    """Whether a local path or an object-storage URI names an existing file or folder."""
+    fs, path = _filesystem(uri)
+    try:
+        return fs.get_file_info(path).type != pafs.FileType.NotFound
+    except OSError as exc:
+        raise UserError(f"cannot read {uri.split('?')[0]}: {exc}") from None
+
+
 @dataclass(frozen=True)
 class EpisodicDataset:
     """A metasweep dataset in memory: pixels of every image plus where each class lies.

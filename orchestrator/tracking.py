@@ -16,13 +16,15 @@ import shutil
 import subprocess
 import tempfile
 import time
+from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
-from mlflow.entities import Metric
+from mlflow.entities import Metric, Param, RunTag
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
@@ -34,6 +36,12 @@ DEFAULT_URI = "sqlite:///mlflow.db"
 SWEEP_TAG = "metasweep.sweep"
 TRIAL_TAG = "metasweep.trial_id"
 PARENT_TAG = "mlflow.parentRunId"
+RETRY_S = 5.0  # how often a sweep's driver retries an unreachable tracking server
+_HTTP_RETRIES = {
+    "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "2",
+    "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
+    "MLFLOW_HTTP_REQUEST_TIMEOUT": "60",
+}
 
 
 def tracking_uri(configured: str | None) -> str:
@@ -93,6 +101,10 @@ class SweepTracker:
 
     def __init__(self, uri: str, experiment: str, sweep: str, resume: bool = False):
         self.uri = uri
+        # MLflow's client retries a dead server for minutes by default, which would stall Tune's
+        # loop; fail fast instead and let flush() retry the queued records.
+        for key, value in _HTTP_RETRIES.items():
+            os.environ.setdefault(key, value)
         check_reachable(uri)
         self.client = MlflowClient(tracking_uri=uri)
         try:
@@ -114,6 +126,11 @@ class SweepTracker:
         self.sweep = sweep
         self.experiment = experiment
         self.parent_id = ""
+        self._pending: deque[tuple[str, Callable[[], Any]]] = deque()
+        self._started: set[str] = set()
+        self._unsure: set[str] = set()
+        self._down_since: float | None = None
+        self._tried = 0.0
         if resume and not self._parents:
             raise UserError(f"no MLflow parent run for sweep {sweep!r} in experiment {experiment!r}")
 
@@ -157,50 +174,152 @@ class SweepTracker:
 
     # --- child runs -------------------------------------------------------------------------
 
-    def start_trial(self, trial_id: str, params: dict[str, Any], tags: dict[str, str]) -> str:
+    def start_trial(self, trial_id: str, params: dict[str, Any], tags: dict[str, str]) -> None:
         """The child run of ``trial_id``: created once, continued when the trial is retried."""
-        if trial_id in self.children:
-            run_id = self.children[trial_id]
-            self.client.update_run(run_id, status="RUNNING")
-            return run_id
-        run = self.client.create_run(
-            self.experiment_id,
-            run_name=trial_id,
-            tags={PARENT_TAG: self.parent_id, SWEEP_TAG: self.sweep, TRIAL_TAG: trial_id, **tags},
-        )
-        run_id = run.info.run_id
-        self.children[trial_id] = run_id
-        for key, value in params.items():
-            self.client.log_param(run_id, key, value)
-        return run_id
+
+        def start() -> None:
+            if trial_id in self.children:
+                self.client.update_run(self.children[trial_id], status="RUNNING")
+                return
+            if trial_id in self._unsure:  # an earlier attempt may have created it before failing
+                query = f"tags.`{SWEEP_TAG}` = '{self.sweep}' and tags.`{TRIAL_TAG}` = '{trial_id}'"
+                found = self.client.search_runs([self.experiment_id], filter_string=query)
+                if found:
+                    self.children[trial_id] = found[0].info.run_id
+                    return
+            self._unsure.add(trial_id)
+            run = self.client.create_run(
+                self.experiment_id,
+                run_name=trial_id,
+                tags={PARENT_TAG: self.parent_id, SWEEP_TAG: self.sweep, TRIAL_TAG: trial_id, **tags},
+            )
+            self.children[trial_id] = run.info.run_id
+            self._unsure.discard(trial_id)
+
+        def log_params() -> None:
+            batch = [Param(key, str(value)[:6000]) for key, value in params.items()]
+            self.client.log_batch(self.children[trial_id], params=batch)
+
+        self._send(trial_id, start)
+        if trial_id not in self._started:
+            self._started.add(trial_id)
+            self._send(trial_id, log_params)
 
     def log_trial_metrics(self, trial_id: str, metrics: dict[str, float], step: int) -> None:
-        """Metrics named ``split/name`` at meta-iteration ``step``."""
-        self._log_metrics(self.children[trial_id], metrics, step)
+        """Metrics named ``split/name`` at meta-iteration ``step`` (timestamped now, sent when
+        the server takes them)."""
+        batch = _metrics(metrics, step)
+        if batch:
+            self._send(trial_id, lambda: self.client.log_batch(self.children[trial_id], metrics=batch))
 
     def tag_trial(self, trial_id: str, tags: dict[str, str]) -> None:
         """Set tags on a trial's child run."""
-        for key, value in tags.items():
-            self.client.set_tag(self.children[trial_id], key, value)
+        batch = [RunTag(key, value) for key, value in tags.items()]
+        self._send(trial_id, lambda: self.client.log_batch(self.children[trial_id], tags=batch))
 
     def end_trial(self, trial_id: str, status: str) -> None:
         """End a child run: ``FINISHED``, ``FAILED`` or ``KILLED``."""
-        if trial_id in self.children:
-            self.client.set_terminated(self.children[trial_id], status=status)
+        self._send(trial_id, lambda: self.client.set_terminated(self.children[trial_id], status=status))
+
+    # --- riding out a tracking-server outage ------------------------------------------------
+
+    def _send(self, trial_id: str, record: Callable[[], Any]) -> None:
+        self._pending.append((trial_id, record))
+        self.flush()
+
+    @property
+    def pending(self) -> int:
+        """Trial records waiting for the tracking server."""
+        return len(self._pending)
+
+    def flush(self, wait: bool = False) -> bool:
+        """Send queued trial records, in order; returns whether all went through.
+
+        While the server is unreachable, records stay queued (in memory, on the driver) and are
+        retried at most every ``RETRY_S`` seconds, so Tune's loop and the trials keep going.
+        """
+        if self._down_since is not None and not wait and time.monotonic() - self._tried < RETRY_S:
+            return False
+        while self._pending:
+            trial_id, record = self._pending[0]
+            self._tried = time.monotonic()
+            try:
+                record()
+            except Exception as exc:
+                if not _transient(exc):
+                    log.warning("MLflow refused a record of trial %s; dropped it: %s", trial_id, exc)
+                    self._pending.popleft()
+                    continue
+                if self._down_since is None:
+                    self._down_since = time.monotonic()
+                    log.warning(
+                        "MLflow tracking server %s unreachable (%s); keeping trial records until it is back",
+                        self.uri,
+                        str(exc)[:200],
+                    )
+                return False
+            self._pending.popleft()
+        if self._down_since is not None:
+            log.warning(
+                "MLflow tracking server %s is back after %.0f s; buffered trial records sent",
+                self.uri,
+                time.monotonic() - self._down_since,
+            )
+            self._down_since = None
+        return True
+
+    def drain(self, timeout: float = 600.0) -> None:
+        """Wait until every queued trial record reached the server.
+
+        Raises:
+            UserError: the server stayed unreachable for ``timeout`` seconds.
+        """
+        deadline = time.monotonic() + timeout
+        while not self.flush(wait=True):
+            if time.monotonic() > deadline:
+                raise UserError(
+                    f"the MLflow tracking server {self.uri} has been unreachable for {timeout:.0f} s; "
+                    f"{self.pending} trial records could not be logged"
+                )
+            time.sleep(RETRY_S)
 
     def _log_metrics(self, run_id: str, metrics: dict[str, float], step: int) -> None:
-        now = int(time.time() * 1000)
-        batch = [
-            Metric(key, float(value), now, step)
-            for key, value in metrics.items()
-            if "/" in key and isinstance(value, int | float) and math.isfinite(value)
-        ]
+        batch = _metrics(metrics, step)
         if batch:
             self.client.log_batch(run_id, metrics=batch)
 
     def ui_hint(self) -> str:
         """How to open this sweep in the MLflow UI."""
         return f"mlflow ui --backend-store-uri {self.uri}  (then open http://127.0.0.1:5000)"
+
+
+def _metrics(metrics: dict[str, float], step: int) -> list[Metric]:
+    """The ``split/name`` entries of a Tune result as MLflow metrics at ``step``."""
+    now = int(time.time() * 1000)
+    return [
+        Metric(key, float(value), now, step)
+        for key, value in metrics.items()
+        if "/" in key and isinstance(value, int | float) and math.isfinite(value)
+    ]
+
+
+# Error codes with which MLflow answers a request that cannot succeed whatever the wait.
+_PERMANENT = {
+    "INVALID_PARAMETER_VALUE",
+    "RESOURCE_DOES_NOT_EXIST",
+    "RESOURCE_ALREADY_EXISTS",
+    "INVALID_STATE",
+    "PERMISSION_DENIED",
+    "UNAUTHENTICATED",
+    "BAD_REQUEST",
+}
+
+
+def _transient(exc: Exception) -> bool:
+    """Whether a failed MLflow request may succeed later (server down, restarting, overloaded)."""
+    if isinstance(exc, MlflowException):
+        return exc.error_code not in _PERMANENT
+    return True
 
 
 # --------------------------------------------------------------------------------------------

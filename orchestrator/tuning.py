@@ -24,6 +24,7 @@ from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
 from ray.tune.search.optuna import OptunaSearch
 
 from orchestrator.config import INNER_LOOP_FIELDS, SINUSOID, ParamSpec, RunConfig, SweepConfig, to_yaml
+from orchestrator.datasets import path_exists
 from orchestrator.errors import TrainingDiverged, UserError
 from orchestrator.tracking import Registration, SweepTracker, log_and_register, tracking_uri
 from orchestrator.training import CHECKPOINT, evaluate_again, load_checkpoint, train
@@ -31,6 +32,7 @@ from orchestrator.training import CHECKPOINT, evaluate_again, load_checkpoint, t
 log = logging.getLogger(__name__)
 
 ITERATION = "iteration"
+NODE = "node_id"
 DIVERGED = "diverged"
 
 
@@ -63,13 +65,19 @@ def trial(params: dict[str, Any], sweep: dict[str, Any], dataset: Any = None) ->
             shutil.copy(Path(saved) / CHECKPOINT, work / CHECKPOINT)
 
     metric, mode = SweepConfig.model_validate(sweep).objective
+    node = ray.get_runtime_context().get_node_id()  # node IPs repeat when nodes share a machine
     worst = math.inf if mode == "min" else -math.inf
 
     def report(iteration: int, metrics: dict[str, float]) -> None:
         # Optuna refuses NaN objectives: a diverged evaluation scores the worst possible value.
         score = metrics.get(metric, math.nan)
-        metrics = {**metrics, metric: score if math.isfinite(score) else worst, ITERATION: iteration}
-        tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(str(work)))
+        result: dict[str, Any] = {
+            **metrics,
+            metric: score if math.isfinite(score) else worst,
+            ITERATION: iteration,
+            NODE: node,
+        }
+        tune.report(result, checkpoint=tune.Checkpoint.from_directory(str(work)))
 
     try:
         train(config, resume=checkpoint is not None, on_eval=report, show_progress=False, test=False)
@@ -159,6 +167,7 @@ class TrackingCallback(tune.Callback):
         self.seed = seed
         self.last_iteration: dict[str, int] = {}
         self.diverged: set[str] = set()
+        self.nodes: dict[str, list[str]] = {}
 
     @property
     def tracker(self) -> SweepTracker:
@@ -181,9 +190,18 @@ class TrackingCallback(tune.Callback):
             self.tracker.tag_trial(trial.trial_id, {"metasweep.error": str(result[DIVERGED])[:500]})
             return
         self.tracker.log_trial_metrics(trial.trial_id, result, step)
-        node = result.get("node_ip")
-        if node:
-            self.tracker.tag_trial(trial.trial_id, {"metasweep.node": str(node)})
+        visited = self.nodes.setdefault(trial.trial_id, [])
+        node_id = str(result.get(NODE, ""))
+        if node_id and (not visited or visited[-1] != node_id):
+            visited.append(node_id)  # a trial restarted after a node failure moves on
+            self.tracker.tag_trial(
+                trial.trial_id,
+                {
+                    "metasweep.node": str(result.get("node_ip", "")),
+                    "metasweep.node_id": node_id,
+                    "metasweep.nodes": ",".join(visited),
+                },
+            )
 
     def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         if trial.trial_id in self.diverged:
@@ -210,7 +228,7 @@ def run_sweep(
     *,
     address: str | None = None,
     resume: bool = False,
-    storage: Path | None = None,
+    storage: str | Path | None = None,
     verbose: int = 1,
 ) -> SweepResult:
     """Search ``config.search.space`` with Optuna on Ray Tune and track it in MLflow.
@@ -219,7 +237,8 @@ def run_sweep(
         config: the validated sweep config; ``config.name`` names the sweep.
         address: a running Ray cluster, or ``None`` for a local one.
         resume: continue the sweep ``config.name`` (finished trials are not re-run).
-        storage: where Tune keeps trial checkpoints (default ``runs/sweeps``).
+        storage: where Tune keeps trial checkpoints (default ``runs/sweeps``): a path, or a URI
+            (``s3://...``) that every node of a cluster reaches.
         verbose: Tune's verbosity (1 shows the live table of trials).
 
     Returns:
@@ -231,11 +250,12 @@ def run_sweep(
     """
     # Tune warns when checkpoints at every evaluation snapshot its state often; that is intended.
     os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
-    storage = (storage or Path("runs") / "sweeps").absolute()
-    sweep_dir = storage / config.name
-    if resume and not sweep_dir.is_dir():
+    storage = _storage_uri(storage)
+    sweep_dir = f"{storage}/{config.name}"
+    exists = path_exists(sweep_dir)
+    if resume and not exists:
         raise UserError(f"no sweep {config.name!r} under {storage} to resume")
-    if not resume and sweep_dir.exists():
+    if not resume and exists:
         raise UserError(
             f"sweep {config.name!r} already exists under {storage}; resume it with --resume "
             "or give a new name with --set name=..."
@@ -243,11 +263,11 @@ def run_sweep(
     uri = tracking_uri(config.tracking.uri)
     tracker = SweepTracker(uri, config.tracking.experiment, config.name, resume=resume)
     dataset = _load_for_workers(config)
-    _start_ray(address)
+    owns_ray = _start_ray(address)
     try:
         _check_resources(config)
     except BaseException:
-        if address is None:
+        if owns_ray:
             ray.shutdown()
         raise
     tracker.open(resume)
@@ -262,14 +282,14 @@ def run_sweep(
         callback = TrackingCallback(config.name, config.train.iterations, config.seed)
         run_config = tune.RunConfig(
             name=config.name,
-            storage_path=str(storage),
+            storage_path=storage,
             failure_config=tune.FailureConfig(max_failures=config.search.max_failures),
             checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
             callbacks=[callback],
             verbose=verbose,
         )
         if resume:
-            tuner = tune.Tuner.restore(str(sweep_dir), trainable=trainable, resume_errored=True)
+            tuner = tune.Tuner.restore(sweep_dir, trainable=trainable, resume_errored=True)
         else:
             tuner = tune.Tuner(
                 trainable,
@@ -296,6 +316,7 @@ def run_sweep(
         with best.checkpoint.as_directory() as saved:
             test_metrics = evaluate_again(Path(saved) / CHECKPOINT)
             weights = load_checkpoint(Path(saved) / CHECKPOINT)["learner"]
+        tracker.drain()  # trial records buffered through a tracking-server outage
         best_id = str(best.metrics.get("trial_id"))
         val_metrics = {k: float(v) for k, v in best.metrics.items() if k.startswith("val/")}
         tracker.log_best(best_id, best_params, {**val_metrics, **test_metrics})
@@ -318,11 +339,15 @@ def run_sweep(
             registration=registration,
         )
     except BaseException as exc:
-        tracker.finish("KILLED" if isinstance(exc, KeyboardInterrupt) else "FAILED", error=str(exc))
+        try:
+            tracker.flush(wait=True)
+            tracker.finish("KILLED" if isinstance(exc, KeyboardInterrupt) else "FAILED", error=str(exc))
+        except Exception as closing:  # the sweep's own error is the one to report
+            log.warning("could not mark the sweep's MLflow run as ended: %s", closing)
         raise
     finally:
         _TRACKERS.pop(config.name, None)
-        if address is None:
+        if owns_ray:
             ray.shutdown()
 
 
@@ -362,14 +387,27 @@ def _load_for_workers(config: SweepConfig) -> Any:
     return load_dataset(config.data.dataset)
 
 
-def _start_ray(address: str | None) -> None:
+def _start_ray(address: str | None) -> bool:
+    """Connect to the cluster at ``address`` (or ``$RAY_ADDRESS``, set for a Ray job's driver), or
+    start a local Ray; returns whether this process started it (and so must shut it down)."""
+    address = address or os.environ.get("RAY_ADDRESS")
     try:
         if address is None:
             ray.init(include_dashboard=False, log_to_driver=False, configure_logging=False)
-        else:
-            ray.init(address=address, log_to_driver=False)
+            return True
+        ray.init(address=address, log_to_driver=False)
+        return False
     except (ConnectionError, RuntimeError, ValueError) as exc:
         raise UserError(f"cannot connect to a Ray cluster at {address}: {exc}") from None
+
+
+def _storage_uri(storage: str | Path | None) -> str:
+    """Tune's storage as an absolute path or a URI (``s3://bucket/sweeps``)."""
+    if storage is None:
+        return str(Path("runs/sweeps").absolute())
+    if "://" in str(storage):
+        return str(storage).rstrip("/")
+    return str(Path(storage).expanduser().absolute())
 
 
 def _check_resources(config: SweepConfig) -> None:

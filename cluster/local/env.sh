@@ -1,0 +1,33 @@
+# Settings shared by the cluster/local scripts. Override any of them in the environment.
+# Everything binds to 127.0.0.1 unless you change BIND_HOST: a laptop cluster must not be reachable
+# from the network (the Ray Jobs API runs arbitrary code for whoever can reach it).
+: "${CLUSTER_DIR:=$PWD/runs/local-cluster}"   # pid files, logs, the MLflow store and artifacts
+: "${BIND_HOST:=127.0.0.1}"
+: "${RAY_PORT:=6380}"                          # the head's GCS port
+: "${RAY_DASHBOARD_PORT:=8265}"                # dashboard and Jobs API
+: "${RAY_CLIENT_PORT:=10001}"
+: "${RAY_WORKERS:=2}"                          # worker nodes besides the head
+: "${RAY_HEAD_CPUS:=0}"                        # 0: trials run on the worker nodes only
+: "${RAY_WORKER_CPUS:=1}"
+: "${RAY_WORKER_GPUS:=0}"
+: "${MLFLOW_PORT:=5000}"
+: "${MLFLOW_BACKEND:=sqlite}"                  # sqlite or postgresql
+: "${MLFLOW_AUTH:=0}"                          # 1: basic authentication (mlflow server --app-name basic-auth)
+: "${MLFLOW_ADMIN_PASSWORD:=}"                 # with MLFLOW_AUTH=1; generated when empty
+: "${PG_PORT:=5433}"
+: "${PYTHON_BIN:=$(dirname "$(command -v python)")}"  # where ray and mlflow are installed
+
+export RAY_AUTH_MODE="${RAY_AUTH_MODE:-token}"
+export RAY_USAGE_STATS_ENABLED=0
+mkdir -p "$CLUSTER_DIR/logs"
+
+wait_for_port() {  # wait_for_port PORT SECONDS
+    local port=$1 deadline=$((SECONDS + $2))
+    until (exec 3<>"/dev/tcp/$BIND_HOST/$port") 2>/dev/null; do
+        if ((SECONDS > deadline)); then
+            echo "nothing listens on $BIND_HOST:$port after $2 s; see $CLUSTER_DIR/logs" >&2
+            return 1
+        fi
+        sleep 0.5
+    done
+}
