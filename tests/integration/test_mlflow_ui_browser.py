@@ -89,34 +89,35 @@ def stop_group(process: subprocess.Popen) -> None:
 
 
 @pytest.fixture
-def swept_store(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> str:
-    """A SQLite store holding one finished sweep with two trials and a registered champion."""
+def swept_ui(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[tuple[str, str]]:
+    """``metasweep ui`` on 127.0.0.1 (its URL) on a SQLite store (its URI) that holds one finished
+    sweep with two trials and a registered champion.
+
+    The UI starts while the sweep runs: on a busy 2-core machine each takes half a minute or more.
+    The store is created first, so that neither process races the other's schema migration, and
+    the server's job runner (huey consumers for GenAI features no page here uses) stays off: it is
+    eight more processes to start and it writes to the SQLite file the sweep is writing to."""
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     monkeypatch.delenv("MLFLOW_REGISTRY_URI", raising=False)
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    Path("sweep.yaml").write_text(SWEEP)
-    result = run_cli("sweep", "sweep.yaml", "--set", f"tracking.uri={uri}", timeout=600)
-    assert result.returncode == 0, result.stderr[-3000:]
-    assert f"registered {MODEL} v1 as @champion" in result.stderr
-    return uri
-
-
-@pytest.fixture
-def ui_url(swept_store: str) -> Iterator[str]:
-    """``metasweep ui`` on the store, answering ``/health``."""
+    MlflowClient(uri).search_experiments()
     port = free_port()
     ui = subprocess.Popen(
-        [sys.executable, "-m", "orchestrator.cli", "ui", "--port", str(port), "--tracking-uri", swept_store],
+        [sys.executable, "-m", "orchestrator.cli", "ui", "--port", str(port), "--tracking-uri", uri],
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
-        env={**os.environ, "MLFLOW_DISABLE_TELEMETRY": "true"},
+        env={**os.environ, "MLFLOW_DISABLE_TELEMETRY": "true", "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"},
     )  # fmt: skip
     try:
-        wait_for_port(port, ui, "metasweep ui", timeout=90)
+        Path("sweep.yaml").write_text(SWEEP)
+        result = run_cli("sweep", "sweep.yaml", "--set", f"tracking.uri={uri}", timeout=600)
+        assert result.returncode == 0, result.stderr[-3000:]
+        assert f"registered {MODEL} v1 as @champion" in result.stderr
+        wait_for_port(port, ui, "metasweep ui", timeout=120)
         url = f"http://127.0.0.1:{port}"
         # uvicorn listens before its workers are up; /health answers once one serves requests.
         with urllib.request.urlopen(f"{url}/health", timeout=60) as response:
             assert response.read() == b"OK"
-        yield url
+        yield url, uri
     finally:
         stop_group(ui)
 
@@ -151,11 +152,12 @@ def screenshot(page: Page, tmp_path: Path, name: str) -> None:
 
 
 def test_mlflow_ui_shows_the_sweep_its_trials_their_curves_and_the_champion(
-    ui_url: str, swept_store: str, browser_page: Page, tmp_path: Path
+    swept_ui: tuple[str, str], browser_page: Page, tmp_path: Path
 ) -> None:
+    ui_url, store_uri = swept_ui
     page = browser_page
     expect = sync_api.expect
-    client = MlflowClient(swept_store)
+    client = MlflowClient(store_uri)
     experiment_id = client.get_experiment_by_name(EXPERIMENT).experiment_id
     runs = client.search_runs([experiment_id])
     parent = next(r for r in runs if "mlflow.parentRunId" not in r.data.tags)
@@ -164,6 +166,7 @@ def test_mlflow_ui_shows_the_sweep_its_trials_their_curves_and_the_champion(
     assert len(trials) == 2 and parent.info.run_name == SWEEP_NAME
     best = next(c for c in children if c.info.run_name == parent.data.tags["metasweep.best_trial"])
     evaluations = len(client.get_metric_history(best.info.run_id, "val/mse"))
+    assert evaluations == 3  # steps 20, 40, 60
     try:
         page.goto(f"{ui_url}/#/experiments")
         expect(page.get_by_role("link", name=EXPERIMENT, exact=True)).to_be_visible(timeout=WAIT_MS)
