@@ -109,6 +109,11 @@ StorageOpt = Annotated[
     ),
 ]
 
+ResourceCheckOpt = Annotated[
+    bool,
+    typer.Option(help="Refuse resources no running node has (turn off for autoscaling clusters)."),
+]
+
 
 @app.command()
 def sweep(
@@ -122,6 +127,7 @@ def sweep(
         str | None, typer.Option(help="Ray cluster address (default: start a local Ray on this machine).")
     ] = None,
     storage: StorageOpt = None,
+    resource_check: ResourceCheckOpt = True,
 ) -> None:
     """Search hyperparameters with Optuna on Ray Tune, tracked in MLflow.
 
@@ -136,7 +142,9 @@ def sweep(
     if resume:
         overrides.append(f"name={resume}")
     cfg: SweepConfig = load_config(config, overrides, schema=SweepConfig)
-    result = run_sweep(cfg, address=address, resume=resume is not None, storage=storage)
+    result = run_sweep(
+        cfg, address=address, resume=resume is not None, storage=storage, resource_check=resource_check
+    )
     table = Table(title=f"sweep {result.name}: best of {result.trials} trials ({result.best_trial})")
     table.add_column("")
     table.add_column("value", justify="right")
@@ -203,10 +211,7 @@ def submit(
         list[str] | None,
         typer.Option(help="A package to pip-install into the job's environment (repeatable)."),
     ] = None,
-    resource_check: Annotated[
-        bool,
-        typer.Option(help="Refuse when no node fits one trial (turn off for autoscaling clusters)."),
-    ] = True,
+    resource_check: ResourceCheckOpt = True,
     wait: Annotated[bool, typer.Option("--wait", help="Follow the job's log until it ends.")] = False,
 ) -> None:
     """Submit a sweep to a Ray cluster as a Ray job.

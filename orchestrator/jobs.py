@@ -19,12 +19,13 @@ from __future__ import annotations
 
 import ipaddress
 import os
+import shlex
 import shutil
 import socket
 import tempfile
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -135,6 +136,15 @@ class Cluster:
                 ) from None
             raise UserError(f"the Ray Jobs API at {self.url} answered: {exc}") from None
 
+    def is_this_machine(self) -> bool:
+        """Whether the head node runs on this machine (so this machine's paths are the cluster's).
+
+        Decided by the head's node address, not the URL: a tunnel (``ray dashboard``,
+        ``kubectl port-forward``) makes a remote cluster answer on 127.0.0.1.
+        """
+        heads = [n for n in self.nodes() if n.get("is_head_node")]
+        return bool(heads) and heads[0].get("node_ip") in _local_addresses()
+
     def nodes(self) -> list[dict[str, Any]]:
         """The alive nodes with their total resources."""
         import requests
@@ -146,6 +156,29 @@ class Cluster:
             raise UserError(f"the Ray dashboard at {self.url} did not list its nodes: {response.text[:200]}")
         nodes = response.json()["data"]["result"]["result"]
         return [n for n in nodes if n.get("state") == "ALIVE"]
+
+    def probe_http(self, url: str, what: str, timeout: float = 120) -> None:
+        """Raise unless the cluster's head can open ``url``; runs (then deletes) a tiny job."""
+        code = (
+            "import sys, urllib.request, urllib.error\n"
+            "try: urllib.request.urlopen(sys.argv[1], timeout=10)\n"
+            "except urllib.error.HTTPError: pass\n"
+            "except Exception as e: sys.exit(f'unreachable: {e}')\n"
+        )
+        with self._errors():
+            job_id = self.client.submit_job(
+                entrypoint=f"python -c {shlex.quote(code)} {shlex.quote(url)}", entrypoint_num_cpus=0
+            )
+        try:
+            info = self.wait(job_id, timeout)
+        finally:
+            with suppress(Exception):
+                self.client.delete_job(job_id)
+        if str(info.status) != "SUCCEEDED":
+            raise UserError(
+                f"{what} at {url.rsplit('/', 1)[0]} is not reachable from this machine "
+                f"nor from the Ray cluster at {self.url}"
+            )
 
     def submit(self, entrypoint: str, runtime_env: dict[str, Any], job_id: str, sweep: str) -> str:
         with self._errors():
@@ -219,8 +252,8 @@ def _probe(url: str, timeout: float) -> None:
         ) from None
 
 
-def is_local(url: str) -> bool:
-    """Whether the cluster's head is this machine (so local paths are the cluster's paths)."""
+def is_loopback(url: str) -> bool:
+    """Whether a URL names this machine by a loopback address."""
     host = urlparse(url).hostname or ""
     if host == "localhost":
         return True
@@ -228,6 +261,12 @@ def is_local(url: str) -> bool:
         return ipaddress.ip_address(host).is_loopback
     except ValueError:
         return False
+
+
+def _local_addresses() -> set[str]:
+    import psutil
+
+    return {a.address for addrs in psutil.net_if_addrs().values() for a in addrs}
 
 
 def check_dataset(dataset: str, local_cluster: bool) -> str:
@@ -276,8 +315,11 @@ def _filesystem(path: Path) -> str:
     return kind
 
 
-def check_tracking(uri: str, local_cluster: bool) -> str:
+def check_tracking(uri: str, local_cluster: bool, cluster: Cluster | None = None) -> str:
     """The tracking URI as the cluster's driver must see it.
+
+    A tracking server this machine cannot reach may still be reachable from a remote cluster
+    (a name inside its network): then a short probe job asks the cluster itself.
 
     Raises:
         UserError: a store only this machine has, or a server that does not answer.
@@ -286,8 +328,13 @@ def check_tracking(uri: str, local_cluster: bool) -> str:
 
     parsed = urlparse(uri)
     if parsed.scheme in ("http", "https"):
-        check_reachable(uri)
-        if not local_cluster and is_local(uri):
+        try:
+            check_reachable(uri)
+        except UserError:
+            if local_cluster or cluster is None:
+                raise
+            cluster.probe_http(f"{uri.rstrip('/')}/health", "the MLflow tracking server")
+        if not local_cluster and is_loopback(uri):
             raise UserError(
                 f"tracking URI {uri} points at this machine's loopback address; the cluster's head "
                 "cannot reach it. Give the tracking server's address as the cluster sees it"
@@ -361,8 +408,8 @@ def submit(
     from orchestrator.tracking import tracking_uri
 
     cluster = Cluster(address)
-    local = is_local(cluster.url)
-    uri = check_tracking(tracking or tracking_uri(config.tracking.uri), local)
+    local = cluster.is_this_machine()
+    uri = check_tracking(tracking or tracking_uri(config.tracking.uri), local, cluster)
     dataset = check_dataset(config.data.dataset, local)
     if storage is None:
         if not local:
@@ -383,7 +430,9 @@ def submit(
     )
     env = {key: os.environ[key] for key in FORWARDED_ENV if os.environ.get(key)}
     env["MLFLOW_TRACKING_URI"] = uri
-    entrypoint = f"python -m orchestrator.cli sweep {SWEEP_FILE} --storage {storage}"
+    entrypoint = f"python -m orchestrator.cli sweep {SWEEP_FILE} --storage {shlex.quote(storage)}"
+    if not resource_check:
+        entrypoint += " --no-resource-check"
     if resume:
         entrypoint += f" --resume {config.name}"
     job_id = f"metasweep-{config.name}-{time.strftime('%Y%m%d-%H%M%S')}"

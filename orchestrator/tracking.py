@@ -62,24 +62,50 @@ def git_commit() -> str:
 
 
 def check_reachable(uri: str, timeout: float = 10.0) -> None:
-    """Fail fast on a tracking server that does not answer (MLflow's own client retries for
-    minutes before it gives up).
+    """Fail fast on a tracking server that does not answer or does not let us in (MLflow's own
+    client retries for minutes before it gives up).
 
     Raises:
-        UserError: an ``http(s)://`` URI whose ``/health`` does not answer within ``timeout``.
+        UserError: an ``http(s)://`` URI whose ``/health`` does not answer within ``timeout``,
+            or a server behind authentication that refuses the credentials in
+            ``$MLFLOW_TRACKING_USERNAME``/``$MLFLOW_TRACKING_PASSWORD`` (or their absence).
     """
     if not uri.startswith(("http://", "https://")):
         return
+    import base64
     import urllib.error
     import urllib.request
 
+    base = uri.rstrip("/")
     try:
-        urllib.request.urlopen(f"{uri.rstrip('/')}/health", timeout=timeout).close()
+        urllib.request.urlopen(f"{base}/health", timeout=timeout).close()
     except urllib.error.HTTPError:
-        return  # it answered (e.g. 401 behind authentication): reachable
+        pass  # it answered
     except (urllib.error.URLError, OSError) as exc:
         reason = getattr(exc, "reason", exc)
         raise UserError(f"cannot reach the MLflow tracking server at {uri}: {reason}") from None
+    user, password = os.environ.get("MLFLOW_TRACKING_USERNAME"), os.environ.get("MLFLOW_TRACKING_PASSWORD")
+    request = urllib.request.Request(f"{base}/api/2.0/mlflow/experiments/search?max_results=1")
+    if user and password:
+        login = base64.b64encode(f"{user}:{password}".encode()).decode()
+        request.add_header("Authorization", f"Basic {login}")
+    elif os.environ.get("MLFLOW_TRACKING_TOKEN"):
+        request.add_header("Authorization", f"Bearer {os.environ['MLFLOW_TRACKING_TOKEN']}")
+    try:
+        urllib.request.urlopen(request, timeout=timeout).close()
+    except urllib.error.HTTPError as exc:
+        if exc.code == 401 and not (user and password):
+            raise UserError(
+                f"the MLflow tracking server at {uri} requires a login; set MLFLOW_TRACKING_USERNAME "
+                "and MLFLOW_TRACKING_PASSWORD"
+            ) from None
+        if exc.code in (401, 403):
+            raise UserError(
+                f"the MLflow tracking server at {uri} refused the login of MLFLOW_TRACKING_USERNAME="
+                f"{user!r} (HTTP {exc.code}); check the user name and password"
+            ) from None
+    except (urllib.error.URLError, OSError):
+        pass  # /health answered; let the client report anything else in context
 
 
 class SweepTracker:
@@ -479,6 +505,7 @@ def list_models(uri: str, name: str | None = None) -> list[dict[str, Any]]:
     Raises:
         UserError: unreachable store or unknown model name.
     """
+    check_reachable(uri)
     client = MlflowClient(tracking_uri=uri, registry_uri=uri)
     try:
         names = [name] if name else [m.name for m in client.search_registered_models()]
@@ -523,6 +550,7 @@ def pull_model(uri: str, reference: str, out: Path) -> Path:
         raise UserError(f"--out {out} exists and is not empty; choose a new folder")
     target = model_uri(reference)
     tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
+    check_reachable(uri)
     use_store(uri)
     try:
         mlflow.artifacts.download_artifacts(target, dst_path=str(tmp))
@@ -549,6 +577,7 @@ def load_model(uri: str, reference: str) -> Any:
     path = Path(reference)
     target = str(path) if path.is_dir() else model_uri(reference)
     if not path.is_dir():
+        check_reachable(uri)
         use_store(uri)
     try:
         return mlflow.pyfunc.load_model(target)

@@ -230,6 +230,7 @@ def run_sweep(
     resume: bool = False,
     storage: str | Path | None = None,
     verbose: int = 1,
+    resource_check: bool = True,
 ) -> SweepResult:
     """Search ``config.search.space`` with Optuna on Ray Tune and track it in MLflow.
 
@@ -240,6 +241,8 @@ def run_sweep(
         storage: where Tune keeps trial checkpoints (default ``runs/sweeps``): a path, or a URI
             (``s3://...``) that every node of a cluster reaches.
         verbose: Tune's verbosity (1 shows the live table of trials).
+        resource_check: refuse resources no node has now (turn off for autoscaling clusters,
+            whose GPU nodes start when trials ask for them).
 
     Returns:
         The best trial, its parameters, validation and test metrics.
@@ -265,7 +268,8 @@ def run_sweep(
     dataset = _load_for_workers(config)
     owns_ray = _start_ray(address)
     try:
-        _check_resources(config)
+        if resource_check:
+            _check_resources(config)
     except BaseException:
         if owns_ray:
             ray.shutdown()

@@ -17,13 +17,18 @@
 : "${PG_PORT:=5433}"
 : "${PYTHON_BIN:=$(dirname "$(command -v python)")}"  # where ray and mlflow are installed
 
+export PATH="$PYTHON_BIN:$PATH"  # jobs run `python` from the raylet's PATH
 export RAY_AUTH_MODE="${RAY_AUTH_MODE:-token}"
 export RAY_USAGE_STATS_ENABLED=0
 mkdir -p "$CLUSTER_DIR/logs"
 
-wait_for_port() {  # wait_for_port PORT SECONDS
-    local port=$1 deadline=$((SECONDS + $2))
+wait_for_port() {  # wait_for_port PORT SECONDS [PID: give up early when it exits]
+    local port=$1 deadline=$((SECONDS + $2)) pid=${3:-}
     until (exec 3<>"/dev/tcp/$BIND_HOST/$port") 2>/dev/null; do
+        if [ -n "$pid" ] && ! kill -0 "$pid" 2>/dev/null; then
+            echo "the process meant to listen on $BIND_HOST:$port exited; see $CLUSTER_DIR/logs" >&2
+            return 1
+        fi
         if ((SECONDS > deadline)); then
             echo "nothing listens on $BIND_HOST:$port after $2 s; see $CLUSTER_DIR/logs" >&2
             return 1

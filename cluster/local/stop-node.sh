@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# Kill worker node N of the local cluster the hard way (SIGKILL to its raylet and workers), as a
-# machine failure would: `stop-node.sh 1`.
+# Kill worker node N of the local cluster the hard way (SIGKILL to its raylet, its workers and
+# agents), as a machine failure would: `stop-node.sh 1`. `start-node.sh 1` brings it back.
 set -euo pipefail
 source "$(dirname "$0")/env.sh"
 i=${1:?usage: stop-node.sh N}
@@ -8,10 +8,10 @@ base=$((22000 + i * 1000))
 pid_file="$CLUSTER_DIR/ray-worker-$i.pid"
 raylet=$(pgrep -f "raylet.*--node_manager_port=$base( |$)" || true)
 [ -n "$raylet" ] || { echo "worker node $i is not running" >&2; exit 1; }
-# The node's Python workers listen in its port range; kill them with the raylet.
-workers=$(pgrep -f "ray::|default_worker.py" | while read -r p; do
-    tr '\0' ' ' </proc/"$p"/cmdline 2>/dev/null | grep -q -- "--node-manager-port=$base" && echo "$p"; done || true)
-kill -9 $raylet $workers 2>/dev/null || true
-[ -f "$pid_file" ] && kill -9 "$(cat "$pid_file")" 2>/dev/null || true
+block=$(cat "$pid_file" 2>/dev/null || true)
+victims="$raylet $(pgrep -P "$raylet" | tr '\n' ' ') $block"
+[ -n "$block" ] && victims="$victims $(pgrep -P "$block" | tr '\n' ' ')"
+# shellcheck disable=SC2086
+kill -9 $victims 2>/dev/null || true
 rm -f "$pid_file"
 echo "killed worker node $i (raylet $raylet)"

@@ -1,0 +1,320 @@
+"""Sweeps submitted to a real multi-node Ray cluster on 127.0.0.1 with a shared MLflow server.
+
+The cluster is what ``cluster/local/start.sh`` starts for users: a head with no CPUs and two
+worker nodes of one CPU each (so trials must spread over nodes), Ray token authentication on, and
+an MLflow tracking server with basic authentication and a PostgreSQL backend store (SQLite when
+PostgreSQL is not installed). Faults are real: a worker node's raylet is SIGKILLed, the MLflow
+server is stopped and started again, a job's driver is stopped.
+"""
+
+from __future__ import annotations
+
+import glob
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import psutil
+import pytest
+from mlflow.tracking import MlflowClient
+
+from tests.conftest import ROOT, free_port, run_cli
+
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
+
+SCRIPTS = ROOT / "cluster" / "local"
+POSTGRES = bool(glob.glob("/usr/lib/postgresql/*/bin/pg_ctl"))
+EVAL_EVERY = 20
+
+SWEEP = """
+name: {name}
+algorithm: maml
+model: {{name: mlp, hidden: [20, 20]}}
+data: {{dataset: sinusoid, shots: 5, queries: 5}}
+train: {{iterations: {iterations}, meta_batch_size: 5, eval_every: 20}}
+eval: {{inner_steps: 3, val_tasks: 20, test_tasks: 30, batch_size: 10}}
+search:
+  space:
+    train.inner_lr: {{type: loguniform, low: 0.001, high: 0.05}}
+  num_samples: {trials}
+  max_concurrent: {concurrent}
+  scheduler: fifo
+  max_failures: 3
+  cpus_per_trial: 1
+tracking: {{experiment: cluster, registered_model: cluster-sine}}
+"""
+
+
+@dataclass(frozen=True)
+class Cluster:
+    address: str
+    tracking: str
+    env: dict[str, str]
+    storage: Path
+
+    def script(self, name: str, *args: str) -> str:
+        done = subprocess.run(
+            [str(SCRIPTS / name), *args], env=self.env, capture_output=True, text=True, timeout=300
+        )
+        assert done.returncode == 0, f"{name} failed:\n{done.stdout}\n{done.stderr}"
+        return done.stdout
+
+    def client(self) -> MlflowClient:
+        return MlflowClient(self.tracking)
+
+    def submit(self, config: Path, *args: str) -> str:
+        result = run_cli(
+            "submit", str(config), "--address", self.address, "--storage", str(self.storage), *args
+        )
+        assert result.returncode == 0, (result.stdout[-3000:], result.stderr[-3000:])
+        return result.stdout.strip().splitlines()[0]  # the job id; --wait's log follows
+
+    def wait(self, job_id: str, timeout: float = 420) -> str:
+        deadline = time.time() + timeout
+        while time.time() < deadline:
+            status = run_cli("jobs", "status", job_id, "--address", self.address).stdout
+            if any(s in status for s in ("SUCCEEDED", "FAILED", "STOPPED")):
+                return status
+            time.sleep(2)
+        logs = run_cli("jobs", "logs", job_id, "--address", self.address).stdout
+        pytest.fail(f"job {job_id} did not finish in {timeout} s:\n{logs[-3000:]}")
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
+    folder = tmp_path_factory.mktemp("cluster")
+    ports = {
+        "RAY_PORT": free_port(),
+        "RAY_DASHBOARD_PORT": free_port(),
+        "RAY_CLIENT_PORT": free_port(),
+        "MLFLOW_PORT": free_port(),
+        "PG_PORT": free_port(),
+    }
+    env = {
+        **os.environ,
+        **{k: str(v) for k, v in ports.items()},
+        "CLUSTER_DIR": str(folder),
+        "PYTHON_BIN": str(Path(sys.executable).parent),
+        "RAY_WORKERS": "2",
+        "MLFLOW_BACKEND": "postgresql" if POSTGRES else "sqlite",
+        "MLFLOW_AUTH": "1",
+    }
+    started = Cluster(
+        address=f"http://127.0.0.1:{ports['RAY_DASHBOARD_PORT']}",
+        tracking=f"http://127.0.0.1:{ports['MLFLOW_PORT']}",
+        env=env,
+        storage=folder / "sweeps",
+    )
+    try:
+        started.script("start.sh")
+        password = (folder / "mlflow" / "admin_password").read_text().strip()
+        with pytest.MonkeyPatch.context() as mp:
+            mp.setenv("MLFLOW_TRACKING_USERNAME", "admin")
+            mp.setenv("MLFLOW_TRACKING_PASSWORD", password)
+            mp.setenv("MLFLOW_TRACKING_URI", started.tracking)
+            yield started
+    finally:
+        subprocess.run([str(SCRIPTS / "stop.sh")], env=env, capture_output=True, timeout=120)
+
+
+def sweep_file(name: str, iterations: int = 100, trials: int = 4, concurrent: int = 2) -> Path:
+    path = Path(f"{name}.yaml")
+    path.write_text(SWEEP.format(name=name, iterations=iterations, trials=trials, concurrent=concurrent))
+    return path
+
+
+def trial_runs(client: MlflowClient, sweep: str) -> list:
+    experiment = client.get_experiment_by_name("cluster")
+    if experiment is None:
+        return []
+    runs = client.search_runs([experiment.experiment_id], filter_string=f"tags.`metasweep.sweep` = '{sweep}'")
+    return [r for r in runs if "metasweep.trial_id" in r.data.tags]
+
+
+def steps(client: MlflowClient, run_id: str) -> list[int]:
+    return sorted(m.step for m in client.get_metric_history(run_id, "val/mse"))
+
+
+def wait_until(condition: Callable[[], bool], what: str, timeout: float = 300) -> None:
+    deadline = time.time() + timeout
+    while not condition():
+        if time.time() > deadline:
+            pytest.fail(f"timed out waiting for {what}")
+        time.sleep(1)
+
+
+def assert_complete(client: MlflowClient, sweep: str, trials: int, iterations: int) -> list:
+    """Exactly one child run per trial, each with a val/mse at every evaluation step, once."""
+    runs = trial_runs(client, sweep)
+    assert len(runs) == trials, [r.data.tags["metasweep.trial_id"] for r in runs]
+    assert len({r.data.tags["metasweep.trial_id"] for r in runs}) == trials
+    expected = list(range(EVAL_EVERY, iterations + 1, EVAL_EVERY))
+    for run in runs:
+        assert run.info.status == "FINISHED", run.data.tags
+        assert sorted(set(steps(client, run.info.run_id))) == expected, run.data.tags["metasweep.trial_id"]
+    return runs
+
+
+def test_submitted_sweep_spreads_over_nodes_registers_a_champion_and_pulls(cluster: Cluster) -> None:
+    job = cluster.submit(sweep_file("spread"), "--wait")
+    assert job.startswith("metasweep-spread-")
+    client = cluster.client()
+    runs = assert_complete(client, "spread", trials=4, iterations=100)
+    nodes = {r.data.tags["metasweep.node_id"] for r in runs}
+    assert len(nodes) >= 2, "trials ran on one node only"
+
+    champion = client.get_model_version_by_alias("cluster-sine", "champion")
+    assert champion.tags["metasweep.sweep"] == "spread"
+    pulled = run_cli("models", "pull", "cluster-sine@champion", "--out", "model")
+    assert pulled.returncode == 0, pulled.stderr[-2000:]
+    files = {p.name for p in Path("model").rglob("*")}
+    assert "MLmodel" in files
+    # Loading never unpickles code: the model is defined by its source file, the weights by torch.
+    assert not [name for name in files if name.endswith((".pkl", ".pickle", ".cloudpickle"))], files
+
+    # The tracking URI travelled as an environment variable, not in the config the job ran.
+    parent = client.get_run(runs[0].data.tags["mlflow.parentRunId"])
+    shipped = client.download_artifacts(parent.info.run_id, "config.yaml", ".")
+    assert cluster.tracking.split("//")[1] not in Path(shipped).read_text()
+
+    listed = run_cli("jobs", "list", "--address", cluster.address)
+    assert listed.returncode == 0 and job in listed.stdout and "SUCCEEDED" in listed.stdout
+
+
+def test_killed_worker_node_trials_restart_from_checkpoints(cluster: Cluster) -> None:
+    iterations = 400
+    job = cluster.submit(sweep_file("nodekill", iterations=iterations, trials=2))
+    client = cluster.client()
+
+    def both_running() -> bool:
+        runs = trial_runs(client, "nodekill")
+        return len(runs) == 2 and all(len(steps(client, r.info.run_id)) >= 3 for r in runs)
+
+    wait_until(both_running, "both trials to report three evaluations")
+    cluster.script("stop-node.sh", "2")
+    try:
+        status = cluster.wait(job)
+    finally:
+        cluster.script("start-node.sh", "2")
+    assert "SUCCEEDED" in status, run_cli("jobs", "logs", job, "--address", cluster.address).stdout[-3000:]
+    runs = assert_complete(client, "nodekill", trials=2, iterations=iterations)
+    moved = [r for r in runs if len(r.data.tags["metasweep.nodes"].split(",")) == 2]
+    assert len(moved) == 1, [r.data.tags["metasweep.nodes"] for r in runs]
+
+
+def test_mlflow_server_restart_loses_no_metrics(cluster: Cluster) -> None:
+    iterations = 400
+    job = cluster.submit(sweep_file("restart", iterations=iterations, trials=2))
+    client = cluster.client()
+    wait_until(lambda: len(trial_runs(client, "restart")) == 2, "both trial runs")
+    cluster.script("stop-mlflow.sh")
+    down = time.time()
+    time.sleep(15)  # trials keep training and reporting meanwhile
+    cluster.script("start-mlflow.sh")
+    status = cluster.wait(job)
+    assert "SUCCEEDED" in status
+    logs = run_cli("jobs", "logs", job, "--address", cluster.address).stdout
+    assert "unreachable" in logs and "buffered trial records sent" in logs, logs[-3000:]
+    runs = assert_complete(client, "restart", trials=2, iterations=iterations)
+    during = [
+        m
+        for r in runs
+        for m in client.get_metric_history(r.info.run_id, "val/mse")
+        if down * 1000 <= m.timestamp <= (down + 15) * 1000
+    ]
+    assert during, "no metric was recorded while the server was down; the outage tested nothing"
+
+
+def test_stopped_driver_resumes_without_rerunning_finished_trials(cluster: Cluster) -> None:
+    config = sweep_file("resume", iterations=200, trials=3, concurrent=1)
+    job = cluster.submit(config)
+    client = cluster.client()
+
+    def first_finished() -> bool:
+        return any(r.info.status == "FINISHED" for r in trial_runs(client, "resume"))
+
+    wait_until(first_finished, "the first trial to finish")
+    stopped = run_cli("jobs", "stop", job, "--address", cluster.address)
+    assert stopped.returncode == 0, stopped.stderr
+    assert "STOPPED" in cluster.wait(job)
+    finished = {
+        r.info.run_id: r.info.start_time for r in trial_runs(client, "resume") if r.info.status == "FINISHED"
+    }
+
+    resumed = cluster.submit(config, "--resume", "resume")
+    assert "SUCCEEDED" in cluster.wait(resumed)
+    runs = assert_complete(client, "resume", trials=3, iterations=200)
+    for run in runs:
+        if run.info.run_id in finished:  # not run again: same run, one value per step
+            assert run.info.start_time == finished[run.info.run_id]
+            history = steps(client, run.info.run_id)
+            assert history == sorted(set(history))
+
+
+def test_authentication_and_loopback_only(cluster: Cluster, monkeypatch: pytest.MonkeyPatch) -> None:
+    config = sweep_file("auth", trials=1, concurrent=1)
+    before = run_cli("jobs", "list", "--address", cluster.address).stdout
+
+    monkeypatch.delenv("MLFLOW_TRACKING_PASSWORD")
+    refused = run_cli("submit", str(config), "--address", cluster.address)
+    assert refused.returncode == 2 and "requires a login" in refused.stderr, refused.stderr
+    monkeypatch.setenv("MLFLOW_TRACKING_PASSWORD", "wrong")
+    refused = run_cli("models", "list")
+    assert refused.returncode == 2 and "refused the login" in refused.stderr, refused.stderr
+
+    monkeypatch.setenv("RAY_AUTH_TOKEN", "not-the-token")
+    refused = run_cli("jobs", "list", "--address", cluster.address)
+    assert refused.returncode == 2 and "refused the authentication token" in refused.stderr
+    monkeypatch.delenv("RAY_AUTH_TOKEN")
+    monkeypatch.setenv("HOME", str(Path.cwd()))  # no ~/.ray/auth_token
+    refused = run_cli("jobs", "list", "--address", cluster.address)
+    assert refused.returncode == 2 and "requires an authentication token" in refused.stderr
+    assert "Traceback" not in refused.stderr
+    monkeypatch.undo()
+    assert run_cli("jobs", "list", "--address", cluster.address).stdout == before  # nothing submitted
+
+    # The Jobs API/dashboard and the MLflow server listen on loopback only.
+    for url in (cluster.address, cluster.tracking):
+        port = int(url.rsplit(":", 1)[1])
+        listening = {
+            c.laddr.ip for c in psutil.net_connections("tcp") if c.status == "LISTEN" and c.laddr.port == port
+        }
+        assert listening == {"127.0.0.1"}, (url, listening)
+
+
+def test_bad_submissions_exit_2_and_submit_nothing(cluster: Cluster) -> None:
+    before = run_cli("jobs", "list", "--address", cluster.address).stdout
+    config = sweep_file("bad", trials=1, concurrent=1)
+
+    started = time.time()
+    nobody = run_cli("submit", str(config), "--address", f"http://127.0.0.1:{free_port()}")
+    assert nobody.returncode == 2 and "no Ray cluster answers" in nobody.stderr
+    assert time.time() - started < 30
+
+    submit = ("submit", str(config), "--address", cluster.address)
+    cases = {
+        "does not exist on the Ray cluster": (
+            "jobs",
+            "status",
+            "metasweep-nope",
+            "--address",
+            cluster.address,
+        ),
+        "search.num_samples": (*submit, "--set", "search.num_samples=0"),
+        "can run one trial": (*submit, "--set", "search.cpus_per_trial=8"),
+        "cannot reach the MLflow tracking server": (
+            *submit,
+            "--tracking-uri",
+            f"http://127.0.0.1:{free_port()}",
+        ),
+    }
+    for message, args in cases.items():
+        result = run_cli(*args)
+        assert result.returncode == 2, (args, result.stderr[-2000:])
+        assert message in result.stderr, (message, result.stderr[-2000:])
+        assert "Traceback" not in result.stderr
+    assert run_cli("jobs", "list", "--address", cluster.address).stdout == before
