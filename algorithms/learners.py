@@ -25,6 +25,7 @@ from algorithms.functional import (
     map_tasks,
     predict_tasks,
     resolve_strategy,
+    task_layout,
 )
 from algorithms.models import head_parameter_names
 
@@ -217,7 +218,8 @@ class ANIL(MAML):
 
     def _features(self, x: Tensor) -> Tensor:
         body = cast(nn.Module, self.model.body)
-        return map_tasks(body, self._strategy(x), x)  # type: ignore[return-value]
+        strategy = self._strategy(x)
+        return map_tasks(body, strategy, task_layout(body, x, strategy))  # type: ignore[return-value]
 
     def adapt(self, support_x: Tensor, support_y: Tensor, inner_steps: int | None = None) -> Params:
         """Adapted head parameters (names relative to ``model.head``), each ``(tasks, ...)``."""
@@ -303,7 +305,7 @@ class ProtoNet(nn.Module):
     def _embed(self, x: Tensor) -> Tensor:
         embed: Callable[[Tensor], Tensor] = self.model
         strategy = resolve_strategy(self.strategy, self.model, x.device)
-        return cast(Tensor, map_tasks(embed, strategy, x)).flatten(2)
+        return cast(Tensor, map_tasks(embed, strategy, task_layout(self.model, x, strategy))).flatten(2)
 
     def adapt(self, support_x: Tensor, support_y: Tensor, inner_steps: int | None = None) -> Tensor:
         """Class prototypes ``(tasks, ways, dim)``; ``inner_steps`` is ignored (no inner loop)."""

@@ -191,8 +191,11 @@ def test_vmap_and_loop_give_the_same_loss_and_meta_gradients(
     loss_loop, grads_loop = grads(make_learner(case, strategy="loop"), episode)
 
     torch.testing.assert_close(loss_vmap, loss_loop, atol=1e-5, rtol=1e-4)
+    # Float32, with BatchNorm statistics summed in different orders (the loop runs Conv4
+    # channels-last on the CPU): an absolute tolerance scaled to the largest meta-gradient entry.
+    scale = max(1.0, *(float(g.abs().max()) for g in grads_loop.values()))
     for name in grads_loop:
-        torch.testing.assert_close(grads_vmap[name], grads_loop[name], atol=1e-5, rtol=1e-4, msg=name)
+        torch.testing.assert_close(grads_vmap[name], grads_loop[name], atol=1e-5 * scale, rtol=1e-4, msg=name)
 
 
 def test_same_seed_gives_the_same_loss_and_gradients(case: Case, make_learner, episode_for, grads) -> None:
@@ -214,7 +217,8 @@ def test_zero_inner_steps_predicts_with_the_meta_parameters(
         learner.adapt(episode.support_x, episode.support_y, inner_steps=0), episode.query_x
     )
     unadapted = torch.stack([learner.model(x) for x in episode.query_x])
-    torch.testing.assert_close(predictions, unadapted, atol=1e-6, rtol=1e-5)
+    # 1e-5: float32 BatchNorm sums its statistics in another order channels-last (test_layout.py).
+    torch.testing.assert_close(predictions, unadapted, atol=1e-5, rtol=1e-5)
 
     adapted = learner.predict(learner.adapt(episode.support_x, episode.support_y), episode.query_x)
     assert not torch.allclose(adapted, unadapted), "inner_steps=2 should move the predictions"
