@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import sys
 import time
 from pathlib import Path
@@ -101,6 +102,10 @@ def evaluate(
     print(json.dumps(metrics))
 
 
+def _short(value: Any) -> str:
+    return f"{value:.4g}" if isinstance(value, float) else str(value)
+
+
 StorageOpt = Annotated[
     str | None,
     typer.Option(
@@ -145,6 +150,19 @@ def sweep(
     result = run_sweep(
         cfg, address=address, resume=resume is not None, storage=storage, resource_check=resource_check
     )
+    trials = Table(title=f"sweep {result.name}: {result.trials} trials, best first")
+    keys = sorted({k for row in result.table for k in row.params})
+    for column in ("trial", *keys, cfg.objective[0], "iterations", "outcome"):
+        trials.add_column(column)
+    for row in result.table:
+        trials.add_row(
+            row.trial_id,
+            *(_short(row.params.get(k, "")) for k in keys),
+            "" if row.metric is None else f"{row.metric:.4f}",
+            str(row.iteration),
+            row.outcome,
+        )
+    stderr.print(trials)
     table = Table(title=f"sweep {result.name}: best of {result.trials} trials ({result.best_trial})")
     table.add_column("")
     table.add_column("value", justify="right")
@@ -270,18 +288,22 @@ def jobs_list(address: AddressOpt) -> None:
 
     listed = jobs.Cluster(address).list()
     table = Table(title=f"jobs on {jobs.dashboard_url(address)}")
-    for column in ("job", "status", "sweep", "started", "entrypoint"):
-        table.add_column(column)
+    for column in ("job", "status", "sweep", "started", "ended"):
+        table.add_column(column, no_wrap=True)
+
+    def when(ms: int | None) -> str:
+        return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(ms / 1000)) if ms else ""
+
     for job in listed:
-        started = job.start_time and time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(job.start_time / 1000))
         table.add_row(
             str(job.submission_id or job.job_id),
             str(job.status),
             (job.metadata or {}).get(jobs.SWEEP_METADATA, ""),
-            started or "",
-            job.entrypoint,
+            when(job.start_time),
+            when(job.end_time),
         )
-    Console(soft_wrap=True).print(table)
+    # Full job ids even when piped (rich would otherwise wrap to 80 columns).
+    Console(width=None if sys.stdout.isatty() else 200).print(table)
 
 
 @jobs_app.command("status")
@@ -448,24 +470,21 @@ def ui(
     from orchestrator.tracking import tracking_uri as resolve
 
     uri = resolve(tracking_uri)
+    if uri.startswith(("http://", "https://")):
+        stderr.print(f"{uri} is a tracking server: open it in a browser", markup=False, highlight=False)
+        return
     stderr.print(
         f"MLflow UI for {uri} at http://127.0.0.1:{port} (Ctrl-C to stop)", markup=False, highlight=False
     )
+    # One worker and no GenAI job runner: a single-user UI over a file store needs neither, and
+    # the job runner would write to the same SQLite file a running sweep writes to.
+    env = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
     subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "mlflow",
-            "ui",
-            "--backend-store-uri",
-            uri,
-            "--host",
-            "127.0.0.1",
-            "--port",
-            str(port),
-        ],
+        [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", uri,
+         "--host", "127.0.0.1", "--port", str(port), "--workers", "1"],
         check=False,
-    )
+        env=env,
+    )  # fmt: skip
 
 
 data_app = typer.Typer(help="Import and inspect episodic image datasets (Parquet).", no_args_is_help=True)
@@ -595,11 +614,9 @@ def main() -> None:
     except UserError as exc:
         print(f"metasweep: error: {exc}", file=sys.stderr)
         sys.exit(2)
-    except KeyboardInterrupt:
-        print(
-            "metasweep: interrupted; 'metasweep train CONFIG --resume' continues from the last checkpoint",
-            file=sys.stderr,
-        )
+    except KeyboardInterrupt as exc:
+        how = str(exc) or "'metasweep train CONFIG --resume' continues from the last checkpoint"
+        print(f"metasweep: interrupted; {how}", file=sys.stderr)
         sys.exit(130)
 
 

@@ -430,6 +430,9 @@ def submit(
     )
     env = {key: os.environ[key] for key in FORWARDED_ENV if os.environ.get(key)}
     env["MLFLOW_TRACKING_URI"] = uri
+    # `jobs stop` sends SIGTERM, which the driver turns into Tune's graceful stop (the sweep's
+    # state is saved for --resume); Ray's default 3 s before SIGKILL can cut that short.
+    env["RAY_JOB_STOP_WAIT_TIME_S"] = "60"
     entrypoint = f"python -m orchestrator.cli sweep {SWEEP_FILE} --storage {shlex.quote(storage)}"
     if not resource_check:
         entrypoint += " --no-resource-check"

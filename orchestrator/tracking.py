@@ -40,7 +40,7 @@ RETRY_S = 5.0  # how often a sweep's driver retries an unreachable tracking serv
 _HTTP_RETRIES = {
     "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "2",
     "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
-    "MLFLOW_HTTP_REQUEST_TIMEOUT": "60",
+    "MLFLOW_HTTP_REQUEST_TIMEOUT": "20",
 }
 
 
@@ -231,10 +231,15 @@ class SweepTracker:
             self._started.add(trial_id)
             self._send(trial_id, log_params)
 
-    def log_trial_metrics(self, trial_id: str, metrics: dict[str, float], step: int) -> None:
-        """Metrics named ``split/name`` at meta-iteration ``step`` (timestamped now, sent when
-        the server takes them)."""
-        batch = _metrics(metrics, step)
+    def log_trial_metrics(
+        self, trial_id: str, metrics: dict[str, float], step: int, timestamp: float | None = None
+    ) -> None:
+        """Metrics named ``split/name`` at meta-iteration ``step``, sent when the server takes them.
+
+        Args:
+            timestamp: when the trial measured them (seconds since the epoch; default now).
+        """
+        batch = _metrics(metrics, step, timestamp)
         if batch:
             self._send(trial_id, lambda: self.client.log_batch(self.children[trial_id], metrics=batch))
 
@@ -319,9 +324,9 @@ class SweepTracker:
         return f"mlflow ui --backend-store-uri {self.uri}  (then open http://127.0.0.1:5000)"
 
 
-def _metrics(metrics: dict[str, float], step: int) -> list[Metric]:
+def _metrics(metrics: dict[str, float], step: int, timestamp: float | None = None) -> list[Metric]:
     """The ``split/name`` entries of a Tune result as MLflow metrics at ``step``."""
-    now = int(time.time() * 1000)
+    now = int((time.time() if timestamp is None else timestamp) * 1000)
     return [
         Metric(key, float(value), now, step)
         for key, value in metrics.items()

@@ -12,8 +12,12 @@ import logging
 import math
 import os
 import shutil
+import signal
 import tempfile
-from dataclasses import dataclass
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -150,6 +154,44 @@ class SweepResult:
     parent_run_id: str
     tracking_uri: str
     registration: Registration | None = None
+    table: list[TrialRow] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class TrialRow:
+    """One trial in the sweep's closing summary."""
+
+    trial_id: str
+    params: dict[str, Any]
+    metric: float | None
+    iteration: int
+    outcome: str
+
+
+def _trial_rows(results: Any, metric: str, mode: str, iterations: int) -> list[TrialRow]:
+    """Every trial of a Tune ResultGrid, best first (by ``metric``; failures last)."""
+    rows = []
+    for result in results:
+        metrics = result.metrics or {}
+        iteration = int(metrics.get(ITERATION, 0))
+        if result.error is not None:
+            outcome = "failed"
+        elif DIVERGED in metrics:
+            outcome = "diverged"
+        else:
+            outcome = "finished" if iteration >= iterations else "stopped early"
+        value = metrics.get(metric)
+        rows.append(
+            TrialRow(
+                trial_id=str(metrics.get("trial_id", "?")),
+                params=dict(result.config or {}),
+                metric=float(value) if value is not None and outcome != "diverged" else None,
+                iteration=iteration,
+                outcome=outcome,
+            )
+        )
+    sign = 1.0 if mode == "min" else -1.0
+    return sorted(rows, key=lambda r: (r.metric is None, sign * (r.metric or 0.0)))
 
 
 _TRACKERS: dict[str, SweepTracker] = {}
@@ -189,7 +231,9 @@ class TrackingCallback(tune.Callback):
             self.diverged.add(trial.trial_id)
             self.tracker.tag_trial(trial.trial_id, {"metasweep.error": str(result[DIVERGED])[:500]})
             return
-        self.tracker.log_trial_metrics(trial.trial_id, result, step)
+        # Tune's timestamp is when the trial reported, which may be long before the driver gets
+        # to log it (a tracking-server outage, a busy driver).
+        self.tracker.log_trial_metrics(trial.trial_id, result, step, timestamp=result.get("timestamp"))
         visited = self.nodes.setdefault(trial.trial_id, [])
         node_id = str(result.get(NODE, ""))
         if node_id and (not visited or visited[-1] != node_id):
@@ -204,11 +248,15 @@ class TrackingCallback(tune.Callback):
             )
 
     def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
-        if trial.trial_id in self.diverged:
+        # Tune's own record of the last result survives a driver restart; ours may not have seen
+        # it (a trial that finished just before the driver stopped is restored as it was).
+        last = getattr(trial, "last_result", None) or {}
+        if trial.trial_id in self.diverged or DIVERGED in last:
             self.tracker.tag_trial(trial.trial_id, {"metasweep.status": "diverged"})
             self.tracker.end_trial(trial.trial_id, "FAILED")
             return
-        finished = self.last_iteration.get(trial.trial_id, 0) >= self.iterations
+        reached = max(self.last_iteration.get(trial.trial_id, 0), int(last.get(ITERATION, 0)))
+        finished = reached >= self.iterations
         status = "FINISHED" if finished else "KILLED"
         self.tracker.tag_trial(
             trial.trial_id, {"metasweep.status": "finished" if finished else "stopped early"}
@@ -312,7 +360,10 @@ def run_sweep(
                 ),
                 run_config=run_config,
             )
-        results = tuner.fit()
+        with _stop_on_sigterm() as stopped:
+            results = tuner.fit()
+        if stopped.is_set():
+            raise KeyboardInterrupt(f"stopped; `--resume {config.name}` continues the sweep")
         best = results.get_best_result(metric=metric, mode=mode, scope="all")
         if best.checkpoint is None or best.metrics is None:
             raise UserError("no trial reported a result; see the errors above")
@@ -341,6 +392,7 @@ def run_sweep(
             parent_run_id=tracker.parent_id,
             tracking_uri=uri,
             registration=registration,
+            table=_trial_rows(results, metric, mode, config.train.iterations),
         )
     except BaseException as exc:
         try:
@@ -389,6 +441,27 @@ def _load_for_workers(config: SweepConfig) -> Any:
 
     build_sources(config)  # fail before launching trials on impossible episodes
     return load_dataset(config.data.dataset)
+
+
+@contextmanager
+def _stop_on_sigterm() -> Iterator[threading.Event]:
+    """Turn SIGTERM (``ray job stop``, a pod's shutdown) into the SIGINT that Tune handles
+    gracefully, saving the experiment's state so ``--resume`` finds every finished trial; the
+    event tells the caller that the search was stopped, not finished."""
+    stopped = threading.Event()
+    if threading.current_thread() is not threading.main_thread():
+        yield stopped
+        return
+
+    def interrupt(signum: int, frame: Any) -> None:
+        stopped.set()
+        os.kill(os.getpid(), signal.SIGINT)
+
+    previous = signal.signal(signal.SIGTERM, interrupt)
+    try:
+        yield stopped
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def _start_ray(address: str | None) -> bool:

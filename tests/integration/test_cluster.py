@@ -211,10 +211,11 @@ def test_mlflow_server_restart_loses_no_metrics(cluster: Cluster) -> None:
     job = cluster.submit(sweep_file("restart", iterations=iterations, trials=2))
     client = cluster.client()
     wait_until(lambda: len(trial_runs(client, "restart")) == 2, "both trial runs")
-    cluster.script("stop-mlflow.sh")
     down = time.time()
+    cluster.script("stop-mlflow.sh")
     time.sleep(15)  # trials keep training and reporting meanwhile
     cluster.script("start-mlflow.sh")
+    up = time.time()
     status = cluster.wait(job)
     assert "SUCCEEDED" in status
     logs = run_cli("jobs", "logs", job, "--address", cluster.address).stdout
@@ -224,9 +225,9 @@ def test_mlflow_server_restart_loses_no_metrics(cluster: Cluster) -> None:
         m
         for r in runs
         for m in client.get_metric_history(r.info.run_id, "val/mse")
-        if down * 1000 <= m.timestamp <= (down + 15) * 1000
+        if down * 1000 <= m.timestamp <= up * 1000
     ]
-    assert during, "no metric was recorded while the server was down; the outage tested nothing"
+    assert during, "no metric was measured while the server was down; the outage tested nothing"
 
 
 def test_stopped_driver_resumes_without_rerunning_finished_trials(cluster: Cluster) -> None:
@@ -297,13 +298,7 @@ def test_bad_submissions_exit_2_and_submit_nothing(cluster: Cluster) -> None:
 
     submit = ("submit", str(config), "--address", cluster.address)
     cases = {
-        "does not exist on the Ray cluster": (
-            "jobs",
-            "status",
-            "metasweep-nope",
-            "--address",
-            cluster.address,
-        ),
+        "no job 'metasweep-nope'": ("jobs", "status", "metasweep-nope", "--address", cluster.address),
         "search.num_samples": (*submit, "--set", "search.num_samples=0"),
         "can run one trial": (*submit, "--set", "search.cpus_per_trial=8"),
         "cannot reach the MLflow tracking server": (

@@ -60,6 +60,7 @@ def test_sweep_tracks_every_trial_as_a_child_run(tmp_path: Path) -> None:
     summary = json.loads(result.stdout.strip().splitlines()[-1])
     assert {"best_trial", "train.inner_lr", "val/mse", "test/mse", "test/mse_ci95"} <= set(summary)
     assert "mlflow ui --backend-store-uri sqlite:///mlflow.db" in result.stderr
+    assert "s1: 4 trials, best first" in result.stderr  # the per-trial summary
 
     client = store()
     experiment = client.get_experiment_by_name("it")
@@ -73,6 +74,11 @@ def test_sweep_tracks_every_trial_as_a_child_run(tmp_path: Path) -> None:
     assert parent.data.metrics["test/mse"] == pytest.approx(summary["test/mse"])
     assert "space.train.inner_lr" in parent.data.params and parent.data.params["search.sampler"] == "tpe"
     assert {c.data.tags["metasweep.trial_id"] for c in children} >= {summary["best_trial"]}
+    for child in children:
+        assert child.data.tags["metasweep.trial_id"] in result.stderr
+    table = result.stderr[result.stderr.index("best first") :]
+    listed = sorted((c.data.tags["metasweep.trial_id"] for c in children), key=table.index)
+    assert listed[0] == summary["best_trial"]  # best first
 
     # The paper's point is evaluated first, and every child run is a complete, gap-free history.
     params = [
