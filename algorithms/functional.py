@@ -20,6 +20,8 @@ import torch
 from torch import Tensor, nn
 from torch.func import functional_call, grad, vmap
 
+from algorithms.models import TaskBatchNorm2d, tasks_batched
+
 Params = dict[str, Tensor]
 LossFn = Callable[[Tensor, Tensor], Tensor]
 Strategy = Literal["auto", "vmap", "loop"]
@@ -134,9 +136,10 @@ def resolve_strategy(
     * for convolutional models on the CPU: ``vmap`` turns a convolution over tasks into a grouped
       convolution, which on CPU runs at about 0.4x a per-task loop, while for small MLPs batching
       removes most of the per-operation overhead (``benchmarks/throughput.py`` measures both);
-    * for second-order meta-gradients through BatchNorm: PyTorch's batching rule for the
+    * for second-order meta-gradients through ``nn.BatchNorm``: PyTorch's batching rule for the
       BatchNorm backward is wrong when it is differentiated again (pytorch/functorch#534), so
-      ``vmap`` would give wrong meta-gradients.
+      ``vmap`` would give wrong meta-gradients. The shipped backbones use
+      :class:`~algorithms.models.TaskBatchNorm2d`, which is exact under ``vmap``.
 
     Args:
         strategy: ``auto``, ``vmap`` or ``loop``.
@@ -153,11 +156,15 @@ def resolve_strategy(
     """
     if strategy not in STRATEGIES:
         raise ValueError(f"unknown strategy {strategy!r}; choose one of {', '.join(STRATEGIES)}")
-    unsafe = second_order and any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules())
+    unsafe = second_order and any(
+        isinstance(m, nn.modules.batchnorm._BatchNorm) and not isinstance(m, TaskBatchNorm2d)
+        for m in model.modules()
+    )
     if strategy == "vmap" and unsafe:
         raise ValueError(
-            "strategy='vmap' gives wrong second-order meta-gradients through BatchNorm "
-            "(pytorch/functorch#534); use strategy='loop' or 'auto', or first_order=True"
+            "strategy='vmap' gives wrong second-order meta-gradients through nn.BatchNorm "
+            "(pytorch/functorch#534); use algorithms.models.TaskBatchNorm2d, strategy='loop' or "
+            "'auto', or first_order=True"
         )
     if strategy != "auto":
         return strategy  # type: ignore[return-value]
@@ -222,7 +229,8 @@ def map_tasks(
     """
     if strategy == "vmap":
         # randomness="error": the inner loop must be deterministic given its inputs.
-        return vmap(fn, randomness="error")(*batched)
+        with tasks_batched():
+            return vmap(fn, randomness="error")(*batched)
     first = batched[0]
     tasks = first.shape[0] if isinstance(first, Tensor) else next(iter(first.values())).shape[0]
     return _stack([fn(*(_index(t, i) for t in batched)) for i in range(tasks)])

@@ -11,8 +11,52 @@ the forward pure, so it runs under ``torch.func.vmap``.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
+
 import torch
 from torch import Tensor, nn
+
+_TASKS_BATCHED: ContextVar[bool] = ContextVar("tasks_batched", default=False)
+
+
+@contextmanager
+def tasks_batched() -> Iterator[None]:
+    """Mark the forwards run inside as batched over tasks with ``torch.func.vmap``.
+
+    :class:`TaskBatchNorm2d` then normalises with elementary operations. Thread- and
+    task-safe (a context variable); the inner loop in :mod:`algorithms.functional` sets it.
+    """
+    token = _TASKS_BATCHED.set(True)
+    try:
+        yield
+    finally:
+        _TASKS_BATCHED.reset(token)
+
+
+class TaskBatchNorm2d(nn.BatchNorm2d):
+    """BatchNorm with the statistics of the batch it sees, right to second order under vmap.
+
+    PyTorch's batching rule for the fused BatchNorm backward is wrong when it is differentiated
+    again (pytorch/functorch#534), so second-order MAML through ``nn.BatchNorm2d`` cannot run
+    batched over tasks. Under :func:`tasks_batched` this module computes the same normalisation
+    from means, a variance and ``rsqrt``, whose batching rules are exact; elsewhere it is the
+    fused kernel, which is faster task by task. Same parameters, same ``state_dict``.
+    """
+
+    def __init__(self, num_features: int, eps: float = 1e-5):
+        super().__init__(num_features, eps=eps, track_running_stats=False)
+
+    def forward(self, x: Tensor) -> Tensor:
+        """Normalise ``x: (n, C, H, W)`` per channel over ``n, H, W``."""
+        if not _TASKS_BATCHED.get():
+            return super().forward(x)
+        mean = x.mean(dim=(0, 2, 3), keepdim=True)
+        centred = x - mean
+        var = centred.square().mean(dim=(0, 2, 3), keepdim=True)  # biased, as BatchNorm uses
+        shape = (1, -1, 1, 1)
+        return centred * torch.rsqrt(var + self.eps) * self.weight.view(shape) + self.bias.view(shape)
 
 
 class MLP(nn.Module):
@@ -46,7 +90,7 @@ class MLP(nn.Module):
 def _conv_block(in_channels: int, out_channels: int) -> nn.Sequential:
     return nn.Sequential(
         nn.Conv2d(in_channels, out_channels, kernel_size=3, padding=1),
-        nn.BatchNorm2d(out_channels, track_running_stats=False),
+        TaskBatchNorm2d(out_channels),
         nn.ReLU(),
         nn.MaxPool2d(2),
     )

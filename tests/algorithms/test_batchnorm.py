@@ -12,10 +12,11 @@ import copy
 import pytest
 import torch
 import torch.nn.functional as F
-from torch import Tensor
+from torch import Tensor, nn
 from torch.func import functional_call
 
 from algorithms import MAML, Conv4, Episode
+from algorithms.models import TaskBatchNorm2d, tasks_batched
 
 INNER_LR = 0.4
 INNER_STEPS = 2
@@ -93,9 +94,16 @@ def test_predictions_match_the_per_task_reference(conv4: Conv4, tasks: Episode, 
         ("loop", False),
         ("loop", True),
         ("vmap", True),
+        ("vmap", False),
         ("auto", False),
     ],
-    ids=["loop-second-order", "loop-first-order", "vmap-first-order", "auto-second-order"],
+    ids=[
+        "loop-second-order",
+        "loop-first-order",
+        "vmap-first-order",
+        "vmap-second-order",
+        "auto-second-order",
+    ],
 )
 def test_meta_gradient_matches_the_per_task_reference(
     conv4: Conv4, tasks: Episode, grads, strategy: str, first_order: bool
@@ -171,8 +179,40 @@ def test_statistics_are_not_pooled_across_tasks(conv4: Conv4, tasks: Episode, st
     assert (logits - pooled).abs().max() > 1e-3
 
 
-def test_vmap_is_refused_for_second_order_through_batchnorm(conv4: Conv4, tasks: Episode, grads) -> None:
-    """vmap's second-order gradient through adapted BatchNorm weights is wrong upstream
-    (pytorch/functorch#534); the learner must refuse rather than return wrong meta-gradients."""
+def test_vmap_is_refused_for_second_order_through_plain_batchnorm(
+    conv4: Conv4, tasks: Episode, grads
+) -> None:
+    """vmap's second-order gradient through the fused BatchNorm is wrong upstream
+    (pytorch/functorch#534): a model with ``nn.BatchNorm2d`` must be refused, not given wrong
+    meta-gradients. (Conv4's TaskBatchNorm2d is exact under vmap: see the reference test above.)"""
+    plain = copy.deepcopy(conv4)
+    for block in plain.body[:4]:
+        fused = nn.BatchNorm2d(HIDDEN, track_running_stats=False).double()
+        fused.load_state_dict(block[1].state_dict())
+        block[1] = fused
     with pytest.raises(ValueError, match="functorch#534"):
-        grads(maml(conv4, "vmap", False), tasks)
+        grads(maml(plain, "vmap", False), tasks)
+    _, expected_loss, _ = reference_maml(conv4, tasks, first_order=False)
+    loss, _ = grads(maml(plain, "auto", False), tasks)  # auto runs it task by task instead
+    torch.testing.assert_close(loss, expected_loss, **TOLERANCE)
+
+
+def test_task_batchnorm_is_batchnorm(make_images) -> None:
+    """Outside vmap the fused kernel runs; under tasks_batched() the elementary formula gives the
+    same values and gradients as nn.BatchNorm2d with batch statistics."""
+    x = make_images(seed=5, dtype=torch.float64).support_x[0].expand(-1, 3, -1, -1).contiguous()
+    x = x * torch.arange(1.0, 4.0, dtype=torch.float64).view(1, 3, 1, 1) + 2.0
+    reference = nn.BatchNorm2d(3, track_running_stats=False).double()
+    with torch.no_grad():
+        reference.weight.uniform_(0.5, 1.5)
+        reference.bias.uniform_(-1, 1)
+    task_bn = TaskBatchNorm2d(3).double()
+    task_bn.load_state_dict(reference.state_dict())
+    expected = reference(x)
+    torch.testing.assert_close(task_bn(x), expected, **TOLERANCE)
+    with tasks_batched():
+        elementary = task_bn(x)
+    torch.testing.assert_close(elementary, expected, **TOLERANCE)
+    (g_ref,) = torch.autograd.grad(expected.square().sum(), reference.weight)
+    (g_task,) = torch.autograd.grad(elementary.square().sum(), task_bn.weight)
+    torch.testing.assert_close(g_task, g_ref, **TOLERANCE)
