@@ -132,7 +132,7 @@ class SweepTracker:
         for key, value in _HTTP_RETRIES.items():
             os.environ.setdefault(key, value)
         check_reachable(uri)
-        self.client = MlflowClient(tracking_uri=uri)
+        self.client = MlflowClient(tracking_uri=uri, registry_uri=uri)  # never a stale global registry
         try:
             found = self.client.get_experiment_by_name(experiment)
             self.experiment_id = (
