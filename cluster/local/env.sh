@@ -21,6 +21,7 @@ export PATH="$PYTHON_BIN:$PATH"  # jobs run `python` from the raylet's PATH
 export RAY_AUTH_MODE="${RAY_AUTH_MODE:-token}"
 export RAY_USAGE_STATS_ENABLED=0
 mkdir -p "$CLUSTER_DIR/logs"
+CLUSTER_DIR=$(cd "$CLUSTER_DIR" && pwd)  # absolute: the scripts change directory
 
 wait_for_port() {  # wait_for_port PORT SECONDS [PID: give up early when it exits]
     local port=$1 deadline=$((SECONDS + $2)) pid=${3:-}

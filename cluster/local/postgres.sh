@@ -7,6 +7,7 @@ source "$(dirname "$0")/env.sh"
 bin=$(ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V | tail -1)
 [ -x "$bin/pg_ctl" ] || { echo "PostgreSQL is not installed (apt-get install postgresql)" >&2; exit 1; }
 as_owner=()
+cd /  # the postgres user may not enter the caller's directory
 data="$CLUSTER_DIR/postgres"
 if [ "$(id -u)" = 0 ]; then
     as_owner=(runuser -u postgres --)
