@@ -62,10 +62,20 @@ def preprocess_images(images: np.ndarray, spec: dict[str, Any], name: str = "ima
     h, w, c = spec["image_shape"]
     images = np.asarray(images)
     if images.dtype == object:
-        # MLflow lets ragged (n,) object arrays through a (-1, -1, -1) tensor spec.
+        # A JSON request arrives as nested lists; ragged ones are images of different sizes.
+        try:
+            images = np.array(images.tolist())
+        except ValueError:
+            images = images.astype(object)
+        if images.dtype == object:
+            raise ValueError(
+                f"{name} holds images of different sizes; resize them to one size and stack them into "
+                "one uint8 array (n, H, W) or (n, H, W, C)"
+            )
+    if images.dtype.kind not in "iu" or (images.size and (images.min() < 0 or images.max() > 255)):
         raise ValueError(
-            f"{name} holds images of different sizes; resize them to one size and stack them into "
-            "one uint8 array (n, H, W) or (n, H, W, C)"
+            f"{name} must hold 8-bit pixels (uint8, 0..255) as PIL gives them, got {images.dtype}"
+            + (" values" if images.dtype.kind in "iu" else "")
         )
     if images.ndim == 3:
         images = images[..., None]

@@ -458,7 +458,8 @@ def _signature(example: dict[str, np.ndarray], predictions: np.ndarray, task_kin
     refuse string labels (and ``int32`` ones). Labels are declared ``object`` ``(-1,)`` instead,
     the one tensor spec MLflow's enforcement passes through unchanged (an int64, ``<U`` or object
     array alike, and JSON lists when served); ``pyfunc_model.encode_labels`` then checks them.
-    Images keep their uint8 dtype and rank.
+    Images are declared the same way, because one tensor spec has one rank and a user may hand a
+    grayscale model RGB images or the reverse; ``pyfunc_model.preprocess_images`` checks them.
     """
     from mlflow.models import ModelSignature
     from mlflow.types.schema import Schema, TensorSpec
@@ -466,7 +467,9 @@ def _signature(example: dict[str, np.ndarray], predictions: np.ndarray, task_kin
     classification = task_kind == "classification"
 
     def spec(name: str, array: np.ndarray) -> TensorSpec:
-        if classification and name == "support_y":
+        if classification:
+            # Labels of any kind, and images of either rank, (n, H, W) or (n, H, W, C), as PIL
+            # gives them whatever the model's channel count: checked by the model itself.
             return TensorSpec(np.dtype(object), (-1,), name)
         return TensorSpec(array.dtype, (-1, *([-1] * (array.ndim - 1))), name)
 

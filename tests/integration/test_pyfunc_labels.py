@@ -81,7 +81,11 @@ def test_string_and_integer_labels_come_back_as_given(registered: dict[str, str]
     schema = model.metadata.get_input_schema()
     by_name = dict(zip(schema.input_names(), schema.inputs, strict=True))
     assert by_name["support_y"].type == np.dtype(object) and by_name["support_y"].shape == (-1,)
-    assert by_name["support_x"].type == np.dtype(np.uint8) and by_name["support_x"].shape == (-1, -1, -1)
+    assert by_name["support_x"].type == np.dtype(object) and by_name["support_x"].shape == (-1,)
+    # RGB images as PIL gives them for a colour PNG: the grayscale model converts them itself.
+    rgb = np.repeat(support[..., None], 3, axis=-1)
+    rgb_pred = model.predict({"support_x": rgb, "support_y": NAMES, "query_x": rgb[order]})
+    assert rgb_pred.tolist() == NAMES[order].tolist()
 
 
 def test_json_labels_come_back_as_strings_and_integers(registered: dict[str, str]) -> None:
@@ -117,8 +121,9 @@ def test_renamed_classes_get_the_same_predictions(registered: dict[str, str]) ->
         ({"support_y": NAMES[:4]}, ValueError, "support_y has 4 labels but support_x has 5 images"),
         ({"support_y": np.array(["a", "b", "c", "d", "e", "f"])}, ValueError, "6 labels but support_x"),
         ({"support_y": np.array([0.0, 1.0, 2.0, 3.0, 4.0])}, ValueError, "integer or string labels"),
-        ({"query_x": np.zeros((2, 28, 28), dtype=np.float32)}, MlflowException, "dtype of input float32"),
-        ({"query_x": np.zeros((28, 28), dtype=np.uint8)}, MlflowException, "Shape of input"),
+        ({"query_x": np.zeros((2, 28, 28), dtype=np.float32)}, ValueError, "8-bit pixels .* got float32"),
+        ({"query_x": np.full((2, 28, 28), 300)}, ValueError, "8-bit pixels .* got int64 values"),
+        ({"query_x": np.zeros((28, 28), dtype=np.uint8)}, ValueError, "must be \\(n, H, W\\) or"),
         ("ragged", ValueError, "query_x holds images of different sizes"),
         ("six classes", ValueError, "6 classes but the model was trained for 5 ways"),
     ],
