@@ -185,6 +185,17 @@ def test_submitted_sweep_spreads_over_nodes_registers_a_champion_and_pulls(clust
     assert listed.returncode == 0 and job in listed.stdout and "SUCCEEDED" in listed.stdout
 
 
+def test_sweep_with_address_drives_the_cluster_from_this_machine(cluster: Cluster) -> None:
+    """`metasweep sweep --address` (no job): this process is the driver, trials run on the nodes."""
+    ray_port = cluster.env["RAY_PORT"]
+    result = run_cli(
+        "sweep", str(sweep_file("direct", iterations=60, trials=2)), "--address", f"127.0.0.1:{ray_port}"
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    runs = assert_complete(cluster.client(), "direct", trials=2, iterations=60)
+    assert all(r.data.tags["metasweep.node_id"] for r in runs)
+
+
 def test_killed_worker_node_trials_restart_from_checkpoints(cluster: Cluster) -> None:
     iterations = 400
     job = cluster.submit(sweep_file("nodekill", iterations=iterations, trials=2))
