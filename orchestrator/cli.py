@@ -141,6 +141,11 @@ def sweep(
     validation and meta-test metrics, and how to open the sweep in the MLflow UI.
     """
     from orchestrator.config import SweepConfig
+
+    if address:
+        from orchestrator.jobs import use_token_auth
+
+        use_token_auth()  # before Ray is imported
     from orchestrator.tuning import run_sweep
 
     overrides = list(set_ or [])

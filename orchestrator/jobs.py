@@ -93,6 +93,16 @@ def auth_token() -> str | None:
     return token or None
 
 
+def use_token_auth() -> None:
+    """Make a Ray driver send the token to a cluster that wants one.
+
+    Ray sends it only with ``RAY_AUTH_MODE=token``, read when ``ray`` is first imported, so
+    this must run before that; it sets the mode when a token is available and none is chosen.
+    """
+    if "RAY_AUTH_MODE" not in os.environ and auth_token():
+        os.environ["RAY_AUTH_MODE"] = "token"
+
+
 class Cluster:
     """A Ray cluster's Jobs API, reached through its dashboard.
 

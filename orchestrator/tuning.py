@@ -226,7 +226,12 @@ class TrackingCallback(tune.Callback):
 
     def on_trial_result(self, iteration: int, trials: list, trial: Any, result: dict, **info: Any) -> None:
         step = int(result.get(ITERATION, 0))
-        self.last_iteration[trial.trial_id] = step
+        logged = self.last_iteration.get(trial.trial_id, 0)
+        self.last_iteration[trial.trial_id] = max(step, logged)
+        if step <= logged and DIVERGED not in result:
+            # A trial restarted from a checkpoint older than its last report (it died between
+            # reporting and Tune recording the checkpoint) repeats a step: logged once already.
+            return
         if DIVERGED in result:
             self.diverged.add(trial.trial_id)
             self.tracker.tag_trial(trial.trial_id, {"metasweep.error": str(result[DIVERGED])[:500]})
@@ -475,7 +480,10 @@ def _start_ray(address: str | None) -> bool:
         ray.init(address=address, log_to_driver=False)
         return False
     except (ConnectionError, RuntimeError, ValueError) as exc:
-        raise UserError(f"cannot connect to a Ray cluster at {address}: {exc}") from None
+        raise UserError(
+            f"cannot connect to a Ray cluster at {address}: {exc}. If the cluster uses token "
+            "authentication, set RAY_AUTH_TOKEN or copy the head node's ~/.ray/auth_token here"
+        ) from None
 
 
 def _storage_uri(storage: str | Path | None) -> str:

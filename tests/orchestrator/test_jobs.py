@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import time
 from pathlib import Path
 
@@ -110,3 +111,18 @@ def test_submit_checks_the_config_before_the_cluster() -> None:
 def test_jobs_need_an_address() -> None:
     result = run_cli("jobs", "list")
     assert result.returncode == 2 and "--address" in result.stderr
+
+
+def test_token_auth_mode_is_set_only_with_a_token(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("RAY_AUTH_MODE", raising=False)
+    monkeypatch.delenv("RAY_AUTH_TOKEN", raising=False)
+    monkeypatch.delenv("RAY_AUTH_TOKEN_PATH", raising=False)
+    monkeypatch.setenv("HOME", str(tmp_path))
+    jobs.use_token_auth()
+    assert "RAY_AUTH_MODE" not in os.environ
+    monkeypatch.setenv("RAY_AUTH_TOKEN", "t")
+    jobs.use_token_auth()
+    assert os.environ["RAY_AUTH_MODE"] == "token"
+    monkeypatch.setenv("RAY_AUTH_MODE", "disabled")  # an explicit choice stays
+    jobs.use_token_auth()
+    assert os.environ["RAY_AUTH_MODE"] == "disabled"
