@@ -20,6 +20,7 @@ from orchestrator.errors import UserError
 
 MODELS = ("mlp", "conv4")
 SINUSOID = "sinusoid"
+SWEEP_STORAGE = "runs/sweeps"  # where Tune keeps a sweep's checkpoints unless told otherwise
 
 
 class _Section(BaseModel):

@@ -410,7 +410,7 @@ def _filesystem(uri: str) -> tuple[pafs.FileSystem, str]:
     ``AWS_SECRET_ACCESS_KEY``), or put ``?endpoint_override=host:port&scheme=http`` on the URI.
     """
     if "://" not in uri:
-        return pafs.LocalFileSystem(), str(Path(uri).expanduser().absolute())
+        return pafs.LocalFileSystem(), absolute(uri)
     if uri.startswith("s3://") and "endpoint_override" not in uri and os.environ.get("AWS_ENDPOINT_URL"):
         endpoint = os.environ["AWS_ENDPOINT_URL"]
         scheme, _, host = endpoint.partition("://")
@@ -420,6 +420,13 @@ def _filesystem(uri: str) -> tuple[pafs.FileSystem, str]:
         return pafs.FileSystem.from_uri(uri)
     except (pa.ArrowInvalid, OSError, ValueError) as exc:
         raise UserError(f"cannot open {uri.split('?')[0]}: {exc}") from None
+
+
+def absolute(location: str) -> str:
+    """A local path made absolute (``~`` expanded), or a URI (``s3://bucket/x``) as it is."""
+    if "://" in location:
+        return location.rstrip("/")
+    return str(Path(location).expanduser().absolute())
 
 
 def path_exists(uri: str) -> bool:

@@ -31,7 +31,8 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
 
-from orchestrator.config import SINUSOID, SweepConfig, to_yaml
+from orchestrator.config import SINUSOID, SWEEP_STORAGE, SweepConfig, to_yaml
+from orchestrator.datasets import absolute
 from orchestrator.errors import UserError
 
 DASHBOARD_PORT = 8265
@@ -145,15 +146,6 @@ class Cluster:
                     f"no job {job_id!r} on the Ray cluster at {self.url}; `metasweep jobs list` shows them"
                 ) from None
             raise UserError(f"the Ray Jobs API at {self.url} answered: {exc}") from None
-
-    def is_this_machine(self) -> bool:
-        """Whether the head node runs on this machine (so this machine's paths are the cluster's).
-
-        Decided by the head's node address, not the URL: a tunnel (``ray dashboard``,
-        ``kubectl port-forward``) makes a remote cluster answer on 127.0.0.1.
-        """
-        heads = [n for n in self.nodes() if n.get("is_head_node")]
-        return bool(heads) and heads[0].get("node_ip") in _local_addresses()
 
     def nodes(self) -> list[dict[str, Any]]:
         """The alive nodes with their total resources."""
@@ -291,7 +283,7 @@ def check_dataset(dataset: str, local_cluster: bool) -> str:
     """
     if dataset == SINUSOID or "://" in dataset:
         return dataset
-    path = Path(dataset).expanduser().absolute()
+    path = Path(absolute(dataset))
     if not path.exists():
         raise UserError(f"data.dataset {dataset!r} does not exist on this machine")
     if local_cluster:
@@ -364,10 +356,20 @@ def check_tracking(uri: str, local_cluster: bool, cluster: Cluster | None = None
     return uri  # postgresql://, mysql://, databricks: reachable from the cluster, we trust
 
 
-def check_fits(cluster: Cluster, config: SweepConfig) -> None:
-    """Raise when no node of the cluster has the CPUs and GPUs one trial asks for."""
+def is_this_machine(nodes: list[dict[str, Any]]) -> bool:
+    """Whether the head node (of ``Cluster.nodes()``) runs on this machine, so this machine's
+    paths are the cluster's.
+
+    Decided by the head's node address, not the URL: a tunnel (``ray dashboard``,
+    ``kubectl port-forward``) makes a remote cluster answer on 127.0.0.1.
+    """
+    heads = [n for n in nodes if n.get("is_head_node")]
+    return bool(heads) and heads[0].get("node_ip") in _local_addresses()
+
+
+def check_fits(url: str, nodes: list[dict[str, Any]], config: SweepConfig) -> None:
+    """Raise when no node (of ``Cluster.nodes()``) has the CPUs and GPUs one trial asks for."""
     cpus, gpus = config.search.cpus_per_trial, config.search.gpus_per_trial
-    nodes = cluster.nodes()
     fits = [
         n
         for n in nodes
@@ -379,7 +381,7 @@ def check_fits(cluster: Cluster, config: SweepConfig) -> None:
             for n in nodes
         )
         raise UserError(
-            f"no node of the Ray cluster at {cluster.url} can run one trial "
+            f"no node of the Ray cluster at {url} can run one trial "
             f"({cpus:g} CPUs, {gpus:g} GPUs per trial; nodes have: {have or 'none'}). Lower "
             "search.cpus_per_trial/gpus_per_trial, or pass --no-resource-check for an autoscaling "
             "cluster whose nodes are not up yet"
@@ -418,20 +420,18 @@ def submit(
     from orchestrator.tracking import tracking_uri
 
     cluster = Cluster(address)
-    local = cluster.is_this_machine()
+    nodes = cluster.nodes()
+    local = is_this_machine(nodes)
     uri = check_tracking(tracking or tracking_uri(config.tracking.uri), local, cluster)
     dataset = check_dataset(config.data.dataset, local)
-    if storage is None:
-        if not local:
-            raise UserError(
-                "a sweep on a remote cluster needs --storage on storage every node reaches (s3://..., "
-                "or an NFS path), so trials can restart on another node and --resume finds the sweep"
-            )
-        storage = str(Path("runs/sweeps").absolute())
-    elif "://" not in storage:
-        storage = str(Path(storage).expanduser().absolute())
+    if storage is None and not local:
+        raise UserError(
+            "a sweep on a remote cluster needs --storage on storage every node reaches (s3://..., "
+            "or an NFS path), so trials can restart on another node and --resume finds the sweep"
+        )
+    storage = absolute(storage or SWEEP_STORAGE)
     if resource_check:
-        check_fits(cluster, config)
+        check_fits(cluster.url, nodes, config)
     resolved = config.model_copy(
         update={
             "data": config.data.model_copy(update={"dataset": dataset}),

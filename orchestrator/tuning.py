@@ -27,8 +27,16 @@ from ray import tune
 from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
 from ray.tune.search.optuna import OptunaSearch
 
-from orchestrator.config import INNER_LOOP_FIELDS, SINUSOID, ParamSpec, RunConfig, SweepConfig, to_yaml
-from orchestrator.datasets import path_exists
+from orchestrator.config import (
+    INNER_LOOP_FIELDS,
+    SINUSOID,
+    SWEEP_STORAGE,
+    ParamSpec,
+    RunConfig,
+    SweepConfig,
+    to_yaml,
+)
+from orchestrator.datasets import absolute, path_exists
 from orchestrator.errors import TrainingDiverged, UserError
 from orchestrator.tracking import Registration, SweepTracker, log_and_register, tracking_uri
 from orchestrator.training import CHECKPOINT, evaluate_again, load_checkpoint, train
@@ -168,25 +176,30 @@ class TrialRow:
     outcome: str
 
 
+# A trial that ended without an error: its outcome, and the status of its MLflow child run.
+_RUN_STATUS = {"finished": "FINISHED", "stopped early": "KILLED", "diverged": "FAILED"}
+
+
+def _outcome(last: dict[str, Any], iterations: int) -> str:
+    """How a trial that ended without an error ended, from its last reported result."""
+    if DIVERGED in last:
+        return "diverged"
+    return "finished" if int(last.get(ITERATION, 0)) >= iterations else "stopped early"
+
+
 def _trial_rows(results: Any, metric: str, mode: str, iterations: int) -> list[TrialRow]:
     """Every trial of a Tune ResultGrid, best first (by ``metric``; failures last)."""
     rows = []
     for result in results:
         metrics = result.metrics or {}
-        iteration = int(metrics.get(ITERATION, 0))
-        if result.error is not None:
-            outcome = "failed"
-        elif DIVERGED in metrics:
-            outcome = "diverged"
-        else:
-            outcome = "finished" if iteration >= iterations else "stopped early"
+        outcome = "failed" if result.error is not None else _outcome(metrics, iterations)
         value = metrics.get(metric)
         rows.append(
             TrialRow(
                 trial_id=str(metrics.get("trial_id", "?")),
                 params=dict(result.config or {}),
                 metric=float(value) if value is not None and outcome != "diverged" else None,
-                iteration=iteration,
+                iteration=int(metrics.get(ITERATION, 0)),
                 outcome=outcome,
             )
         )
@@ -208,7 +221,6 @@ class TrackingCallback(tune.Callback):
         self.iterations = iterations
         self.seed = seed
         self.last_iteration: dict[str, int] = {}
-        self.diverged: set[str] = set()
         self.nodes: dict[str, list[str]] = {}
 
     @property
@@ -233,7 +245,6 @@ class TrackingCallback(tune.Callback):
             # reporting and Tune recording the checkpoint) repeats a step: logged once already.
             return
         if DIVERGED in result:
-            self.diverged.add(trial.trial_id)
             self.tracker.tag_trial(trial.trial_id, {"metasweep.error": str(result[DIVERGED])[:500]})
             return
         # Tune's timestamp is when the trial reported, which may be long before the driver gets
@@ -253,20 +264,12 @@ class TrackingCallback(tune.Callback):
             )
 
     def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
-        # Tune's own record of the last result survives a driver restart; ours may not have seen
-        # it (a trial that finished just before the driver stopped is restored as it was).
-        last = getattr(trial, "last_result", None) or {}
-        if trial.trial_id in self.diverged or DIVERGED in last:
-            self.tracker.tag_trial(trial.trial_id, {"metasweep.status": "diverged"})
-            self.tracker.end_trial(trial.trial_id, "FAILED")
-            return
-        reached = max(self.last_iteration.get(trial.trial_id, 0), int(last.get(ITERATION, 0)))
-        finished = reached >= self.iterations
-        status = "FINISHED" if finished else "KILLED"
-        self.tracker.tag_trial(
-            trial.trial_id, {"metasweep.status": "finished" if finished else "stopped early"}
-        )
-        self.tracker.end_trial(trial.trial_id, status)
+        # Tune's own record of the last result survives a driver restart; a callback restored
+        # with the sweep may not have seen it (a trial that finished just before the driver
+        # stopped is restored as it was).
+        outcome = _outcome(getattr(trial, "last_result", None) or {}, self.iterations)
+        self.tracker.tag_trial(trial.trial_id, {"metasweep.status": outcome})
+        self.tracker.end_trial(trial.trial_id, _RUN_STATUS[outcome])
 
     def on_trial_recover(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         self.tracker.tag_trial(trial.trial_id, {"metasweep.status": "restarting from its checkpoint"})
@@ -306,7 +309,7 @@ def run_sweep(
     """
     # Tune warns when checkpoints at every evaluation snapshot its state often; that is intended.
     os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
-    storage = _storage_uri(storage)
+    storage = absolute(str(storage or SWEEP_STORAGE))
     sweep_dir = f"{storage}/{config.name}"
     exists = path_exists(sweep_dir)
     if resume and not exists:
@@ -484,15 +487,6 @@ def _start_ray(address: str | None) -> bool:
             f"cannot connect to a Ray cluster at {address}: {exc}. If the cluster uses token "
             "authentication, set RAY_AUTH_TOKEN or copy the head node's ~/.ray/auth_token here"
         ) from None
-
-
-def _storage_uri(storage: str | Path | None) -> str:
-    """Tune's storage as an absolute path or a URI (``s3://bucket/sweeps``)."""
-    if storage is None:
-        return str(Path("runs/sweeps").absolute())
-    if "://" in str(storage):
-        return str(storage).rstrip("/")
-    return str(Path(storage).expanduser().absolute())
 
 
 def _check_resources(config: SweepConfig) -> None:
