@@ -1,18 +1,34 @@
 """metasweep's meta-learning core: PyTorch only, usable on its own.
 
->>> from algorithms import MAML
->>> learner = MAML(model, inner_lr=0.01, inner_steps=1)
->>> learner.meta_loss(support_x, support_y, query_x, query_y).backward()
+>>> from metasweep.algorithms import MAML, MLP
+>>> learner = MAML(MLP(), inner_lr=0.01, inner_steps=1)
+>>> learner.capabilities.inner_loop
+True
+
+Learners say what they support (:class:`Capabilities`); :func:`learner_class` maps a config name
+to its class. :mod:`metasweep.algorithms.testing` is the contract every learner passes, ready to
+run over a learner of your own.
 """
 
 from __future__ import annotations
 
-from algorithms.evaluation import evaluate
-from algorithms.learners import ANIL, MAML, MetaLearner, MetaSGD, ProtoNet, Reptile
-from algorithms.models import MLP, Conv4
-from algorithms.tasks import Episode, SinusoidTasks, TaskSource, fixed_episodes
+from typing import Any
 
-ALGORITHMS: dict[str, type] = {
+from metasweep.algorithms.evaluation import evaluate
+from metasweep.algorithms.learners import (
+    ANIL,
+    MAML,
+    Capabilities,
+    InnerLoopLearner,
+    MetaLearner,
+    MetaSGD,
+    ProtoNet,
+    Reptile,
+)
+from metasweep.algorithms.models import MLP, Conv4
+from metasweep.algorithms.tasks import Episode, SinusoidTasks, TaskSource, fixed_episodes
+
+ALGORITHMS: dict[str, type[MetaLearner[Any]]] = {
     "maml": MAML,
     "anil": ANIL,
     "metasgd": MetaSGD,
@@ -21,13 +37,28 @@ ALGORITHMS: dict[str, type] = {
 }
 """Registered meta-learners by config name; first-order MAML is ``maml`` with ``first_order``."""
 
+
+def learner_class(name: str) -> type[MetaLearner[Any]]:
+    """The learner registered as ``name`` (a key of :data:`ALGORITHMS`).
+
+    Raises:
+        ValueError: an unknown name; the message lists the registered ones.
+    """
+    try:
+        return ALGORITHMS[name]
+    except KeyError:
+        raise ValueError(f"unknown algorithm {name!r}; valid algorithms: {', '.join(ALGORITHMS)}") from None
+
+
 __all__ = [
     "ALGORITHMS",
     "ANIL",
     "MAML",
     "MLP",
+    "Capabilities",
     "Conv4",
     "Episode",
+    "InnerLoopLearner",
     "MetaLearner",
     "MetaSGD",
     "ProtoNet",
@@ -36,4 +67,5 @@ __all__ = [
     "TaskSource",
     "evaluate",
     "fixed_episodes",
+    "learner_class",
 ]

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterable
+from typing import Any, cast
 
 import torch
 from torch import Tensor
 
-from algorithms.learners import MetaLearner
-from algorithms.tasks import Episode
+from metasweep.algorithms.learners import InnerLoopLearner, MetaLearner
+from metasweep.algorithms.tasks import Episode
 
 
 def per_task_scores(predictions: Tensor, targets: Tensor, task_kind: str) -> Tensor:
@@ -36,7 +37,7 @@ def summarize(scores: Tensor, split: str, metric: str) -> dict[str, float]:
 
 
 def evaluate(
-    learner: MetaLearner,
+    learner: MetaLearner[Any],
     episodes: Iterable[Episode],
     *,
     task_kind: str,
@@ -50,21 +51,31 @@ def evaluate(
         learner: the meta-learner; it is not modified.
         episodes: batches of held-out tasks (see :func:`algorithms.tasks.fixed_episodes`).
         task_kind: ``"classification"`` (reports ``accuracy``) or ``"regression"`` (``mse``).
-        inner_steps: adaptation steps at evaluation time (``None``: the learner's own).
+        inner_steps: adaptation steps at evaluation time (``None``: the learner's own); only for
+            learners with an inner loop (``learner.capabilities.inner_loop``).
         split: the metric prefix, ``val`` or ``test``.
         device: where to move each batch; ``None`` leaves it where it is.
 
     Returns:
         ``{f"{split}/accuracy": mean, f"{split}/accuracy_ci95": ...}`` or the ``mse`` pair,
         plus ``f"{split}/loss"``: the mean query loss.
+
+    Raises:
+        ValueError: ``inner_steps`` for a learner without an inner loop.
     """
+    if inner_steps is not None and not learner.capabilities.inner_loop:
+        raise ValueError(f"{type(learner).__name__} has no inner loop; evaluate it without inner_steps")
     metric = "accuracy" if task_kind == "classification" else "mse"
     scores, losses = [], []
     with torch.no_grad():
         for episode in episodes:
             if device is not None:
                 episode = episode.to(device)
-            adapted = learner.adapt(episode.support_x, episode.support_y, inner_steps=inner_steps)
+            if inner_steps is None:
+                adapted = learner.adapt(episode.support_x, episode.support_y)
+            else:
+                inner = cast(InnerLoopLearner[Any], learner)
+                adapted = inner.adapt(episode.support_x, episode.support_y, inner_steps=inner_steps)
             predictions = learner.predict(adapted, episode.query_x)
             scores.append(per_task_scores(predictions, episode.query_y, task_kind).cpu())
             loss_fn = learner.loss_fn

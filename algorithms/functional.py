@@ -20,7 +20,7 @@ import torch
 from torch import Tensor, nn
 from torch.func import functional_call, grad, vmap
 
-from algorithms.models import TaskBatchNorm2d, tasks_batched
+from metasweep.algorithms.models import TaskBatchNorm2d, tasks_batched
 
 Params = dict[str, Tensor]
 LossFn = Callable[[Tensor, Tensor], Tensor]
@@ -167,7 +167,7 @@ def resolve_strategy(
             "'auto', or first_order=True"
         )
     if strategy != "auto":
-        return strategy  # type: ignore[return-value]
+        return strategy
     has_conv = any(isinstance(m, nn.modules.conv._ConvNd) for m in model.modules())
     if unsafe or (device.type == "cpu" and has_conv):
         return "loop"
@@ -301,6 +301,7 @@ def predict_tasks(model: nn.Module, adapted: Params, x: Tensor, strategy: Litera
     buffers: Params = dict(model.named_buffers())
 
     def one_task(fast: Params, xi: Tensor) -> Tensor:
-        return functional_call(model, ({**shared, **fast}, buffers), (xi,))
+        out: Tensor = functional_call(model, ({**shared, **fast}, buffers), (xi,))
+        return out
 
     return map_tasks(one_task, strategy, adapted, task_layout(model, x, strategy))  # type: ignore[return-value]

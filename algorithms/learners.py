@@ -10,14 +10,15 @@ Tensors carry a leading task dimension: ``support_x: (tasks, ways*shots, C, H, W
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from typing import Literal, Protocol, cast, runtime_checkable
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass
+from typing import Any, ClassVar, Literal, Protocol, TypeVar, cast, runtime_checkable
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from algorithms.functional import (
+from metasweep.algorithms.functional import (
     LossFn,
     Params,
     Strategy,
@@ -27,22 +28,54 @@ from algorithms.functional import (
     resolve_strategy,
     task_layout,
 )
-from algorithms.models import head_parameter_names
+from metasweep.algorithms.models import head_parameter_names
+
+
+@dataclass(frozen=True)
+class Capabilities:
+    """What a learner supports, declared by the learner so that nobody guesses it from its name.
+
+    Attributes:
+        inner_loop: adapts by gradient steps on the support set; takes ``inner_lr`` and
+            ``inner_steps``, and ``adapt`` takes ``inner_steps``.
+        second_order: can differentiate through its inner loop; takes ``first_order``.
+        learned_rates: learns its inner-loop rates as meta-parameters (Meta-SGD).
+        head: needs a backbone with a classification head of ``ways`` outputs; without one it
+            takes an embedding network and any number of classes per task (ProtoNet).
+        task_kinds: the task kinds it applies to, ``regression`` and/or ``classification``.
+    """
+
+    inner_loop: bool
+    second_order: bool
+    learned_rates: bool = False
+    head: bool = True
+    task_kinds: frozenset[str] = frozenset({"regression", "classification"})
+
+
+Adapted = TypeVar("Adapted")
+_Self = TypeVar("_Self")
 
 
 @runtime_checkable
-class MetaLearner(Protocol):
+class MetaLearner(Protocol[Adapted]):
     """What the training loop, evaluation and the model registry rely on.
 
-    Every learner also has ``model``, the backbone (not declared here: Python 3.12's runtime
-    protocol check cannot see ``nn.Module`` sub-modules).
+    ``Adapted`` is the task-specific state ``adapt`` returns: fast weights (``Params``) for the
+    gradient-based learners, class prototypes (``Tensor``) for ProtoNet. Every learner also has
+    ``model``, the backbone (not declared here: Python 3.12's runtime protocol check cannot see
+    ``nn.Module`` sub-modules).
 
     Invariants: ``meta_loss`` is the mean query loss over the tasks of the batch and its
     ``backward()`` leaves the meta-gradient in ``parameters()``; ``adapt`` and ``predict`` never
-    modify the learner (the learner owns its state, callers own the adapted weights they get
+    modify the learner (the learner owns its state, callers own the adapted state they get
     back); for the same inputs the result is the same, whatever ``strategy`` was chosen, up to
-    float rounding. Learners are not thread-safe: one learner per trial.
+    float rounding. Learners are not thread-safe: one learner per trial. A learner whose
+    ``capabilities.inner_loop`` is true also takes ``inner_steps`` in ``adapt``
+    (:class:`InnerLoopLearner`).
     """
+
+    capabilities: ClassVar[Capabilities]
+    """What the learner supports (see :class:`Capabilities`)."""
 
     loss_fn: LossFn
     """``loss_fn(predictions, targets)``, mean-reduced: the inner and the query loss."""
@@ -51,12 +84,40 @@ class MetaLearner(Protocol):
         """Mean query loss after adaptation to each task's support set (scalar)."""
         ...
 
-    def adapt(self, support_x: Tensor, support_y: Tensor, inner_steps: int | None = None) -> object:
+    def adapt(self, support_x: Tensor, support_y: Tensor) -> Adapted:
         """Task-specific state (fast weights or prototypes) for a batch of tasks."""
         ...
 
-    def predict(self, adapted: object, query_x: Tensor) -> Tensor:
+    def predict(self, adapted: Adapted, query_x: Tensor) -> Tensor:
         """Predictions ``(tasks, queries, ...)`` for the query inputs of the adapted tasks."""
+        ...
+
+    # The nn.Module members that the training loop and the registry use.
+    def parameters(self, recurse: bool = True) -> Iterator[nn.Parameter]:
+        """The meta-parameters (backbone and learned rates)."""
+        ...
+
+    def state_dict(self, *args: Any, **kwargs: Any) -> dict[str, Any]:
+        """Every meta-parameter by name, as ``nn.Module.state_dict``."""
+        ...
+
+    def load_state_dict(
+        self, state_dict: Mapping[str, Any], strict: bool = True, assign: bool = False
+    ) -> Any:
+        """Restore :meth:`state_dict`'s tensors, as ``nn.Module.load_state_dict``."""
+        ...
+
+    def eval(self: _Self) -> _Self:
+        """Evaluation mode, as ``nn.Module.eval`` (the shipped backbones behave the same in both)."""
+        ...
+
+
+@runtime_checkable
+class InnerLoopLearner(MetaLearner[Adapted], Protocol[Adapted]):
+    """A learner with a gradient inner loop: the number of adaptation steps can be chosen."""
+
+    def adapt(self, support_x: Tensor, support_y: Tensor, inner_steps: int | None = None) -> Adapted:
+        """As :meth:`MetaLearner.adapt`, with ``inner_steps`` instead of the learner's own."""
         ...
 
 
@@ -87,6 +148,8 @@ class MAML(nn.Module):
         Finn, Abbeel & Levine, "Model-Agnostic Meta-Learning for Fast Adaptation of Deep
         Networks", ICML 2017 (Table 1 Omniglot, Figure 2 sinusoid regression).
     """
+
+    capabilities: ClassVar[Capabilities] = Capabilities(inner_loop=True, second_order=True)
 
     def __init__(
         self,
@@ -161,6 +224,10 @@ class MetaSGD(MAML):
         arXiv:1707.09835, 2017 (Table 1 sinusoid regression).
     """
 
+    capabilities: ClassVar[Capabilities] = Capabilities(
+        inner_loop=True, second_order=True, learned_rates=True
+    )
+
     def __init__(
         self,
         model: nn.Module,
@@ -199,6 +266,8 @@ class ANIL(MAML):
         Raghu, Raghu, Bengio & Vinyals, "Rapid Learning or Feature Reuse? Towards Understanding
         the Effectiveness of MAML", ICLR 2020 (Table 2).
     """
+
+    capabilities: ClassVar[Capabilities] = Capabilities(inner_loop=True, second_order=True)
 
     def __init__(
         self,
@@ -245,23 +314,24 @@ class Reptile(MAML):
     ``meta_loss`` returns the query loss of the adapted weights as its value, but its gradient
     is the Reptile direction ``θ − mean_t φ_t``: an SGD meta-optimiser with learning rate ``ε``
     then performs exactly ``θ ← θ + ε (mean_t φ_t − θ)``, the batched Reptile update (Adam
-    rescales it, as in the paper's implementation). The inner loop is always first order.
+    rescales it, as in the paper's implementation). The inner loop is first order by
+    construction, so there is no ``first_order`` to choose.
 
     Args:
         model, inner_lr, inner_steps, loss_fn, strategy: as in :class:`MAML`.
-        first_order: accepted for a uniform constructor and ignored: Reptile is first order.
 
     References:
         Nichol, Achiam & Schulman, "On First-Order Meta-Learning Algorithms",
         arXiv:1803.02999, 2018 (Algorithm 2, Table 1 Omniglot).
     """
 
+    capabilities: ClassVar[Capabilities] = Capabilities(inner_loop=True, second_order=False)
+
     def __init__(
         self,
         model: nn.Module,
         inner_lr: float = 0.01,
         inner_steps: int = 5,
-        first_order: bool = True,
         loss_fn: LossFn = F.cross_entropy,
         strategy: Strategy = "auto",
     ):
@@ -296,6 +366,10 @@ class ProtoNet(nn.Module):
         (Table 1 Omniglot).
     """
 
+    capabilities: ClassVar[Capabilities] = Capabilities(
+        inner_loop=False, second_order=False, head=False, task_kinds=frozenset({"classification"})
+    )
+
     def __init__(self, model: nn.Module, loss_fn: LossFn = F.cross_entropy, strategy: Strategy = "auto"):
         super().__init__()
         self.model = model
@@ -307,8 +381,8 @@ class ProtoNet(nn.Module):
         strategy = resolve_strategy(self.strategy, self.model, x.device)
         return cast(Tensor, map_tasks(embed, strategy, task_layout(self.model, x, strategy))).flatten(2)
 
-    def adapt(self, support_x: Tensor, support_y: Tensor, inner_steps: int | None = None) -> Tensor:
-        """Class prototypes ``(tasks, ways, dim)``; ``inner_steps`` is ignored (no inner loop)."""
+    def adapt(self, support_x: Tensor, support_y: Tensor) -> Tensor:
+        """Class prototypes ``(tasks, ways, dim)``: the mean embedding of each class."""
         embeddings = self._embed(support_x)
         ways = int(support_y.max()) + 1
         onehot = F.one_hot(support_y, ways).to(embeddings.dtype)  # (tasks, n, ways)

@@ -84,7 +84,8 @@ class MLP(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         """Map ``x: (n, in_features)`` to ``(n, out_features)``."""
-        return self.head(self.body(x))
+        out: Tensor = self.head(self.body(x))
+        return out
 
 
 def _conv_block(in_channels: int, out_channels: int) -> nn.Sequential:
@@ -130,7 +131,8 @@ class Conv4(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         """Map ``x: (n, C, H, W)`` to logits ``(n, ways)`` (or embeddings without a head)."""
-        return self.head(self.body(x))
+        out: Tensor = self.head(self.body(x))
+        return out
 
 
 def head_parameter_names(model: nn.Module) -> tuple[str, ...]:

@@ -65,7 +65,7 @@ def main() -> None:
         t0 = time.monotonic()
         done = subprocess.run(
             [
-                sys.executable, "-m", "orchestrator.cli", "submit",
+                sys.executable, "-m", "metasweep", "submit",
                 str(ROOT / "examples" / "sweep_sinusoid_maml.yaml"),
                 "--address", f"http://127.0.0.1:{dashboard}", "--wait",
                 "--set", f"name={name}",

@@ -16,8 +16,8 @@ export PYTHONUNBUFFERED=1
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv | tee "$OUT/gpu.txt"
 python3 - <<'PY' 2>&1 | tee "$OUT/correctness.txt"
 import torch, torch.nn.functional as F
-from algorithms import MAML, MetaSGD, ANIL, Conv4, MLP, SinusoidTasks
-from algorithms.functional import resolve_strategy
+from metasweep.algorithms import MAML, MetaSGD, ANIL, Conv4, MLP, SinusoidTasks
+from metasweep.algorithms.functional import resolve_strategy
 dev = torch.device("cuda")
 torch.backends.cudnn.allow_tf32 = False
 torch.backends.cuda.matmul.allow_tf32 = False
@@ -49,7 +49,7 @@ for first_order in (True, False):
 print("auto on cuda: conv4 second order ->", resolve_strategy("auto", Conv4(), dev, True),
       "| conv4 first order ->", resolve_strategy("auto", Conv4(), dev, False), "| mlp ->", resolve_strategy("auto", MLP(), dev, True))
 PY
-python3 -m orchestrator.cli train examples/sinusoid_maml.yaml --no-progress --set device=auto \
+python3 -m metasweep train examples/sinusoid_maml.yaml --no-progress --set device=auto \
   --set train.iterations=2000 --set train.eval_every=1000 --set output_dir=/tmp/gpu_run 2>&1 | tail -3 | tee "$OUT/train.txt"
 # THROUGHPUT_ARGS narrows the benchmark to fit a short lease, e.g. "--impls auto,baseline".
 timeout "${THROUGHPUT_TIMEOUT:-420}" python3 benchmarks/throughput.py --device cuda ${THROUGHPUT_ARGS:-} \

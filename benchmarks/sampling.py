@@ -55,7 +55,7 @@ def sampling_in_subprocess(dataset: Path, seconds: float) -> dict[str, float]:
     code = f"""
 import json, resource, time, torch
 torch.set_num_threads(1)
-from orchestrator.datasets import EpisodeSampler, load_dataset
+from metasweep.orchestrator.datasets import EpisodeSampler, load_dataset
 ds = load_dataset({str(dataset)!r})
 out = {{}}
 for ways, shots in ((5, 1), (20, 5)):

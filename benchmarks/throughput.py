@@ -59,8 +59,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from algorithms import ANIL, MAML, MLP, Conv4, Episode, MetaSGD, ProtoNet, Reptile, SinusoidTasks
-from algorithms.functional import LossFn, Strategy, resolve_strategy
+from metasweep.algorithms import ANIL, MAML, MLP, Conv4, Episode, MetaSGD, ProtoNet, Reptile, SinusoidTasks
+from metasweep.algorithms.functional import LossFn, Strategy, resolve_strategy
 
 ALGORITHMS: tuple[str, ...] = ("maml", "fomaml", "anil", "metasgd", "reptile", "protonet")
 IMPLS: tuple[str, ...] = ("auto", "vmap", "loop", "baseline")

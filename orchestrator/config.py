@@ -1,26 +1,47 @@
 """The run configuration: one validated schema, filled in from YAML and ``--set key=value``.
 
 Defaults live here and nowhere else. Every field carries a one-line description, which the CLI
-also uses in its messages.
+uses in its messages and ``docs/config.md`` is generated from (``python -m
+metasweep.orchestrator.config``).
 """
 
 from __future__ import annotations
 
 import copy
 import difflib
-from collections.abc import Sequence
+import hashlib
+import json
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar, overload
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic.fields import FieldInfo
 
-from algorithms import ALGORITHMS
-from orchestrator.errors import UserError
+from metasweep.algorithms import ALGORITHMS, Capabilities, learner_class
+from metasweep.orchestrator.errors import UserError
+from metasweep.orchestrator.learner import BACKBONE_TASKS, BACKBONES, LearnerSpec
+from metasweep.orchestrator.problem import Mode, Problem, mode_of
 
-MODELS = ("mlp", "conv4")
 SINUSOID = "sinusoid"
 SWEEP_STORAGE = "runs/sweeps"  # where Tune keeps a sweep's checkpoints unless told otherwise
+
+CAPABILITY_FIELDS: dict[str, tuple[str, ...]] = {
+    "inner_loop": ("train.inner_lr", "train.inner_steps", "eval.inner_steps"),
+    "second_order": ("train.first_order",),
+}
+"""The fields that mean something only to a learner with that capability."""
+
+
+def fields_that_do_not_apply(capabilities: Capabilities) -> tuple[str, ...]:
+    """Dotted names of the fields a learner with ``capabilities`` does not use."""
+    return tuple(
+        name
+        for capability, names in CAPABILITY_FIELDS.items()
+        if not getattr(capabilities, capability)
+        for name in names
+    )
 
 
 class _Section(BaseModel):
@@ -36,8 +57,8 @@ class ModelConfig(_Section):
 
     @model_validator(mode="after")
     def _known_name(self) -> ModelConfig:
-        if self.name not in MODELS:
-            raise ValueError(f"unknown model {self.name!r}; valid models: {', '.join(MODELS)}")
+        if self.name not in BACKBONES:
+            raise ValueError(f"unknown model {self.name!r}; valid models: {', '.join(BACKBONES)}")
         if any(h < 1 for h in self.hidden):
             raise ValueError(f"hidden widths must be >= 1, got {list(self.hidden)}")
         return self
@@ -106,30 +127,88 @@ class RunConfig(_Section):
 
     @model_validator(mode="after")
     def _consistent(self) -> RunConfig:
-        if self.algorithm not in ALGORITHMS:
+        capabilities = learner_class(self.algorithm).capabilities
+        task_kind = self.task_kind
+        if BACKBONE_TASKS[self.model.name] != task_kind:
+            fitting = [name for name, kind in BACKBONE_TASKS.items() if kind == task_kind]
+            what = "sinusoid regression" if task_kind == "regression" else "image datasets"
             raise ValueError(
-                f"unknown algorithm {self.algorithm!r}; valid algorithms: {', '.join(ALGORITHMS)}"
+                f"model {self.model.name!r} does not fit {what}; use model.name={' or '.join(fitting)}"
             )
-        regression = self.data.dataset == SINUSOID
-        if regression and self.model.name != "mlp":
-            raise ValueError(
-                f"model {self.model.name!r} does not fit sinusoid regression; use model.name=mlp"
-            )
-        if regression and self.algorithm == "protonet":
-            raise ValueError("protonet classifies; it does not apply to sinusoid regression")
-        if not regression and self.model.name != "conv4":
-            raise ValueError(f"image datasets need model.name=conv4, got {self.model.name!r}")
+        if task_kind not in capabilities.task_kinds:
+            raise ValueError(f"{self.algorithm} does not apply to {task_kind}")
+        defaults = RunConfig.model_construct()
+        for name in fields_that_do_not_apply(capabilities):
+            if _get(self, name) != _get(defaults, name):
+                raise ValueError(f"{name} does not apply to {self.algorithm} ({_why(capabilities)}); drop it")
         return self
+
+    @property
+    def task_kind(self) -> Literal["regression", "classification"]:
+        """``regression`` for the built-in sinusoid tasks, ``classification`` for image datasets."""
+        return "regression" if self.data.dataset == SINUSOID else "classification"
 
     @property
     def run_dir(self) -> Path:
         """The output directory."""
         return Path(self.output_dir) if self.output_dir else Path("runs") / self.name
 
+    def problem(self, metadata: Mapping[str, Any] | None) -> Problem:
+        """What this run solves, from the config and the dataset's metadata (``None`` for
+        sinusoids); computed once where a command starts and handed down from there.
 
+        Raises:
+            UserError: an image dataset without its metadata.
+        """
+        if self.task_kind == "regression":
+            return Problem("regression", (1,), None, False, SINUSOID, SINUSOID)
+        if metadata is None:
+            raise UserError(f"dataset {self.data.dataset} needs its metadata to describe the problem")
+        h, w, c = metadata["image_shape"]
+        fingerprint = hashlib.sha256(json.dumps(dict(metadata), sort_keys=True).encode()).hexdigest()[:16]
+        return Problem(
+            "classification", (c, h, w), self.data.ways, bool(metadata.get("invert", False)),
+            self.data.dataset, fingerprint,
+        )  # fmt: skip
+
+    def learner_spec(self) -> LearnerSpec:
+        """The settings that build this run's learner."""
+        t = self.train
+        return LearnerSpec(
+            algorithm=self.algorithm, backbone=self.model.name, hidden=self.model.hidden,
+            filters=self.model.filters, inner_lr=t.inner_lr, inner_steps=t.inner_steps,
+            first_order=t.first_order, strategy=t.strategy, seed=self.seed,
+        )  # fmt: skip
+
+    @property
+    def eval_inner_steps(self) -> int | None:
+        """``eval.inner_steps`` for a learner with an inner loop, else ``None``."""
+        return self.eval.inner_steps if learner_class(self.algorithm).capabilities.inner_loop else None
+
+
+def _why(capabilities: Capabilities) -> str:
+    if not capabilities.inner_loop:
+        return "it has no inner loop"
+    return "it is first order by construction"
+
+
+def _get(config: BaseModel, dotted: str) -> Any:
+    value: Any = config
+    for part in dotted.split("."):
+        value = getattr(value, part)
+    return value
+
+
+Schema = TypeVar("Schema", bound=BaseModel)
+
+
+@overload
+def load_config(path: str | Path | None, overrides: Sequence[str] = ()) -> RunConfig: ...
+@overload
+def load_config(path: str | Path | None, overrides: Sequence[str], schema: type[Schema]) -> Schema: ...
 def load_config(
     path: str | Path | None, overrides: Sequence[str] = (), schema: type[BaseModel] = RunConfig
-) -> Any:
+) -> BaseModel:
     """Read a YAML config, apply ``key=value`` overrides and validate it.
 
     Args:
@@ -165,53 +244,96 @@ def load_config(
     return load_config_dict(raw, overrides, schema, source)
 
 
+@overload
+def load_config_dict(raw: Mapping[str, Any], overrides: Sequence[str] = ()) -> RunConfig: ...
+@overload
 def load_config_dict(
-    raw: dict[str, Any],
+    raw: Mapping[str, Any], overrides: Sequence[str], schema: type[Schema], source: str = "dict"
+) -> Schema: ...
+def load_config_dict(
+    raw: Mapping[str, Any],
     overrides: Sequence[str] = (),
     schema: type[BaseModel] = RunConfig,
     source: str = "dict",
-) -> Any:
+) -> BaseModel:
     """Validate an already-parsed config (e.g. one saved in a checkpoint), with overrides.
 
     Raises:
         UserError: unknown key, wrong type or out-of-range value.
     """
-    raw = copy.deepcopy(raw)
+    tree = copy.deepcopy(dict(raw))
     for item in overrides:
-        _apply_override(raw, item, schema)
+        _apply_override(tree, item, schema)
     try:
-        return schema.model_validate(raw)
+        return schema.model_validate(tree)
     except ValidationError as exc:
         raise UserError(format_validation_error(exc, schema, source)) from None
 
 
-def _apply_override(raw: dict[str, Any], item: str, schema: type[BaseModel]) -> None:
+class _KeyError(ValueError):
+    """A dotted name that is not a field of the schema (the message says why)."""
+
+
+def resolve_key(schema: type[BaseModel], dotted: str | Sequence[str]) -> list[FieldInfo]:
+    """The fields a dotted name walks through, from the schema down to the leaf.
+
+    The one walk over dotted names: ``--set`` overrides, search spaces and error messages use it.
+
+    Raises:
+        _KeyError: an unknown key (with the closest valid one), or a key below a plain value.
+    """
+    parts = dotted.split(".") if isinstance(dotted, str) else list(dotted)
+    model: type[BaseModel] | None = schema
+    walked: list[FieldInfo] = []
+    for depth, part in enumerate(parts):
+        if model is None:
+            raise _KeyError(f"{'.'.join(parts[:depth])} is a value, not a section")
+        if part not in model.model_fields:
+            raise _KeyError(_unknown_key(part, model, parts[:depth]))
+        info = model.model_fields[part]
+        walked.append(info)
+        model = _section(info)
+    return walked
+
+
+def _section(info: FieldInfo) -> type[BaseModel] | None:
+    annotation = info.annotation
+    return annotation if isinstance(annotation, type) and issubclass(annotation, BaseModel) else None
+
+
+def set_dotted(tree: dict[str, Any], dotted: str, value: Any) -> None:
+    """Set ``tree[a][b][c] = value`` for ``dotted = "a.b.c"``, creating sections on the way.
+
+    Raises:
+        _KeyError: a part of the path that holds a value, not a section.
+    """
+    *parents, leaf = dotted.split(".")
+    node = tree
+    for part in parents:
+        child = node.setdefault(part, {})
+        if not isinstance(child, dict):
+            raise _KeyError(f"{part!r} in the config file is not a section")
+        node = child
+    node[leaf] = value
+
+
+def _apply_override(tree: dict[str, Any], item: str, schema: type[BaseModel]) -> None:
     key, sep, text = item.partition("=")
     if not sep or not key:
         raise UserError(f"--set expects key=value (e.g. train.inner_lr=0.05), got {item!r}")
-    parts = key.strip().split(".")
-    model: type[BaseModel] | None = schema
-    for depth, part in enumerate(parts):
-        if model is None:
-            raise UserError(f"--set {key}: {'.'.join(parts[:depth])} is a value, not a section")
-        if part not in model.model_fields:
-            raise UserError(f"--set {key}: {_unknown_key(part, model, parts[:depth])}")
-        annotation = model.model_fields[part].annotation
-        model = annotation if isinstance(annotation, type) and issubclass(annotation, BaseModel) else None
+    key = key.strip()
     try:
         value = yaml.safe_load(text)
     except yaml.YAMLError:
         value = text
-    node = raw
-    for part in parts[:-1]:
-        child = node.setdefault(part, {})
-        if not isinstance(child, dict):
-            raise UserError(f"--set {key}: {part!r} in the config file is not a section")
-        node = child
-    node[parts[-1]] = value
+    try:
+        resolve_key(schema, key)
+        set_dotted(tree, key, value)
+    except _KeyError as exc:
+        raise UserError(f"--set {key}: {exc}") from None
 
 
-def _unknown_key(key: str, model: type[BaseModel], section: list[str]) -> str:
+def _unknown_key(key: str, model: type[BaseModel], section: Sequence[str]) -> str:
     where = f"in section '{'.'.join(section)}'" if section else "at the top level"
     message = f"unknown key {key!r} {where}"
     close = difflib.get_close_matches(key, list(model.model_fields), n=1)
@@ -220,25 +342,14 @@ def _unknown_key(key: str, model: type[BaseModel], section: list[str]) -> str:
     return message + f" (valid keys: {', '.join(model.model_fields)})"
 
 
-def _section_model(schema: type[BaseModel], loc: tuple[Any, ...]) -> type[BaseModel]:
-    model = schema
-    for part in loc:
-        annotation = model.model_fields[part].annotation if part in model.model_fields else None
-        if not (isinstance(annotation, type) and issubclass(annotation, BaseModel)):
-            break
-        model = annotation
-    return model
-
-
 def format_validation_error(exc: ValidationError, schema: type[BaseModel], source: str) -> str:
     """Turn pydantic's errors into one readable message, one line per problem."""
     lines = [f"invalid config ({source}):"]
     for err in exc.errors():
-        loc = tuple(err["loc"])
-        dotted = ".".join(str(p) for p in loc)
+        loc = tuple(str(p) for p in err["loc"])
+        dotted = ".".join(loc)
         if err["type"] == "extra_forbidden":
-            section = _section_model(schema, loc[:-1])
-            lines.append(f"  {dotted}: {_unknown_key(str(loc[-1]), section, [str(p) for p in loc[:-1]])}")
+            lines.append(f"  {dotted}: {_extra_key(schema, loc)}")
             continue
         message = str(err["msg"]).removeprefix("Value error, ")
         if loc:
@@ -250,6 +361,19 @@ def format_validation_error(exc: ValidationError, schema: type[BaseModel], sourc
     return "\n".join(lines)
 
 
+def _extra_key(schema: type[BaseModel], loc: tuple[str, ...]) -> str:
+    """Why a key is not allowed: with the closest valid name where its section is a schema."""
+    try:
+        resolve_key(schema, loc[:-1])
+    except _KeyError:  # below a dict of sections (the search space): no names to suggest
+        return f"unknown key {loc[-1]!r}"
+    try:
+        resolve_key(schema, loc)
+    except _KeyError as unknown:
+        return str(unknown)
+    return f"unknown key {loc[-1]!r}"
+
+
 def to_yaml(config: BaseModel) -> str:
     """The config as YAML, every default spelled out (saved beside each run)."""
     return yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False)
@@ -258,9 +382,6 @@ def to_yaml(config: BaseModel) -> str:
 # --------------------------------------------------------------------------------------------
 # Sweeps: metasweep sweep CONFIG.yaml
 # --------------------------------------------------------------------------------------------
-
-INNER_LOOP_FIELDS = ("train.inner_lr", "train.inner_steps", "train.first_order", "eval.inner_steps")
-"""Fields that mean nothing to ProtoNet: a sweep samples them only for inner-loop algorithms."""
 
 
 class ParamSpec(_Section):
@@ -335,39 +456,66 @@ class SweepConfig(RunConfig):
 
     @model_validator(mode="after")
     def _space_fits_the_run(self) -> SweepConfig:
-        base = self.model_dump(mode="json", exclude={"search", "tracking"})
+        algorithms = self.algorithms
         for key, spec in self.search.space.items():
             _check_space_key(key, spec)
-            if self.algorithm == "protonet" and key in INNER_LOOP_FIELDS:
-                raise ValueError(f"search.space.{key}: protonet has no inner loop; drop it from the space")
+            if not any(applies(key, algorithm) for algorithm in algorithms):
+                capabilities = learner_class(self.algorithm).capabilities
+                raise ValueError(
+                    f"search.space.{key}: {self.algorithm} does not use it ({_why(capabilities)}); "
+                    "drop it from the space"
+                )
         for point in self.search.initial_points:
             unknown = sorted(set(point) - set(self.search.space))
             if unknown:
                 raise ValueError(f"search.initial_points: {', '.join(unknown)} not in search.space")
         # Every value the space can produce must make a valid run config.
         for key, spec in self.search.space.items():
-            for value in _corners(spec):
-                trial = apply_params(base, {key: value})
-                try:
-                    RunConfig.model_validate(trial)
-                except ValidationError as exc:
-                    first = exc.errors()[0]
-                    raise ValueError(
-                        f"search.space.{key}: value {value!r} gives an invalid run: {first['msg']}"
-                    ) from None
+            for algorithm in (a for a in algorithms if applies(key, a)):
+                for value in _corners(spec):
+                    params = {key: value} if key == "algorithm" else {"algorithm": algorithm, key: value}
+                    try:
+                        self.run_config(params)
+                    except ValidationError as exc:
+                        first = exc.errors()[0]
+                        raise ValueError(
+                            f"search.space.{key}: value {value!r} gives an invalid run: {first['msg']}"
+                        ) from None
         return self
 
-    def run_config(self, params: dict[str, Any]) -> RunConfig:
-        """The run config of one trial: this config with ``params`` (dotted names) applied."""
-        base = self.model_dump(mode="json", exclude={"search", "tracking"})
-        return RunConfig.model_validate(apply_params(base, params))
-
     @property
-    def objective(self) -> tuple[str, str]:
-        """``(metric, mode)`` the sweep optimises."""
-        regression = self.data.dataset == SINUSOID
-        metric = self.search.metric or ("val/mse" if regression else "val/accuracy")
-        return metric, ("min" if metric.endswith(("mse", "loss")) else "max")
+    def algorithms(self) -> tuple[str, ...]:
+        """The algorithms the sweep's trials may use: the searched ones, or the config's."""
+        spec = self.search.space.get("algorithm")
+        return tuple(spec.values or ()) if spec is not None else (self.algorithm,)
+
+    def run_config(self, params: Mapping[str, Any]) -> RunConfig:
+        """The run config of one trial: this config with ``params`` (dotted names) applied, and
+        the fields its algorithm does not use at their defaults.
+
+        Raises:
+            ValidationError: ``params`` make an invalid run.
+        """
+        tree = self.model_dump(mode="json", exclude={"search", "tracking"})
+        for key, value in params.items():
+            set_dotted(tree, key, value)
+        defaults = RunConfig.model_construct()
+        for name in fields_that_do_not_apply(learner_class(str(tree["algorithm"])).capabilities):
+            set_dotted(tree, name, _get(defaults, name))
+        return RunConfig.model_validate(tree)
+
+    def objective(self, problem: Problem) -> tuple[str, Mode]:
+        """``(metric, mode)`` the sweep optimises: ``search.metric``, else the problem's own
+        validation score."""
+        metric = self.search.metric or f"val/{problem.metric}"
+        return metric, mode_of(metric, problem)
+
+
+def applies(key: str, algorithm: str) -> bool:
+    """Whether a searched field means something to ``algorithm`` (a sweep samples it only then)."""
+    if algorithm not in ALGORITHMS:
+        return False
+    return key not in fields_that_do_not_apply(learner_class(algorithm).capabilities)
 
 
 def _corners(spec: ParamSpec) -> list[Any]:
@@ -380,18 +528,12 @@ def _corners(spec: ParamSpec) -> list[Any]:
 
 
 def _check_space_key(key: str, spec: ParamSpec) -> None:
-    parts = key.split(".")
-    model: type[BaseModel] = RunConfig
-    for depth, part in enumerate(parts):
-        if part not in model.model_fields or part in ("search", "tracking"):
-            raise ValueError(f"search.space: {_unknown_key(part, model, parts[:depth])}")
-        annotation = model.model_fields[part].annotation
-        if depth < len(parts) - 1:
-            if not (isinstance(annotation, type) and issubclass(annotation, BaseModel)):
-                raise ValueError(
-                    f"search.space.{key}: {'.'.join(parts[: depth + 1])} is a value, not a section"
-                )
-            model = annotation
+    if key.split(".")[0] in ("search", "tracking"):
+        raise ValueError(f"search.space: {key} is not a run setting; search fields of the run only")
+    try:
+        annotation = resolve_key(RunConfig, key)[-1].annotation
+    except _KeyError as exc:
+        raise ValueError(f"search.space.{key}: {exc}") from None
     if spec.type in ("loguniform", "uniform") and annotation is not float:
         raise ValueError(
             f"search.space.{key}: {spec.type} draws floats but {key} is {_type_name(annotation)}"
@@ -402,15 +544,3 @@ def _check_space_key(key: str, spec: ParamSpec) -> None:
 
 def _type_name(annotation: Any) -> str:
     return getattr(annotation, "__name__", str(annotation))
-
-
-def apply_params(base: dict[str, Any], params: dict[str, Any]) -> dict[str, Any]:
-    """A deep copy of ``base`` with dotted ``params`` set."""
-    out = copy.deepcopy(base)
-    for key, value in params.items():
-        node = out
-        *parents, leaf = key.split(".")
-        for part in parents:
-            node = node.setdefault(part, {})
-        node[leaf] = value
-    return out

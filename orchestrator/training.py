@@ -1,8 +1,8 @@
 """One meta-training run: settings in, metrics out.
 
-Used as it is by ``metasweep train`` on one machine, and by the sweep trainable on Ray workers;
-it knows nothing of Ray or MLflow. Everything it reports goes through the ``on_eval`` callback
-and its return value.
+Used as it is by ``metasweep train`` on one machine, and by the sweep's trials on Ray workers;
+it knows nothing of Ray, MLflow or the terminal. Everything it reports goes through the
+``on_eval`` and ``on_step`` callbacks and its return value.
 """
 
 from __future__ import annotations
@@ -15,40 +15,28 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, cast
+from typing import Any
 
+import numpy as np
 import torch
-import torch.nn.functional as F
-from rich.console import Console
-from rich.progress import (
-    BarColumn,
-    MofNCompleteColumn,
-    Progress,
-    TextColumn,
-    TimeElapsedColumn,
-    TimeRemainingColumn,
-)
-from torch import nn
 
-from algorithms import (
-    ALGORITHMS,
-    MLP,
-    Conv4,
-    MetaLearner,
-    SinusoidTasks,
-    TaskSource,
-    evaluate,
-    fixed_episodes,
-)
-from algorithms.tasks import Episode
-from orchestrator.config import SINUSOID, RunConfig, to_yaml
-from orchestrator.errors import TrainingDiverged, UserError
+from metasweep.algorithms import MetaLearner, SinusoidTasks, TaskSource, evaluate, fixed_episodes
+from metasweep.algorithms.tasks import Episode
+from metasweep.orchestrator.config import RunConfig, load_config_dict, to_yaml
+from metasweep.orchestrator.data.format import EpisodicDataset, load_dataset
+from metasweep.orchestrator.data.sampler import EpisodeSampler
+from metasweep.orchestrator.errors import TrainingDiverged, UserError
+from metasweep.orchestrator.learner import build_learner
+from metasweep.orchestrator.problem import Problem
 
 log = logging.getLogger(__name__)
 
 CHECKPOINT = "checkpoint.pt"
 METRICS = "metrics.jsonl"
 EvalCallback = Callable[[int, dict[str, float]], None]
+"""``on_eval(iteration, metrics)``: after every meta-validation."""
+StepCallback = Callable[[int, float], None]
+"""``on_step(iteration, loss)``: after every meta-iteration (a progress bar)."""
 
 
 def resolve_device(name: str) -> torch.device:
@@ -73,19 +61,17 @@ class Sources:
     test: TaskSource
 
 
-def build_sources(config: RunConfig) -> Sources:
-    """The task distributions named by ``data.dataset``, one per split.
+def build_sources(config: RunConfig, dataset: EpisodicDataset | None) -> Sources:
+    """The task distributions of ``data``, one per split, drawn from ``dataset`` (``None`` for
+    sinusoids).
 
     Raises:
-        UserError: a missing or unreadable dataset, or episodes the dataset cannot hold.
+        UserError: episodes the dataset cannot hold.
     """
     d = config.data
-    if d.dataset == SINUSOID:
+    if dataset is None:
         sinusoid = SinusoidTasks(shots=d.shots, queries=d.queries)
         return Sources(sinusoid, sinusoid, sinusoid)
-    from orchestrator.datasets import EpisodeSampler, load_dataset
-
-    dataset = load_dataset(d.dataset)
     eval_queries = config.eval.queries or d.queries
 
     def split(name: str, queries: int) -> EpisodeSampler:
@@ -94,32 +80,39 @@ def build_sources(config: RunConfig) -> Sources:
     return Sources(split(d.split, d.queries), split("val", eval_queries), split("test", eval_queries))
 
 
-def build_learner(config: RunConfig, source: TaskSource) -> nn.Module:
-    """The backbone wrapped in the configured meta-learner, initialised from ``config.seed``."""
-    regression = source.task_kind == "regression"
-    # Model initialisation is the one place that uses the global RNG (nn.Linear's init);
-    # fork it so that callers' RNG streams are left alone.
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(config.seed)
-        if config.model.name == "mlp":
-            model: nn.Module = MLP(1, config.model.hidden, 1)
-        else:
-            size, _, channels = getattr(source, "image_shape", (28, 28, 1))
-            ways = None if config.algorithm == "protonet" else config.data.ways
-            model = Conv4(channels, size, ways, config.model.filters)
-        loss_fn = F.mse_loss if regression else F.cross_entropy
-        cls = ALGORITHMS[config.algorithm]
-        t = config.train
-        if config.algorithm == "protonet":
-            return cls(model, loss_fn=loss_fn, strategy=t.strategy)
-        return cls(model, t.inner_lr, t.inner_steps, t.first_order, loss_fn, t.strategy)
+def open_dataset(config: RunConfig) -> EpisodicDataset | None:
+    """The run's image dataset, read from ``data.dataset``; ``None`` for sinusoids.
+
+    Raises:
+        UserError: a missing, unreadable or non-metasweep dataset.
+    """
+    return load_dataset(config.data.dataset) if config.task_kind == "classification" else None
+
+
+@dataclass(frozen=True)
+class Inputs:
+    """What a run learns from: the problem, and where its episodes come from."""
+
+    problem: Problem
+    sources: Sources
+
+
+def prepare(config: RunConfig, dataset: EpisodicDataset | None = None) -> Inputs:
+    """Read the dataset (unless given), describe the problem once and build the samplers.
+
+    Raises:
+        UserError: an unreadable dataset or episodes it cannot hold.
+    """
+    dataset = dataset if dataset is not None else open_dataset(config)
+    problem = config.problem(dataset.metadata if dataset is not None else None)
+    return Inputs(problem, build_sources(config, dataset))
 
 
 @dataclass
 class RunState:
     """Everything needed to continue a run exactly where it stopped."""
 
-    learner: nn.Module
+    learner: MetaLearner[Any]
     optimizer: torch.optim.Optimizer
     generator: torch.Generator
     iteration: int = 0
@@ -141,9 +134,9 @@ class RunState:
         self.generator.set_state(state["generator"])
 
 
-def new_state(config: RunConfig, source: TaskSource, device: torch.device) -> RunState:
+def new_state(config: RunConfig, problem: Problem, device: torch.device) -> RunState:
     """A fresh learner, meta-optimiser and episode generator for ``config``."""
-    learner = build_learner(config, source).to(device)
+    learner = build_learner(config.learner_spec(), problem, device)
     t = config.train
     optimizer: torch.optim.Optimizer
     if t.meta_optimizer == "adam":
@@ -193,33 +186,31 @@ def held_out_episodes(config: RunConfig, sources: Sources) -> HeldOut:
 
 
 def evaluate_split(
-    learner: nn.Module, episodes: list[Episode], source: TaskSource, config: RunConfig, split: str
+    learner: MetaLearner[Any], episodes: list[Episode], problem: Problem, config: RunConfig, split: str
 ) -> dict[str, float]:
-    """Score ``learner`` on held-out episodes with ``eval.inner_steps`` adaptation steps."""
+    """Score ``learner`` on held-out episodes with ``eval.inner_steps`` adaptation steps (for a
+    learner with an inner loop)."""
     device = next(learner.parameters()).device
+    steps = config.eval_inner_steps
     metrics = evaluate(
-        learner,  # type: ignore[arg-type]
-        episodes,
-        task_kind=source.task_kind,
-        inner_steps=config.eval.inner_steps,
-        split=split,
-        device=device,
+        learner, episodes, task_kind=problem.task_kind, inner_steps=steps, split=split, device=device
     )
     if not all(math.isfinite(v) for v in metrics.values()):
         log.warning(
-            "%s metrics are not finite after eval.inner_steps=%d: adaptation diverges on held-out "
+            "%s metrics are not finite after eval.inner_steps=%s: adaptation diverges on held-out "
             "tasks; lower eval.inner_steps or train with as many inner steps",
-            split, config.eval.inner_steps,
+            split, steps,
         )  # fmt: skip
     return metrics
 
 
 def train(
     config: RunConfig,
+    inputs: Inputs,
     *,
     resume: bool = False,
     on_eval: EvalCallback | None = None,
-    show_progress: bool = True,
+    on_step: StepCallback | None = None,
     test: bool = True,
 ) -> dict[str, float]:
     """Meta-train as ``config`` says, evaluate on meta-test, and return the final metrics.
@@ -229,9 +220,11 @@ def train(
 
     Args:
         config: the validated run configuration.
+        inputs: the problem and the samplers (:func:`prepare`).
         resume: continue from ``<run_dir>/checkpoint.pt`` if it exists (same config required).
         on_eval: called as ``on_eval(iteration, metrics)`` after every meta-validation.
-        show_progress: draw a progress bar on stderr.
+        on_step: called as ``on_step(iteration, loss)`` after every meta-iteration, and once
+            before the first with the iteration it starts from (``loss`` NaN).
         test: score meta-test at the end; sweeps leave it to the driver, after the search, so
             that test tasks never influence which trial wins.
 
@@ -240,13 +233,14 @@ def train(
         ``time/seconds``.
 
     Raises:
-        UserError: bad device, unreadable dataset, or a checkpoint from a different config.
+        UserError: bad device or a checkpoint from a different config.
+        TrainingDiverged: the meta-training loss became NaN or infinite.
     """
     device = resolve_device(config.device)
-    sources = build_sources(config)
+    problem, sources = inputs.problem, inputs.sources
     source = sources.train
     held_out = held_out_episodes(config, sources)
-    state = new_state(config, source, device)
+    state = new_state(config, problem, device)
     run_dir = config.run_dir
     checkpoint = run_dir / CHECKPOINT
     if resume and checkpoint.is_file():
@@ -267,40 +261,37 @@ def train(
     started = time.perf_counter()
     metrics: dict[str, float] = {}
     window: list[float] = []
-    smoothed = math.nan
-    with _progress(show_progress) as progress:
-        task = progress.add_task(config.name, total=t.iterations, completed=state.iteration, loss=math.nan)
-        while state.iteration < t.iterations:
-            episode = source.sample(t.meta_batch_size, state.generator).to(device)
-            state.optimizer.zero_grad(set_to_none=True)
-            loss = cast(MetaLearner, state.learner).meta_loss(
-                episode.support_x, episode.support_y, episode.query_x, episode.query_y
+    if on_step is not None:
+        on_step(state.iteration, math.nan)
+    while state.iteration < t.iterations:
+        episode = source.sample(t.meta_batch_size, state.generator).to(device)
+        state.optimizer.zero_grad(set_to_none=True)
+        loss = state.learner.meta_loss(episode.support_x, episode.support_y, episode.query_x, episode.query_y)
+        loss.backward()
+        state.optimizer.step()
+        state.iteration += 1
+        value = loss.item()
+        if not math.isfinite(value):
+            raise TrainingDiverged(
+                f"meta-training diverged at iteration {state.iteration} (loss={value}); "
+                "lower train.inner_lr or train.meta_lr"
             )
-            loss.backward()
-            state.optimizer.step()
-            state.iteration += 1
-            value = loss.item()
-            if not math.isfinite(value):
-                raise TrainingDiverged(
-                    f"meta-training diverged at iteration {state.iteration} (loss={value}); "
-                    "lower train.inner_lr or train.meta_lr"
-                )
-            window.append(value)
-            smoothed = value if math.isnan(smoothed) else 0.98 * smoothed + 0.02 * value
-            progress.update(task, advance=1, loss=smoothed)
-            if state.iteration % t.eval_every == 0 or state.iteration == t.iterations:
-                metrics = {"train/loss": sum(window) / len(window)}
-                window.clear()
-                metrics.update(evaluate_split(state.learner, held_out.val, source, config, "val"))
-                save_checkpoint(state, config, checkpoint)
-                _append_metrics(run_dir / METRICS, state.iteration, metrics)
-                if on_eval is not None:
-                    on_eval(state.iteration, metrics)
+        window.append(value)
+        if on_step is not None:
+            on_step(state.iteration, value)
+        if state.iteration % t.eval_every == 0 or state.iteration == t.iterations:
+            metrics = {"train/loss": sum(window) / len(window)}
+            window.clear()
+            metrics.update(evaluate_split(state.learner, held_out.val, problem, config, "val"))
+            save_checkpoint(state, config, checkpoint)
+            _append_metrics(run_dir / METRICS, state.iteration, metrics)
+            if on_eval is not None:
+                on_eval(state.iteration, metrics)
     if not metrics:  # zero iterations to go (resumed a finished run, or iterations: 0)
-        metrics = evaluate_split(state.learner, held_out.val, source, config, "val")
+        metrics = evaluate_split(state.learner, held_out.val, problem, config, "val")
         save_checkpoint(state, config, checkpoint)
     if test:
-        metrics.update(evaluate_split(state.learner, held_out.test, source, config, "test"))
+        metrics.update(evaluate_split(state.learner, held_out.test, problem, config, "test"))
     metrics["time/seconds"] = time.perf_counter() - started
     _append_metrics(run_dir / METRICS, state.iteration, metrics)
     return metrics
@@ -322,33 +313,59 @@ def _append_metrics(path: Path, iteration: int, metrics: dict[str, float]) -> No
         f.write(json.dumps({"iteration": iteration, **metrics}) + "\n")
 
 
-def _progress(enabled: bool) -> Progress:
-    return Progress(
-        TextColumn("[bold]{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TextColumn("loss {task.fields[loss]:.4f}"),
-        TimeElapsedColumn(),
-        TimeRemainingColumn(),
-        console=Console(stderr=True),
-        disable=not enabled,
-    )
+@dataclass(frozen=True)
+class Saved:
+    """A trained run read back from its checkpoint: its config and its learner's weights."""
+
+    config: RunConfig
+    weights: dict[str, Any]
+    state: dict[str, Any]
 
 
-def evaluate_again(checkpoint: Path, overrides: Sequence[str] = ()) -> dict[str, float]:
-    """Re-score a saved run on its meta-test tasks, with ``eval.*`` overrides applied.
+def read_run(checkpoint: Path, overrides: Sequence[str] = ()) -> Saved:
+    """The config (with ``overrides``) and state saved in a checkpoint.
 
     Raises:
-        UserError: missing checkpoint or invalid overrides.
+        UserError: missing or unreadable checkpoint, or invalid overrides.
     """
-    from orchestrator.config import load_config_dict
-
     saved = load_checkpoint(checkpoint)
-    config: RunConfig = load_config_dict(saved["config"], overrides, source=str(checkpoint))
-    device = resolve_device(config.device)
-    sources = build_sources(config)
-    state = new_state(config, sources.train, device)
-    state.load_state_dict(saved)
+    config = load_config_dict(saved["config"], overrides, RunConfig, str(checkpoint))
+    return Saved(config, saved["learner"], saved)
+
+
+def evaluate_run(saved: Saved, inputs: Inputs) -> dict[str, float]:
+    """Score a saved run on its meta-test tasks (``saved.config.eval`` says how).
+
+    Raises:
+        UserError: a device the run asks for that is not here.
+    """
+    config = saved.config
+    state = new_state(config, inputs.problem, resolve_device(config.device))
+    state.load_state_dict(saved.state)
     return evaluate_split(
-        state.learner, held_out_episodes(config, sources).test, sources.test, config, "test"
+        state.learner, held_out_episodes(config, inputs.sources).test, inputs.problem, config, "test"
     )
+
+
+def input_example(inputs: Inputs, seed: int = 0) -> dict[str, np.ndarray]:
+    """One meta-test task as a user hands it to the served model: stored uint8 pixels (``(n, H, W)``
+    for one channel, as PIL gives them) and labels, or float ``(n, 1)`` regression points."""
+    generator = torch.Generator().manual_seed(seed)
+    test = inputs.sources.test
+    if isinstance(test, EpisodeSampler):
+        raw = test.sample_images(1, generator, queries=1)
+
+        def as_pil(images: np.ndarray) -> np.ndarray:
+            return images[..., 0] if images.shape[-1] == 1 else images
+
+        return {
+            "support_x": as_pil(raw.support_x[0]),
+            "support_y": raw.support_y[0],
+            "query_x": as_pil(raw.query_x[0]),
+        }
+    episode = test.sample(1, generator, queries=5)
+    return {
+        "support_x": episode.support_x[0].numpy(),
+        "support_y": episode.support_y[0].numpy(),
+        "query_x": episode.query_x[0].numpy(),
+    }

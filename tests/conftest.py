@@ -22,7 +22,7 @@ def run_cli(*args: str, timeout: float = 300) -> subprocess.CompletedProcess[str
     """Run the installed ``metasweep`` entry point as a user would, in the current directory."""
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     return subprocess.run(
-        [sys.executable, "-m", "orchestrator.cli", *args],
+        [sys.executable, "-m", "metasweep", *args],
         capture_output=True, text=True, timeout=timeout, env=env,
     )  # fmt: skip
 

@@ -1,7 +1,8 @@
-"""Shared episodes and builders for the meta-learning core's tests.
+"""Shared episodes and builders for the meta-learning core's tests, as fixtures.
 
-Everything here is seeded through its own ``torch.Generator`` or under ``torch.random.fork_rng``,
-so a test never depends on, or leaves a mark on, the global RNG.
+They are the helpers of the public contract suite (``metasweep.algorithms.testing``): seeded
+through their own ``torch.Generator`` or under ``torch.random.fork_rng``, so a test never depends
+on, or leaves a mark on, the global RNG.
 """
 
 from __future__ import annotations
@@ -12,90 +13,15 @@ import pytest
 import torch
 from torch import Tensor, nn
 
-from algorithms import Episode, SinusoidTasks
-
-TASKS = 4
-WAYS = 5
-SHOTS = 1
-QUERIES = 3
-IMAGE_SIZE = 28
-
-
-def seeded(factory: Callable[[], nn.Module], seed: int = 0) -> nn.Module:
-    """Build a module with a fixed initialisation, without touching the caller's global RNG."""
-    with torch.random.fork_rng():
-        torch.manual_seed(seed)
-        return factory()
-
-
-def image_episode(
-    *,
-    tasks: int = TASKS,
-    ways: int = WAYS,
-    shots: int = SHOTS,
-    queries: int = QUERIES,
-    image_size: int = IMAGE_SIZE,
-    seed: int = 0,
-    dtype: torch.dtype = torch.float32,
-) -> Episode:
-    """Random ``ways``-way images; labels are shuffled per task so no code can rely on their order.
-
-    Returns:
-        support_x ``(tasks, ways*shots, 1, H, W)``, support_y ``(tasks, ways*shots)``, query_x
-        ``(tasks, ways*queries, 1, H, W)``, query_y ``(tasks, ways*queries)``.
-    """
-    generator = torch.Generator().manual_seed(seed)
-
-    def labels(per_class: int) -> Tensor:
-        base = torch.arange(ways).repeat_interleave(per_class)
-        return torch.stack([base[torch.randperm(base.numel(), generator=generator)] for _ in range(tasks)])
-
-    support_y, query_y = labels(shots), labels(queries)
-    support_x = torch.randn(tasks, ways * shots, 1, image_size, image_size, generator=generator, dtype=dtype)
-    query_x = torch.randn(tasks, ways * queries, 1, image_size, image_size, generator=generator, dtype=dtype)
-    return Episode(support_x, support_y, query_x, query_y)
-
-
-def sinusoid_episode(
-    *,
-    tasks: int = TASKS,
-    shots: int = 10,
-    queries: int = 10,
-    seed: int = 0,
-    dtype: torch.dtype = torch.float32,
-) -> Episode:
-    """A batch of MAML-paper sinusoid tasks, cast to ``dtype``."""
-    episode = SinusoidTasks(shots=shots, queries=queries).sample(tasks, torch.Generator().manual_seed(seed))
-    return Episode(
-        *(t.to(dtype) for t in (episode.support_x, episode.support_y, episode.query_x, episode.query_y))
-    )
-
-
-def snapshot(module: nn.Module) -> dict[str, Tensor]:
-    """A detached copy of every parameter and buffer, to check that nothing was modified."""
-    return {k: v.detach().clone() for k, v in module.state_dict().items()}
-
-
-def assert_unchanged(module: nn.Module, before: dict[str, Tensor]) -> None:
-    """Every parameter and buffer is bit-identical to ``before`` and no gradient was accumulated."""
-    after = module.state_dict()
-    assert after.keys() == before.keys()
-    for name, value in before.items():
-        assert torch.equal(after[name], value), f"{name} was modified"
-    for name, p in module.named_parameters():
-        assert p.grad is None, f"{name} received a gradient"
-
-
-def meta_grads(learner: nn.Module, episode: Episode) -> tuple[Tensor, dict[str, Tensor]]:
-    """``meta_loss`` on ``episode`` and the gradient it leaves on every parameter of ``learner``."""
-    learner.zero_grad(set_to_none=True)
-    loss = learner.meta_loss(episode.support_x, episode.support_y, episode.query_x, episode.query_y)
-    loss.backward()
-    grads = {}
-    for name, p in learner.named_parameters():
-        assert p.grad is not None, f"meta_loss().backward() left no gradient on {name}"
-        grads[name] = p.grad.detach().clone()
-    return loss.detach(), grads
+from metasweep.algorithms import Episode
+from metasweep.algorithms.testing import (
+    assert_unchanged,
+    image_episode,
+    meta_grads,
+    seeded,
+    sinusoid_episode,
+    snapshot,
+)
 
 
 # Helpers are handed out as fixtures (pytest's "factory as fixture" pattern) so the test modules

@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from algorithms import ANIL, MLP, Conv4, Episode
+from metasweep.algorithms import ANIL, MLP, Conv4, Episode
 
 INNER_LR = 0.3
 TOLERANCE = {"atol": 1e-11, "rtol": 1e-8}

@@ -15,8 +15,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.func import functional_call
 
-from algorithms import MAML, Conv4, Episode
-from algorithms.models import TaskBatchNorm2d, tasks_batched
+from metasweep.algorithms import MAML, Conv4, Episode
+from metasweep.algorithms.models import TaskBatchNorm2d, tasks_batched
 
 INNER_LR = 0.4
 INNER_STEPS = 2

@@ -10,7 +10,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from algorithms import MAML, MLP, Conv4, Episode, MetaSGD, ProtoNet, SinusoidTasks, evaluate, fixed_episodes
+from metasweep.algorithms import MAML, MLP, Conv4, Episode, MetaSGD, ProtoNet, SinusoidTasks, evaluate, fixed_episodes
 
 
 @pytest.fixture
@@ -92,14 +92,20 @@ def test_evaluation_leaves_the_learner_unchanged(
 ) -> None:
     if algorithm == "protonet":
         learner = ProtoNet(build(lambda: Conv4(ways=None, hidden=8), 0))
-        episodes, kind = [make_images(seed=0)], "classification"
+        episodes, kind, steps = [make_images(seed=0)], "classification", None
     else:
         cls = MAML if algorithm == "maml" else MetaSGD
         learner = cls(build(MLP, 0), inner_lr=0.01, inner_steps=3, loss_fn=F.mse_loss)
-        episodes, kind = fixed_episodes(SinusoidTasks(), tasks=6, batch_size=3, seed=0), "regression"
+        episodes, kind, steps = fixed_episodes(SinusoidTasks(), tasks=6, batch_size=3, seed=0), "regression", 5
     before = state(learner)
-    evaluate(learner, episodes, task_kind=kind, inner_steps=5)
+    evaluate(learner, episodes, task_kind=kind, inner_steps=steps)
     check_unchanged(learner, before)
+
+
+def test_inner_steps_for_a_learner_without_an_inner_loop_are_refused(build, make_images) -> None:
+    learner = ProtoNet(build(lambda: Conv4(ways=None, hidden=8), 0))
+    with pytest.raises(ValueError, match="ProtoNet has no inner loop"):
+        evaluate(learner, [make_images(seed=0)], task_kind="classification", inner_steps=5)
 
 
 def test_evaluation_under_no_grad_still_adapts(sinusoid_learner: MAML, held_out: list[Episode]) -> None:

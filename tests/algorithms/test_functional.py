@@ -6,8 +6,8 @@ import pytest
 import torch
 from torch import Tensor, nn
 
-from algorithms import MAML, MLP, Conv4, ProtoNet
-from algorithms.functional import map_tasks, resolve_strategy, sgd_update
+from metasweep.algorithms import MAML, MLP, Conv4, ProtoNet
+from metasweep.algorithms.functional import map_tasks, resolve_strategy, sgd_update
 
 CPU = torch.device("cpu")
 

@@ -18,10 +18,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-import algorithms.functional
-import algorithms.learners
-from algorithms import ALGORITHMS, MLP, Conv4, Episode
-from algorithms.functional import task_layout
+import metasweep.algorithms.functional
+import metasweep.algorithms.learners
+from metasweep.algorithms import ALGORITHMS, MLP, Conv4, Episode
+from metasweep.algorithms.functional import task_layout
 
 CHANNELS_LAST = torch.channels_last
 WAYS = 5
@@ -55,8 +55,8 @@ def nchw(monkeypatch: pytest.MonkeyPatch) -> Callable[[], None]:
         def identity(model: nn.Module, x: Tensor, strategy: str) -> Tensor:
             return x
 
-        monkeypatch.setattr(algorithms.functional, "task_layout", identity)
-        monkeypatch.setattr(algorithms.learners, "task_layout", identity)
+        monkeypatch.setattr(metasweep.algorithms.functional, "task_layout", identity)
+        monkeypatch.setattr(metasweep.algorithms.learners, "task_layout", identity)
 
     return turn_off
 

@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from algorithms import MAML, MLP, Episode
+from metasweep.algorithms import MAML, MLP, Episode
 
 INNER_LR = 0.1
 TOLERANCE = {"atol": 1e-12, "rtol": 1e-9}

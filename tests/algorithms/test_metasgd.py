@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from algorithms import MAML, MLP, Episode, MetaSGD, SinusoidTasks, evaluate, fixed_episodes
+from metasweep.algorithms import MAML, MLP, Episode, MetaSGD, SinusoidTasks, evaluate, fixed_episodes
 
 INNER_LR = 0.05
 TOLERANCE = {"atol": 1e-12, "rtol": 1e-9}

@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from algorithms import MLP, Conv4, Episode, ProtoNet
+from metasweep.algorithms import MLP, Conv4, Episode, ProtoNet
 
 WAYS = 5
 TOLERANCE = {"atol": 1e-10, "rtol": 1e-8}
@@ -113,14 +113,13 @@ def test_queries_equal_to_the_support_set_take_their_classes_with_batchnorm(
     torch.testing.assert_close(own, torch.zeros_like(own), atol=1e-9, rtol=0)
 
 
-def test_inner_steps_are_ignored(conv4: Conv4, tasks: Episode) -> None:
+def test_there_are_no_inner_steps_to_pass(conv4: Conv4, tasks: Episode) -> None:
     learner = ProtoNet(conv4)
-    torch.testing.assert_close(
-        learner.adapt(tasks.support_x, tasks.support_y, inner_steps=5),
-        learner.adapt(tasks.support_x, tasks.support_y),
-        atol=0,
-        rtol=0,
-    )
+    assert not learner.capabilities.inner_loop
+    with pytest.raises(TypeError, match="inner_steps"):
+        learner.adapt(tasks.support_x, tasks.support_y, inner_steps=5)  # type: ignore[call-arg]
+    with pytest.raises(TypeError, match="inner_steps"):
+        ProtoNet(conv4, inner_steps=5)  # type: ignore[call-arg]
 
 
 def test_a_task_missing_a_label_is_refused_not_nan() -> None:

@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from algorithms import MLP, Conv4, Episode, Reptile
+from metasweep.algorithms import MLP, Conv4, Episode, Reptile
 
 INNER_LR = 0.05
 INNER_STEPS = 3
@@ -83,3 +83,9 @@ def test_an_sgd_step_is_the_reptile_update(problem) -> None:
         torch.testing.assert_close(
             learner.model.get_parameter(name).detach(), expected, **TOLERANCE, msg=name
         )
+
+
+def test_reptile_is_first_order_by_construction_and_takes_no_first_order() -> None:
+    assert not Reptile.capabilities.second_order
+    with pytest.raises(TypeError, match="first_order"):
+        Reptile(MLP(), first_order=False)  # type: ignore[call-arg]

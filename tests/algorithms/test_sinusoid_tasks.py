@@ -8,7 +8,7 @@ import pytest
 import torch
 from torch import Tensor
 
-from algorithms import Episode, SinusoidTasks, fixed_episodes
+from metasweep.algorithms import Episode, SinusoidTasks, fixed_episodes
 
 
 def fit_sinusoid(x: Tensor, y: Tensor) -> tuple[Tensor, Tensor, Tensor]:

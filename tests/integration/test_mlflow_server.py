@@ -102,7 +102,7 @@ def test_metasweep_ui_serves_the_store_on_loopback(tmp_path: Path) -> None:
 
     port = free_port()
     ui = subprocess.Popen(
-        [sys.executable, "-m", "orchestrator.cli", "ui", "--port", str(port),
+        [sys.executable, "-m", "metasweep", "ui", "--port", str(port),
          "--tracking-uri", f"sqlite:///{tmp_path / 'ui.db'}"],
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
     )  # fmt: skip

@@ -103,7 +103,7 @@ def swept_ui(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[tuple[
     MlflowClient(uri).search_experiments()
     port = free_port()
     ui = subprocess.Popen(
-        [sys.executable, "-m", "orchestrator.cli", "ui", "--port", str(port), "--tracking-uri", uri],
+        [sys.executable, "-m", "metasweep", "ui", "--port", str(port), "--tracking-uri", uri],
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
         env={**os.environ, "MLFLOW_DISABLE_TELEMETRY": "true", "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"},
     )  # fmt: skip

@@ -13,9 +13,9 @@ import pyarrow.fs as pafs
 import pytest
 import torch
 
-from orchestrator import datasets
-from orchestrator.datasets import EpisodeSampler, load_dataset
-from orchestrator.errors import UserError
+from metasweep.orchestrator import datasets
+from metasweep.orchestrator.datasets import EpisodeSampler, load_dataset
+from metasweep.orchestrator.errors import UserError
 from tests.conftest import free_port, run_cli, wait_for_port
 from tests.orchestrator.test_datasets import make_folder
 

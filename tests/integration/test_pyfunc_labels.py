@@ -13,9 +13,9 @@ import numpy as np
 import pytest
 from mlflow.exceptions import MlflowException
 
-from orchestrator.config import RunConfig
-from orchestrator.pyfunc_model import build_from_spec
-from orchestrator.tracking import SweepTracker, log_and_register
+from metasweep.orchestrator.config import RunConfig
+from metasweep.orchestrator.pyfunc_model import build_from_spec
+from metasweep.orchestrator.tracking import SweepTracker, log_and_register
 from tests.orchestrator.test_pyfunc_model import IDS, NAMES, episode, image_spec
 
 pytestmark = [pytest.mark.integration]

@@ -142,7 +142,7 @@ def test_sweep_resumes_after_the_driver_is_killed(tmp_path: Path) -> None:
     Path("sweep.yaml").write_text(config)
     store()  # create the database here first, so that polling never races its creation
     driver = subprocess.Popen(
-        [sys.executable, "-m", "orchestrator.cli", "sweep", "sweep.yaml"],
+        [sys.executable, "-m", "metasweep", "sweep", "sweep.yaml"],
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
     )  # fmt: skip
     deadline = time.time() + 300
@@ -212,7 +212,7 @@ def test_a_crashed_trial_continues_from_its_checkpoint(tmp_path: Path) -> None:
     Path("sweep.yaml").write_text(config)
     store()  # create the database here first, so that polling never races its creation
     driver = subprocess.Popen(
-        [sys.executable, "-m", "orchestrator.cli", "sweep", "sweep.yaml"],
+        [sys.executable, "-m", "metasweep", "sweep", "sweep.yaml"],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
     )  # fmt: skip
     steps: list[int] = []

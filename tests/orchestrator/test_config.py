@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from orchestrator.config import RunConfig, load_config, load_config_dict, to_yaml
-from orchestrator.errors import UserError
+from metasweep.orchestrator.config import RunConfig, load_config, load_config_dict, to_yaml
+from metasweep.orchestrator.errors import UserError
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -110,7 +110,7 @@ def test_config_is_frozen() -> None:
 
 @pytest.mark.parametrize("name", ["sweep_sinusoid_maml.yaml", "sweep_omniglot_maml.yaml"])
 def test_sweep_examples_validate(name: str) -> None:
-    from orchestrator.config import SweepConfig
+    from metasweep.orchestrator.config import SweepConfig
 
     cfg = load_config(ROOT / "examples" / name, schema=SweepConfig)
     assert cfg.search.space and cfg.search.initial_points
@@ -119,7 +119,7 @@ def test_sweep_examples_validate(name: str) -> None:
 
 
 def test_sweep_space_is_checked_against_the_run_schema() -> None:
-    from orchestrator.config import SweepConfig
+    from metasweep.orchestrator.config import SweepConfig
 
     good = load_config(None, ["search.space={train.inner_lr: {type: loguniform, low: 0.01, high: 1}}"],
                        schema=SweepConfig)  # fmt: skip

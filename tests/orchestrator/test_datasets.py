@@ -13,9 +13,9 @@ import pytest
 import torch
 from PIL import Image
 
-from orchestrator import datasets
-from orchestrator.datasets import EpisodeSampler, load_dataset, read_metadata
-from orchestrator.errors import UserError
+from metasweep.orchestrator import datasets
+from metasweep.orchestrator.datasets import EpisodeSampler, load_dataset, read_metadata
+from metasweep.orchestrator.errors import UserError
 
 OMNIGLOT = Path(__file__).resolve().parents[3] / "shared" / "data" / "omniglot"
 needs_omniglot = pytest.mark.skipif(

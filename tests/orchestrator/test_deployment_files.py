@@ -24,8 +24,8 @@ import yaml
 from packaging.requirements import Requirement
 from packaging.specifiers import SpecifierSet
 
-from orchestrator.cli import app
-from orchestrator.config import RunConfig, SweepConfig, load_config
+from metasweep.orchestrator.cli import app
+from metasweep.orchestrator.config import RunConfig, SweepConfig, load_config
 
 if sys.version_info >= (3, 11):
     import tomllib

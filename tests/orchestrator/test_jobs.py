@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from orchestrator import jobs
-from orchestrator.errors import UserError
+from metasweep.orchestrator import jobs
+from metasweep.orchestrator.errors import UserError
 from tests.conftest import free_port, run_cli
 
 

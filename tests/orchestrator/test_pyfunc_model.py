@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 import torch
 
-from orchestrator.config import RunConfig
-from orchestrator.pyfunc_model import build_from_spec, encode_labels, predict_with
+from metasweep.orchestrator.config import RunConfig
+from metasweep.orchestrator.pyfunc_model import build_from_spec, encode_labels, predict_with
 
 NAMES = np.array(["Gimel", "Alef", "He", "Bet", "Dalet"])
 IDS = np.array([7, 42, 3, 19, 5])

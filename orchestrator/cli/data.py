@@ -1,0 +1,126 @@
+"""``metasweep data``: import and inspect episodic image datasets."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from metasweep.orchestrator.cli.app import app
+from metasweep.orchestrator.cli.console import say, track
+from metasweep.orchestrator.errors import UserError
+
+if TYPE_CHECKING:
+    from metasweep.orchestrator.data.images import ClassImages
+
+data_app = typer.Typer(help="Import and inspect episodic image datasets (Parquet).", no_args_is_help=True)
+app.add_typer(data_app, name="data")
+
+
+def _is_omniglot(path: Path) -> bool:
+    return path.suffix == ".npz" or "images_background" in path.name or "images_evaluation" in path.name
+
+
+def _read_list(path: Path | None) -> set[str]:
+    if path is None:
+        return set()
+    if not path.is_file():
+        raise UserError(f"class list {path} does not exist")
+    return {line.strip() for line in path.read_text().splitlines() if line.strip()}
+
+
+@data_app.command("import")
+def data_import(
+    sources: Annotated[
+        list[Path],
+        typer.Argument(
+            help="Omniglot .npz files / official zips / folders, or one image folder root/<class>/*."
+        ),
+    ],
+    out: Annotated[str, typer.Option("--out", "-o", help="Destination .parquet path or s3:// URI.")],
+    kind: Annotated[
+        str, typer.Option("--kind", help="omniglot, folder, or auto (omniglot for .npz and images_* names).")
+    ] = "auto",
+    protocol: Annotated[str, typer.Option(help="Omniglot split protocol: vinyals or lake.")] = "vinyals",
+    seed: Annotated[int, typer.Option(help="Seed of the class shuffle.")] = 0,
+    image_size: Annotated[
+        int, typer.Option(help="Resize images to N x N; 0 keeps the original size. Default: 28 for Omniglot.")
+    ] = -1,
+    train_classes: Annotated[
+        int, typer.Option(help="vinyals: classes for meta-training incl. validation.")
+    ] = 1200,
+    val_classes: Annotated[int, typer.Option(help="Classes of the meta-validation slice.")] = 100,
+    mode: Annotated[str, typer.Option(help="Image folders: L (grayscale) or RGB.")] = "L",
+    split_ratios: Annotated[
+        str, typer.Option(help="Image folders: train,val,test fractions of the classes.")
+    ] = "0.64,0.16,0.2",
+    train_list: Annotated[Path | None, typer.Option(help="Image folders: file of train class names.")] = None,
+    val_list: Annotated[Path | None, typer.Option(help="Image folders: file of val class names.")] = None,
+    test_list: Annotated[Path | None, typer.Option(help="Image folders: file of test class names.")] = None,
+    progress: Annotated[bool, typer.Option(help="Show a progress bar on stderr.")] = True,
+) -> None:
+    """Convert Omniglot or a folder of class subfolders into one Parquet dataset.
+
+    The import is deterministic (same inputs and seed give a byte-identical file) and atomic
+    (written under a temporary name, renamed at the end).
+    """
+    from metasweep.orchestrator.data import importers
+
+    def reading(classes: Iterable[ClassImages]) -> Iterable[ClassImages]:
+        return track(classes, "reading classes", enabled=progress)
+
+    if kind == "auto":
+        kind = "omniglot" if all(_is_omniglot(p) for p in sources) else "folder"
+    if kind not in ("omniglot", "folder"):
+        raise UserError(f"unknown --kind {kind!r}; use omniglot, folder or auto")
+    size = (28 if kind == "omniglot" else None) if image_size < 0 else (image_size or None)
+    if kind == "omniglot":
+        meta = importers.import_omniglot(
+            sources, out, protocol=protocol, seed=seed, image_size=size,
+            train_classes=train_classes, val_classes=val_classes, progress=reading,
+        )  # fmt: skip
+    else:
+        if len(sources) != 1:
+            raise UserError(f"an image folder import takes one root folder, got {len(sources)} sources")
+        lists = {"train": _read_list(train_list), "val": _read_list(val_list), "test": _read_list(test_list)}
+        try:
+            ratios = [float(r) for r in split_ratios.split(",")]
+        except ValueError:
+            raise UserError(
+                f"--split-ratios must be three numbers like 0.64,0.16,0.2, got {split_ratios!r}"
+            ) from None
+        meta = importers.import_image_folder(
+            sources[0], out, image_size=size, mode=mode, seed=seed, ratios=ratios,
+            lists=lists if any(lists.values()) else None, progress=reading,
+        )  # fmt: skip
+    say(f"wrote {out}: {meta['classes']} classes, {meta['images']} images of shape {meta['image_shape']}")
+
+
+@data_app.command("info")
+def data_info(
+    path: Annotated[str, typer.Argument(help="A metasweep dataset: path or URI.")],
+    preview: Annotated[Path | None, typer.Option(help="Save a PNG grid of a few classes here.")] = None,
+) -> None:
+    """Show a dataset's schema, classes per split, images per class, image shape and size."""
+    from metasweep.orchestrator.data import format
+
+    meta, schema, size = format.read_metadata(path)
+    table = Table(title=path, show_header=False)
+    table.add_row("schema", ", ".join(f"{f.name}: {f.type}" for f in schema))
+    for key in ("name", "protocol", "seed", "image_shape", "resized_to", "pixel_convention", "source"):
+        table.add_row(key, str(meta.get(key)))
+    table.add_row("classes per split", ", ".join(f"{s} {meta['classes'][s]}" for s in format.SPLITS))
+    per = meta["images_per_class"]
+    table.add_row(
+        "images per class", f"{per['min']}" if per["min"] == per["max"] else f"{per['min']}-{per['max']}"
+    )
+    table.add_row("images", str(meta["images"]))
+    table.add_row("size on disk", f"{size / 2**20:.1f} MiB")
+    Console().print(table)
+    if preview is not None:
+        format.preview(format.load_dataset(path), preview)
+        say(f"preview saved to {preview}")

@@ -1,0 +1,125 @@
+"""``metasweep models``, ``adapt`` and ``ui``: the registry, a registered model at work, and the
+MLflow UI."""
+
+from __future__ import annotations
+
+import csv
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from metasweep.orchestrator.cli.app import TrackingOpt, app
+from metasweep.orchestrator.cli.console import say
+from metasweep.orchestrator.errors import UserError
+
+models_app = typer.Typer(help="Registered meta-learners: list and pull.", no_args_is_help=True)
+app.add_typer(models_app, name="models")
+
+
+@models_app.command("list")
+def models_list(
+    name: Annotated[str | None, typer.Argument(help="Only this registered model.")] = None,
+    tracking_uri: TrackingOpt = None,
+) -> None:
+    """Registered models, versions, aliases and meta-test metrics."""
+    from metasweep.orchestrator.tracking.registry import list_models
+    from metasweep.orchestrator.tracking.store import tracking_uri as resolve
+
+    table = Table(title="registered models")
+    for column in ("name", "version", "aliases", "metric", "value", "protocol"):
+        table.add_column(column)
+    for row in list_models(resolve(tracking_uri), name):
+        table.add_row(*(str(row[c]) for c in ("name", "version", "aliases", "metric", "value", "protocol")))
+    Console().print(table)
+
+
+@models_app.command("pull")
+def models_pull(
+    reference: Annotated[
+        str, typer.Argument(help="NAME, NAME@alias or NAME/version (default alias: champion).")
+    ],
+    out: Annotated[Path, typer.Option("--out", "-o", help="Folder to create (must be new or empty).")],
+    tracking_uri: TrackingOpt = None,
+) -> None:
+    """Download a registered model as a self-contained folder (loads with no tracking server)."""
+    from metasweep.orchestrator.tracking.registry import pull_model
+    from metasweep.orchestrator.tracking.store import tracking_uri as resolve
+
+    path = pull_model(resolve(tracking_uri), reference, out)
+    say(f"pulled {reference} to {path}; load it with mlflow.pyfunc.load_model({str(path)!r})")
+
+
+@app.command()
+def adapt(
+    model: Annotated[str, typer.Argument(help="A models:/ URI, NAME[@alias|/version], or a pulled folder.")],
+    support: Annotated[
+        Path, typer.Option(help="Folder of class subfolders of images (the labelled examples).")
+    ],
+    query: Annotated[Path, typer.Option(help="An image or a folder of images to label.")],
+    out: Annotated[Path | None, typer.Option(help="Also write predictions to this CSV.")] = None,
+    tracking_uri: TrackingOpt = None,
+) -> None:
+    """Adapt a meta-learned model to a support set and label the query images."""
+    import numpy as np
+
+    from metasweep.orchestrator.data.images import read_image_files
+    from metasweep.orchestrator.tracking.registry import load_model
+    from metasweep.orchestrator.tracking.store import tracking_uri as resolve
+
+    if not support.exists():
+        raise UserError(f"{support} does not exist")
+    if not query.exists():
+        raise UserError(f"{query} does not exist")
+    pyfunc = load_model(resolve(tracking_uri), model)
+    spec = pyfunc.unwrap_python_model().spec
+    if spec.problem.task_kind != "classification":
+        raise UserError("adapt labels images; this model is a regression model")
+    shots = read_image_files(support, spec.problem.input_shape)
+    queries = read_image_files(query, spec.problem.input_shape)
+    names, label_ids = np.unique(np.asarray(shots.labels), return_inverse=True)
+    try:
+        predicted = pyfunc.predict(
+            {"support_x": np.stack(shots.images), "support_y": label_ids.astype(np.int64),
+             "query_x": np.stack(queries.images)}
+        )  # fmt: skip
+    except Exception as exc:  # the model's own checks and MLflow's schema enforcement
+        raise UserError(f"the model cannot take this support/query set: {exc}") from None
+    predictions = [str(label) for label in names[np.asarray(predicted).astype(int)]]
+    rows = list(zip(queries.paths, predictions, strict=True))
+    if out is not None:
+        with out.open("w", newline="") as f:
+            writer = csv.writer(f)
+            writer.writerow(["image", "prediction"])
+            writer.writerows(rows)
+    for name, label in rows:
+        print(f"{name}\t{label}")
+
+
+@app.command()
+def ui(
+    tracking_uri: TrackingOpt = None,
+    port: Annotated[int, typer.Option(help="Port on 127.0.0.1.")] = 5000,
+) -> None:
+    """Start the MLflow UI on the configured store, on 127.0.0.1."""
+    from metasweep.orchestrator.tracking.store import tracking_uri as resolve
+
+    uri = resolve(tracking_uri)
+    if uri.startswith(("http://", "https://")):
+        say(f"{uri} is a tracking server: open it in a browser")
+        return
+    say(f"MLflow UI for {uri} at http://127.0.0.1:{port} (Ctrl-C to stop)")
+    # One worker and no GenAI job runner: a single-user UI over a file store needs neither, and
+    # the job runner would write to the same SQLite file a running sweep writes to.
+    env = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
+    subprocess.run(
+        [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", uri,
+         "--host", "127.0.0.1", "--port", str(port), "--workers", "1"],
+        check=False,
+        env=env,
+    )  # fmt: skip

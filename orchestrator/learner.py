@@ -1,0 +1,111 @@
+"""From settings to a meta-learner: the one place that builds backbones and learners.
+
+The training loop, the sweep's trials, the registry and the served model all build their learner
+here, from a :class:`LearnerSpec` (plain values, saved in the model's JSON spec) and the
+:class:`~metasweep.orchestrator.problem.Problem`. Which constructor arguments a learner takes comes
+from its declared :class:`~metasweep.algorithms.Capabilities`, never from its name.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from metasweep.algorithms import MLP, Capabilities, Conv4, MetaLearner, learner_class
+from metasweep.algorithms.functional import Strategy
+from metasweep.orchestrator.problem import Problem
+
+
+@dataclass(frozen=True)
+class LearnerSpec:
+    """The settings that make a learner, as the config gives them.
+
+    Attributes:
+        algorithm: a registered algorithm (:data:`metasweep.algorithms.ALGORITHMS`).
+        backbone: ``mlp`` or ``conv4`` (:data:`BACKBONES`).
+        hidden: MLP hidden widths.
+        filters: Conv-4 filters per convolution.
+        inner_lr, inner_steps: the inner loop, for learners that have one.
+        first_order: drop second-order terms, for learners that can take them.
+        strategy: ``auto``, ``vmap`` or ``loop``.
+        seed: seed of the initialisation.
+    """
+
+    algorithm: str
+    backbone: str
+    hidden: tuple[int, ...]
+    filters: int
+    inner_lr: float
+    inner_steps: int
+    first_order: bool
+    strategy: Strategy
+    seed: int
+
+    @property
+    def capabilities(self) -> Capabilities:
+        """What the algorithm supports."""
+        return learner_class(self.algorithm).capabilities
+
+    def to_json(self) -> dict[str, Any]:
+        """JSON-serialisable fields."""
+        return asdict(self)
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> LearnerSpec:
+        """The inverse of :meth:`to_json`."""
+        return cls(**{**data, "hidden": tuple(data["hidden"])})
+
+
+def _mlp(spec: LearnerSpec, problem: Problem, outputs: int | None) -> nn.Module:
+    return MLP(problem.input_shape[0], spec.hidden, outputs or 1)
+
+
+def _conv4(spec: LearnerSpec, problem: Problem, outputs: int | None) -> nn.Module:
+    channels, size, _ = problem.input_shape
+    return Conv4(channels, size, outputs, spec.filters)
+
+
+BACKBONES: dict[str, Callable[[LearnerSpec, Problem, int | None], nn.Module]] = {
+    "mlp": _mlp,
+    "conv4": _conv4,
+}
+"""Backbone builders by config name: ``(spec, problem, outputs)``; ``outputs`` is the head's size
+(``None``: no head, an embedding network)."""
+
+BACKBONE_TASKS = {"mlp": "regression", "conv4": "classification"}
+"""The task kind each backbone is built for."""
+
+
+def build_learner(
+    spec: LearnerSpec, problem: Problem, device: torch.device | None = None
+) -> MetaLearner[Any]:
+    """The backbone wrapped in the learner, initialised from ``spec.seed``, on ``device``.
+
+    Raises:
+        ValueError: an unknown algorithm or backbone.
+    """
+    cls = learner_class(spec.algorithm)
+    capabilities = cls.capabilities
+    if spec.backbone not in BACKBONES:
+        raise ValueError(f"unknown backbone {spec.backbone!r}; valid backbones: {', '.join(BACKBONES)}")
+    outputs = problem.ways if problem.task_kind == "classification" else 1
+    options: dict[str, Any] = {
+        "loss_fn": F.mse_loss if problem.task_kind == "regression" else F.cross_entropy,
+        "strategy": spec.strategy,
+    }
+    if capabilities.inner_loop:
+        options |= {"inner_lr": spec.inner_lr, "inner_steps": spec.inner_steps}
+    if capabilities.second_order:
+        options["first_order"] = spec.first_order
+    # Initialisation is the one place that uses the global RNG (nn.Linear's init); fork it so that
+    # callers' RNG streams are left alone.
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(spec.seed)
+        model = BACKBONES[spec.backbone](spec, problem, outputs if capabilities.head else None)
+    # On its device before it is wrapped: Meta-SGD creates its learned rates beside the weights.
+    return cls(model.to(device or torch.device("cpu")), **options)  # type: ignore[call-arg]

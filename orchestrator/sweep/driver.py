@@ -1,0 +1,356 @@
+"""The sweep's driver: the search on Ray Tune, its record in MLflow, and the best model's fate.
+
+:func:`run_sweep` reads the dataset and describes the problem once, hands both to every trial
+(:mod:`.trial`), owns the Optuna search and the ASHA scheduler, mirrors trial events into MLflow
+(:mod:`.callback`), then scores the best trial on meta-test (test tasks never influence which
+trial wins), draws the plots and hands the best model to the registry.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import signal
+import tempfile
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import ray
+from ray import tune
+from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
+from ray.tune.search.optuna import OptunaSearch
+
+from metasweep.orchestrator.config import SWEEP_STORAGE, RunConfig, SweepConfig, to_yaml
+from metasweep.orchestrator.data.storage import absolute, path_exists
+from metasweep.orchestrator.errors import UserError
+from metasweep.orchestrator.problem import Problem
+from metasweep.orchestrator.sweep.callback import TrackingCallback, outcome, tracking_to
+from metasweep.orchestrator.sweep.plots import sweep_plots
+from metasweep.orchestrator.sweep.space import OptunaSpace, distributions, make_sampler
+from metasweep.orchestrator.sweep.trial import ITERATION, trial
+from metasweep.orchestrator.tracking.model import ModelSpec
+from metasweep.orchestrator.tracking.registry import Candidate, Registration, register
+from metasweep.orchestrator.tracking.runs import SweepTracker
+from metasweep.orchestrator.tracking.store import tracking_uri
+from metasweep.orchestrator.training import (
+    CHECKPOINT,
+    Inputs,
+    build_sources,
+    evaluate_run,
+    input_example,
+    open_dataset,
+    read_run,
+)
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class TrialRow:
+    """One trial in the sweep's closing summary."""
+
+    trial_id: str
+    params: dict[str, Any]
+    metric: float | None
+    iteration: int
+    outcome: str
+
+
+@dataclass(frozen=True)
+class SweepResult:
+    """What a finished sweep found."""
+
+    name: str
+    objective: str
+    best_trial: str
+    best_params: dict[str, Any]
+    best_metrics: dict[str, float]
+    test_metrics: dict[str, float]
+    trials: int
+    parent_run_id: str
+    tracking_uri: str
+    registration: Registration | None = None
+    table: list[TrialRow] = field(default_factory=list)
+
+
+def trial_rows(results: Any, metric: str, mode: str, iterations: int) -> list[TrialRow]:
+    """Every trial of a Tune ResultGrid, best first (by ``metric``; failures last)."""
+    rows = []
+    for result in results:
+        metrics = result.metrics or {}
+        ended = "failed" if result.error is not None else outcome(metrics, iterations)
+        value = metrics.get(metric)
+        rows.append(
+            TrialRow(
+                trial_id=str(metrics.get("trial_id", "?")),
+                params=dict(result.config or {}),
+                metric=float(value) if value is not None and ended != "diverged" else None,
+                iteration=int(metrics.get(ITERATION, 0)),
+                outcome=ended,
+            )
+        )
+    sign = 1.0 if mode == "min" else -1.0
+    return sorted(rows, key=lambda r: (r.metric is None, sign * (r.metric or 0.0)))
+
+
+def run_sweep(
+    config: SweepConfig,
+    *,
+    address: str | None = None,
+    resume: bool = False,
+    storage: str | Path | None = None,
+    verbose: int = 1,
+    resource_check: bool = True,
+) -> SweepResult:
+    """Search ``config.search.space`` with Optuna on Ray Tune and track it in MLflow.
+
+    Args:
+        config: the validated sweep config; ``config.name`` names the sweep.
+        address: a running Ray cluster, or ``None`` for a local one.
+        resume: continue the sweep ``config.name`` (finished trials are not re-run).
+        storage: where Tune keeps trial checkpoints (default ``runs/sweeps``): a path, or a URI
+            (``s3://...``) that every node of a cluster reaches.
+        verbose: Tune's verbosity (1 shows the live table of trials).
+        resource_check: refuse resources no node has now (turn off for autoscaling clusters,
+            whose GPU nodes start when trials ask for them).
+
+    Returns:
+        The best trial, its parameters, validation and test metrics.
+
+    Raises:
+        UserError: an unreachable cluster or tracking store, a sweep that exists (or, with
+            ``resume``, does not), an unreadable dataset, or resources no trial can get.
+    """
+    # Tune warns when checkpoints at every evaluation snapshot its state often; that is intended.
+    os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
+    storage = absolute(str(storage or SWEEP_STORAGE))
+    sweep_dir = f"{storage}/{config.name}"
+    exists = path_exists(sweep_dir)
+    if resume and not exists:
+        raise UserError(f"no sweep {config.name!r} under {storage} to resume")
+    if not resume and exists:
+        raise UserError(
+            f"sweep {config.name!r} already exists under {storage}; resume it with --resume "
+            "or give a new name with --set name=..."
+        )
+    uri = tracking_uri(config.tracking.uri)
+    tracker = SweepTracker(uri, config.tracking.experiment, config.name, resume=resume)
+    # Read once here; Tune ships it to each node's object store once.
+    dataset = open_dataset(config)
+    problem = config.problem(dataset.metadata if dataset is not None else None)
+    build_sources(config, dataset)  # fail before launching trials on impossible episodes
+    owns_ray = _start_ray(address)
+    try:
+        if resource_check:
+            _check_resources(config)
+    except BaseException:
+        if owns_ray:
+            ray.shutdown()
+        raise
+    tracker.open(resume)
+    try:
+        metric, mode = config.objective(problem)
+        tracker.log_sweep(_sweep_params(config, metric, mode), to_yaml(config))
+        trainable = tune.with_resources(
+            tune.with_parameters(trial, sweep=config, problem=problem, dataset=dataset),
+            {"cpu": config.search.cpus_per_trial, "gpu": config.search.gpus_per_trial},
+        )
+        run_config = tune.RunConfig(
+            name=config.name,
+            storage_path=storage,
+            failure_config=tune.FailureConfig(max_failures=config.search.max_failures),
+            checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
+            callbacks=[TrackingCallback(config.train.iterations, config.seed)],
+            verbose=verbose,
+        )
+        if resume:
+            tuner = tune.Tuner.restore(sweep_dir, trainable=trainable, resume_errored=True)
+        else:
+            tuner = tune.Tuner(
+                trainable,
+                tune_config=tune.TuneConfig(
+                    search_alg=OptunaSearch(
+                        space=OptunaSpace(config.algorithm, distributions(config.search.space)),
+                        metric=metric,
+                        mode=mode,
+                        sampler=make_sampler(config.search),
+                        points_to_evaluate=list(config.search.initial_points) or None,
+                    ),
+                    scheduler=_scheduler(config, metric, mode),
+                    num_samples=config.search.num_samples,
+                    max_concurrent_trials=config.search.max_concurrent,
+                    time_budget_s=config.search.time_budget_s,
+                ),
+                run_config=run_config,
+            )
+        with tracking_to(tracker), _stop_on_sigterm() as stopped:
+            results = tuner.fit()
+        if stopped.is_set():
+            raise KeyboardInterrupt(f"stopped; `--resume {config.name}` continues the sweep")
+        best = results.get_best_result(metric=metric, mode=mode, scope="all")
+        if best.checkpoint is None or best.metrics is None:
+            raise UserError("no trial reported a result; see the errors above")
+        best_params = dict(best.config or {})
+        with best.checkpoint.as_directory() as saved_dir:
+            saved = read_run(Path(saved_dir) / CHECKPOINT)
+        inputs = Inputs(problem, build_sources(saved.config, dataset))
+        test_metrics = evaluate_run(saved, inputs)
+        tracker.outbox.drain()  # trial records buffered through a tracking-server outage
+        best_id = str(best.metrics.get("trial_id"))
+        val_metrics = {k: float(v) for k, v in best.metrics.items() if k.startswith("val/")}
+        tracker.log_best(best_id, best_params, {**val_metrics, **test_metrics})
+        with tempfile.TemporaryDirectory() as tmp:
+            for plot in sweep_plots(results, config, problem, Path(tmp)):
+                tracker.log_artifact(plot, "plots")
+        registration = None
+        if config.tracking.registered_model:
+            registration = _register(
+                tracker, config.tracking.registered_model, saved.config, saved.weights, inputs, test_metrics
+            )
+        tracker.finish("FINISHED")
+        return SweepResult(
+            name=config.name,
+            objective=metric,
+            best_trial=best_id,
+            best_params=best_params,
+            best_metrics=val_metrics,
+            test_metrics=test_metrics,
+            trials=len(results),
+            parent_run_id=tracker.parent_id,
+            tracking_uri=uri,
+            registration=registration,
+            table=trial_rows(results, metric, mode, config.train.iterations),
+        )
+    except BaseException as exc:
+        try:
+            tracker.outbox.flush(wait=True)
+            tracker.finish("KILLED" if isinstance(exc, KeyboardInterrupt) else "FAILED", error=str(exc))
+        except Exception as closing:  # the sweep's own error is the one to report
+            log.warning("could not mark the sweep's MLflow run as ended: %s", closing)
+        raise
+    finally:
+        if owns_ray:
+            ray.shutdown()
+
+
+def _sweep_params(config: SweepConfig, metric: str, mode: str) -> dict[str, Any]:
+    s = config.search
+    params: dict[str, Any] = {f"space.{k}": v.model_dump(exclude_none=True) for k, v in s.space.items()}
+    params.update(
+        {f"search.{k}": v for k, v in s.model_dump(exclude={"space"}).items()},
+    )
+    params["algorithm"] = config.algorithm
+    params["objective"] = f"{metric} ({mode})"
+    return params
+
+
+def _scheduler(config: SweepConfig, metric: str, mode: str) -> Any:
+    if config.search.scheduler == "fifo":
+        return FIFOScheduler()
+    return ASHAScheduler(
+        time_attr=ITERATION,
+        metric=metric,
+        mode=mode,
+        max_t=config.train.iterations,
+        grace_period=min(config.search.grace_period, config.train.iterations),
+        reduction_factor=config.search.reduction_factor,
+    )
+
+
+@contextmanager
+def _stop_on_sigterm() -> Iterator[threading.Event]:
+    """Turn SIGTERM (``ray job stop``, a pod's shutdown) into the SIGINT that Tune handles
+    gracefully, saving the experiment's state so ``--resume`` finds every finished trial; the
+    event tells the caller that the search was stopped, not finished."""
+    stopped = threading.Event()
+    if threading.current_thread() is not threading.main_thread():
+        yield stopped
+        return
+
+    def interrupt(signum: int, frame: Any) -> None:
+        stopped.set()
+        os.kill(os.getpid(), signal.SIGINT)
+
+    previous = signal.signal(signal.SIGTERM, interrupt)
+    try:
+        yield stopped
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _start_ray(address: str | None) -> bool:
+    """Connect to the cluster at ``address`` (or ``$RAY_ADDRESS``, set for a Ray job's driver), or
+    start a local Ray; returns whether this process started it (and so must shut it down)."""
+    address = address or os.environ.get("RAY_ADDRESS")
+    try:
+        if address is None:
+            ray.init(include_dashboard=False, log_to_driver=False, configure_logging=False)
+            return True
+        ray.init(address=address, log_to_driver=False)
+        return False
+    except (ConnectionError, RuntimeError, ValueError) as exc:
+        raise UserError(
+            f"cannot connect to a Ray cluster at {address}: {exc}. If the cluster uses token "
+            "authentication, set RAY_AUTH_TOKEN or copy the head node's ~/.ray/auth_token here"
+        ) from None
+
+
+def _check_resources(config: SweepConfig) -> None:
+    total = ray.cluster_resources()
+    s = config.search
+    cpus, gpus = total.get("CPU", 0.0), total.get("GPU", 0.0)
+    if s.gpus_per_trial > 0 and gpus == 0:
+        raise UserError(
+            f"search.gpus_per_trial={s.gpus_per_trial} but the Ray cluster has no GPUs; "
+            "set search.gpus_per_trial=0"
+        )
+    if s.cpus_per_trial > cpus:
+        raise UserError(f"search.cpus_per_trial={s.cpus_per_trial} but the Ray cluster has {cpus:g} CPUs")
+    if s.gpus_per_trial > gpus:
+        raise UserError(f"search.gpus_per_trial={s.gpus_per_trial} but the Ray cluster has {gpus:g} GPUs")
+    fits = math.floor(cpus / s.cpus_per_trial)
+    if s.gpus_per_trial > 0:
+        fits = min(fits, math.floor(gpus / s.gpus_per_trial))
+    if s.max_concurrent > fits:
+        raise UserError(
+            f"search.max_concurrent={s.max_concurrent} but the Ray cluster fits at most {fits} trials "
+            f"at once ({cpus:g} CPUs, {gpus:g} GPUs); lower max_concurrent or the per-trial resources"
+        )
+
+
+def _register(
+    tracker: SweepTracker,
+    name: str,
+    best: RunConfig,
+    weights: dict[str, Any],
+    inputs: Inputs,
+    test_metrics: dict[str, float],
+) -> Registration:
+    """Hand the best trial's model to the registry with the facts that make versions comparable."""
+    problem: Problem = inputs.problem
+    d, e = best.data, best.eval
+    metric = f"test/{problem.metric}"
+    candidate = Candidate(
+        metric=metric,
+        value=test_metrics[metric],
+        mode=problem.mode,
+        fingerprint=problem.fingerprint,
+        protocol=(
+            f"ways={d.ways} shots={d.shots} queries={e.queries or d.queries} rotations={d.rotations} "
+            f"test_tasks={e.test_tasks} eval_seed={e.seed}"
+        ),
+    )
+    spec = ModelSpec(problem, best.learner_spec(), best.eval_inner_steps)
+    return register(
+        tracker,
+        name=name,
+        spec=spec,
+        weights=weights,
+        input_example=input_example(inputs),
+        candidate=candidate,
+    )

@@ -1,0 +1,70 @@
+"""One trial, on a Ray worker: settings in, validation metrics and checkpoints reported to Tune."""
+
+from __future__ import annotations
+
+import math
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import ray
+from ray import tune
+
+from metasweep.orchestrator.config import SweepConfig
+from metasweep.orchestrator.data.format import EpisodicDataset
+from metasweep.orchestrator.errors import TrainingDiverged
+from metasweep.orchestrator.problem import Problem
+from metasweep.orchestrator.training import CHECKPOINT, Inputs, build_sources, train
+
+ITERATION = "iteration"
+"""The result key of the meta-iteration a result was measured at: ASHA's time axis."""
+NODE = "node_id"
+DIVERGED = "diverged"
+"""Present in a trial's last result when its training diverged, with the reason."""
+
+
+def trial(
+    params: dict[str, Any], *, sweep: SweepConfig, problem: Problem, dataset: EpisodicDataset | None
+) -> None:
+    """Train one configuration, reporting validation metrics and a checkpoint to Tune.
+
+    Continues from Tune's checkpoint when the trial is restarted after a failure.
+
+    Args:
+        params: the sampled settings, by dotted config name.
+        sweep: the sweep's config.
+        problem: what the sweep solves, as the driver described it.
+        dataset: the episodic dataset from the object store (shared by the node's trials), or
+            ``None`` for sinusoid tasks.
+    """
+    work = Path(tempfile.mkdtemp(prefix="metasweep-trial-"))
+    config = sweep.run_config(params).model_copy(update={"output_dir": str(work)})
+    checkpoint = tune.get_checkpoint()
+    if checkpoint is not None:
+        with checkpoint.as_directory() as saved:
+            shutil.copy(Path(saved) / CHECKPOINT, work / CHECKPOINT)
+    metric, mode = sweep.objective(problem)
+    node = ray.get_runtime_context().get_node_id()  # node IPs repeat when nodes share a machine
+    worst = math.inf if mode == "min" else -math.inf
+
+    def report(iteration: int, metrics: dict[str, float]) -> None:
+        # Optuna refuses NaN objectives: a diverged evaluation scores the worst possible value.
+        score = metrics.get(metric, math.nan)
+        result: dict[str, Any] = {
+            **metrics,
+            metric: score if math.isfinite(score) else worst,
+            ITERATION: iteration,
+            NODE: node,
+        }
+        tune.report(result, checkpoint=tune.Checkpoint.from_directory(str(work)))
+
+    try:
+        inputs = Inputs(problem, build_sources(config, dataset))
+        train(config, inputs, resume=checkpoint is not None, on_eval=report, test=False)
+    except TrainingDiverged as exc:
+        # The worst possible score ends the trial (ASHA and Optuna learn from it); retrying
+        # would diverge again.
+        tune.report({metric: worst, DIVERGED: str(exc), ITERATION: config.train.iterations})
+    finally:
+        shutil.rmtree(work, ignore_errors=True)

@@ -1,0 +1,287 @@
+"""The model registry: the best trial's model logged and registered, the champion policy, and
+listing and pulling registered models.
+
+A registered version carries the facts that make two versions comparable (meta-test metric and
+value, dataset fingerprint, evaluation protocol) as tags. ``champion`` moves to a new version only
+if it beats the current champion on the same fingerprint and protocol (:func:`choose_alias`).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import shutil
+import tempfile
+from collections.abc import Mapping
+from dataclasses import dataclass
+from importlib.metadata import version as installed_version
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from mlflow.exceptions import MlflowException
+from mlflow.tracking import MlflowClient
+
+import metasweep.algorithms as core
+from metasweep.orchestrator.errors import UserError
+from metasweep.orchestrator.tracking import model as served
+from metasweep.orchestrator.tracking.runs import SweepTracker
+from metasweep.orchestrator.tracking.store import check_reachable, use_store
+
+CHAMPION = "champion"
+CHALLENGER = "challenger"
+REQUIREMENTS = ("torch", "numpy", "pillow", "mlflow")
+"""The served model's pip requirements: the distributions its code imports (checked by
+tests/orchestrator/test_served_model.py)."""
+SERVED_CODE = (
+    "orchestrator/__init__.py",
+    "orchestrator/errors.py",
+    "orchestrator/problem.py",
+    "orchestrator/learner.py",
+    "orchestrator/data/__init__.py",
+    "orchestrator/data/images.py",
+    "orchestrator/tracking/__init__.py",
+    "orchestrator/tracking/model.py",
+)
+"""The orchestrator's files the served model runs (with all of ``algorithms/``), relative to the
+``metasweep`` namespace folder they are shipped in."""
+
+
+@dataclass(frozen=True)
+class Registration:
+    """Where a sweep's best model went in the registry, and why."""
+
+    name: str
+    version: str
+    alias: str
+    reason: str
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """A model offered to the registry and the facts it is judged by.
+
+    Attributes:
+        metric: the meta-test metric, e.g. ``test/accuracy``.
+        value: its value.
+        mode: ``max`` or ``min``: which way is better.
+        fingerprint: the dataset's fingerprint (:attr:`Problem.fingerprint`).
+        protocol: how it was scored (ways, shots, queries, test tasks, evaluation seed).
+    """
+
+    metric: str
+    value: float
+    mode: str
+    fingerprint: str
+    protocol: str
+
+    def tags(self, sweep: str) -> dict[str, str]:
+        """The version tags that record these facts."""
+        return {
+            "metasweep.metric": self.metric, "metasweep.test_value": repr(self.value),
+            "metasweep.fingerprint": self.fingerprint, "metasweep.protocol": self.protocol,
+            "metasweep.sweep": sweep,
+        }  # fmt: skip
+
+
+def choose_alias(
+    candidate: Candidate, champion: Mapping[str, str] | None, champion_version: str = ""
+) -> tuple[str, str]:
+    """``(alias, reason)`` for a new version: ``champion`` if there is none yet, or if it beats the
+    current champion (given by its version tags) on the same fingerprint and protocol; otherwise
+    ``challenger``."""
+    if champion is None:
+        return CHAMPION, "first registered version"
+    if (
+        champion.get("metasweep.fingerprint") != candidate.fingerprint
+        or champion.get("metasweep.protocol") != candidate.protocol
+    ):
+        return CHALLENGER, f"champion v{champion_version} was scored on another dataset or protocol"
+    old = float(champion.get("metasweep.test_value", "nan"))
+    value = candidate.value
+    better = value > old if candidate.mode == "max" else value < old
+    alias = CHAMPION if better or math.isnan(old) else CHALLENGER
+    verdict = "beats" if alias == CHAMPION else "does not beat"
+    return alias, f"{candidate.metric} {value:.4f} {verdict} champion v{champion_version}'s {old:.4f}"
+
+
+def register(
+    tracker: SweepTracker,
+    *,
+    name: str,
+    spec: served.ModelSpec,
+    weights: dict[str, Any],
+    input_example: dict[str, np.ndarray],
+    candidate: Candidate,
+) -> Registration:
+    """Log the model as a pyfunc on the sweep's parent run, register it, and move the aliases.
+
+    Args:
+        tracker: the sweep's tracker (its parent run receives the model).
+        name: registered model name.
+        spec: what rebuilds the learner.
+        weights: the learner's ``state_dict``.
+        input_example: a real support/query example (the signature and MLflow's example).
+        candidate: the facts the registry judges it by.
+    """
+    import mlflow
+
+    with tempfile.TemporaryDirectory() as tmp:
+        weights_path = Path(tmp) / "weights.pt"
+        spec_path = Path(tmp) / "spec.json"
+        torch.save(weights, weights_path)
+        spec_path.write_text(json.dumps(spec.to_json(), sort_keys=True))
+        predictions = served.predict_with(served.rebuild(spec, weights), spec, input_example)
+        use_store(tracker.uri)
+        with mlflow.start_run(run_id=tracker.parent_id):
+            info = mlflow.pyfunc.log_model(
+                name="model",
+                python_model=str(Path(served.__file__).with_name("model_code.py")),
+                artifacts={served.WEIGHTS: str(weights_path), served.SPEC: str(spec_path)},
+                code_paths=[str(_stage_code(Path(tmp) / "code"))],
+                signature=_signature(input_example, predictions, spec.problem.task_kind),
+                input_example=input_example,
+                pip_requirements=[f"{p}=={installed_version(p)}" for p in REQUIREMENTS],
+            )
+    version = mlflow.register_model(info.model_uri, name, tags=candidate.tags(tracker.sweep)).version
+    client = tracker.client
+    try:
+        current = client.get_model_version_by_alias(name, CHAMPION)
+    except MlflowException:
+        current = None
+    alias, reason = choose_alias(
+        candidate, None if current is None else current.tags, "" if current is None else str(current.version)
+    )
+    client.set_registered_model_alias(name, alias, str(version))
+    return Registration(name, str(version), alias, reason)
+
+
+def _stage_code(folder: Path) -> Path:
+    """``folder/metasweep``: the core and the orchestrator files the served model runs, laid out
+    as the installed namespace (the model's ``code/`` folder)."""
+    algorithms = Path(core.__file__).resolve().parent
+    orchestrator = Path(served.__file__).resolve().parents[1]
+    root = folder / "metasweep"
+    shutil.copytree(algorithms, root / "algorithms", ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
+    for relative in SERVED_CODE:
+        target = root / relative
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy(orchestrator / relative.removeprefix("orchestrator/"), target)
+    return root
+
+
+def _signature(example: dict[str, np.ndarray], predictions: np.ndarray, task_kind: str) -> Any:
+    """Inputs of any count and image size (the model resizes), in the example's dtypes; for
+    classification, ``support_y`` and the predictions are labels of any integer or string dtype.
+
+    A TensorSpec holds one dtype and MLflow casts nothing, so an ``int64`` ``support_y`` would
+    refuse string labels (and ``int32`` ones). Labels are declared ``object`` ``(-1,)`` instead,
+    the one tensor spec MLflow's enforcement passes through unchanged (an int64, ``<U`` or object
+    array alike, and JSON lists when served); ``model.encode_labels`` then checks them. Images are
+    declared the same way, because one tensor spec has one rank and a user may hand a grayscale
+    model RGB images or the reverse; ``data.images.model_images`` checks them.
+    """
+    from mlflow.models import ModelSignature
+    from mlflow.types.schema import Schema, TensorSpec
+
+    classification = task_kind == "classification"
+
+    def spec(name: str, array: np.ndarray) -> TensorSpec:
+        if classification:
+            return TensorSpec(np.dtype(object), (-1,), name)
+        return TensorSpec(array.dtype, (-1, *([-1] * (array.ndim - 1))), name)
+
+    inputs = Schema([spec(name, np.asarray(array)) for name, array in example.items()])
+    if classification:
+        output = TensorSpec(np.dtype(object), (-1,))
+    else:
+        output = TensorSpec(predictions.dtype, (-1, *predictions.shape[1:]))
+    return ModelSignature(inputs=inputs, outputs=Schema([output]))
+
+
+def list_models(uri: str, name: str | None = None) -> list[dict[str, Any]]:
+    """Registered versions (all models, or one), newest first, with aliases and test metrics.
+
+    Raises:
+        UserError: unreachable store or unknown model name.
+    """
+    check_reachable(uri)
+    client = MlflowClient(tracking_uri=uri, registry_uri=uri)
+    try:
+        names = [name] if name else [m.name for m in client.search_registered_models()]
+        rows = []
+        for model in names:
+            for found in client.search_model_versions(f"name = '{model}'"):
+                v = client.get_model_version(model, found.version)  # search results omit aliases
+                rows.append({
+                    "name": model, "version": int(v.version), "aliases": ",".join(v.aliases),
+                    "metric": v.tags.get("metasweep.metric", ""),
+                    "value": v.tags.get("metasweep.test_value", ""),
+                    "protocol": v.tags.get("metasweep.protocol", ""),
+                })  # fmt: skip
+    except MlflowException as exc:
+        raise UserError(f"cannot list models in {uri}: {exc.message}") from None
+    if name and not rows:
+        raise UserError(f"no registered model {name!r} in {uri}")
+    return sorted(rows, key=lambda r: (r["name"], -r["version"]))
+
+
+def model_uri(reference: str) -> str:
+    """``NAME``, ``NAME@alias`` or ``NAME/version`` (or a ``models:/`` URI) as a ``models:/`` URI."""
+    if reference.startswith("models:/"):
+        return reference
+    if "@" in reference:
+        return f"models:/{reference}"
+    if "/" in reference:
+        return f"models:/{reference}"
+    return f"models:/{reference}@{CHAMPION}"
+
+
+def pull_model(uri: str, reference: str, out: Path) -> Path:
+    """Download a registered model into ``out``: a directory ``mlflow.pyfunc.load_model`` loads
+    with no tracking server.
+
+    Raises:
+        UserError: unknown model, alias or version; ``out`` exists and is not empty.
+    """
+    import mlflow
+
+    if out.exists() and any(out.iterdir()):
+        raise UserError(f"--out {out} exists and is not empty; choose a new folder")
+    target = model_uri(reference)
+    tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
+    check_reachable(uri)
+    use_store(uri)
+    try:
+        mlflow.artifacts.download_artifacts(target, dst_path=str(tmp))
+        out.parent.mkdir(parents=True, exist_ok=True)
+        if out.exists():
+            out.rmdir()
+        os.replace(tmp, out)
+    except MlflowException as exc:
+        raise UserError(f"cannot pull {target} from {uri}: {exc.message}") from None
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+    return out
+
+
+def load_model(uri: str, reference: str) -> Any:
+    """A pyfunc model from a pulled directory or a registry reference.
+
+    Raises:
+        UserError: nothing at that path or reference.
+    """
+    import mlflow
+
+    path = Path(reference)
+    target = str(path) if path.is_dir() else model_uri(reference)
+    if not path.is_dir():
+        check_reachable(uri)
+        use_store(uri)
+    try:
+        return mlflow.pyfunc.load_model(target)
+    except (MlflowException, OSError) as exc:
+        raise UserError(f"cannot load model {reference!r}: {getattr(exc, 'message', exc)}") from None

@@ -1,0 +1,316 @@
+"""The sweep's MLflow runs: a parent run per sweep and a child run per trial.
+
+Everything is logged from the sweep's driver, never from Ray workers: on a cluster the workers may
+not reach the tracking server, while the driver already receives every trial's metrics from Tune.
+A trial that is retried after a failure continues its own child run (found again by its trial id
+tag), so the UI never shows duplicates. Trial records go through an :class:`Outbox`, which keeps
+them, in order, while the tracking server is unreachable.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import subprocess
+import time
+from collections import deque
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any
+
+from mlflow.entities import Metric, Param, RunTag
+from mlflow.exceptions import MlflowException
+from mlflow.tracking import MlflowClient
+
+from metasweep.orchestrator.errors import UserError
+from metasweep.orchestrator.tracking.store import check_reachable
+
+log = logging.getLogger(__name__)
+
+SWEEP_TAG = "metasweep.sweep"
+TRIAL_TAG = "metasweep.trial_id"
+PARENT_TAG = "mlflow.parentRunId"
+RETRY_S = 5.0  # how often a sweep's driver retries an unreachable tracking server
+_HTTP_RETRIES = {
+    "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "2",
+    "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
+    "MLFLOW_HTTP_REQUEST_TIMEOUT": "20",
+}
+
+
+def git_commit() -> str:
+    """The project's git commit, or ``unknown`` outside a checkout."""
+    try:
+        here = Path(__file__).resolve().parent
+        done = subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=here, capture_output=True, text=True, timeout=5
+        )
+        return done.stdout.strip() or "unknown"
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+
+
+# Error codes with which MLflow answers a request that cannot succeed whatever the wait.
+_PERMANENT = {
+    "INVALID_PARAMETER_VALUE",
+    "RESOURCE_DOES_NOT_EXIST",
+    "RESOURCE_ALREADY_EXISTS",
+    "INVALID_STATE",
+    "PERMISSION_DENIED",
+    "UNAUTHENTICATED",
+    "BAD_REQUEST",
+}
+
+
+def transient(exc: Exception) -> bool:
+    """Whether a failed MLflow request may succeed later (server down, restarting, overloaded)."""
+    if isinstance(exc, MlflowException):
+        return exc.error_code not in _PERMANENT
+    return True
+
+
+class Outbox:
+    """Records for the tracking server, sent in order, kept while the server is unreachable.
+
+    A record is a function that makes one request. :meth:`send` queues it and sends what it can;
+    while the server is down, records stay queued (in memory, on the driver) and sending is tried
+    again at most every ``retry_s`` seconds, so the caller (Tune's loop) keeps going. A record
+    that fails permanently (:func:`transient` is false) is logged and dropped; it would fail again.
+
+    Not thread-safe: one owner, the sweep's driver thread.
+
+    Args:
+        uri: the tracking URI, for messages.
+        retry_s: the shortest time between two attempts while the server is down.
+        clock: seconds, monotonic (tests pass their own).
+    """
+
+    def __init__(self, uri: str, retry_s: float = RETRY_S, clock: Callable[[], float] = time.monotonic):
+        self.uri = uri
+        self.retry_s = retry_s
+        self._clock = clock
+        self._queue: deque[tuple[str, Callable[[], Any]]] = deque()
+        self._down_since: float | None = None
+        self._tried = 0.0
+
+    @property
+    def pending(self) -> int:
+        """Records waiting for the tracking server."""
+        return len(self._queue)
+
+    @property
+    def down(self) -> bool:
+        """Whether the last attempt found the server unreachable."""
+        return self._down_since is not None
+
+    def send(self, about: str, record: Callable[[], Any]) -> None:
+        """Queue ``record`` (``about`` names its trial in messages) and send what can be sent."""
+        self._queue.append((about, record))
+        self.flush()
+
+    def flush(self, wait: bool = False) -> bool:
+        """Send queued records, in order; returns whether all went through.
+
+        Args:
+            wait: try now even if the last failed attempt is less than ``retry_s`` ago.
+        """
+        if self.down and not wait and self._clock() - self._tried < self.retry_s:
+            return False
+        while self._queue:
+            about, record = self._queue[0]
+            self._tried = self._clock()
+            try:
+                record()
+            except Exception as exc:
+                if not transient(exc):
+                    log.warning("MLflow refused a record of trial %s; dropped it: %s", about, exc)
+                    self._queue.popleft()
+                    continue
+                if self._down_since is None:
+                    self._down_since = self._clock()
+                    log.warning(
+                        "MLflow tracking server %s unreachable (%s); keeping trial records until it is back",
+                        self.uri,
+                        str(exc)[:200],
+                    )
+                return False
+            self._queue.popleft()
+        if self._down_since is not None:
+            log.warning(
+                "MLflow tracking server %s is back after %.0f s; buffered trial records sent",
+                self.uri,
+                self._clock() - self._down_since,
+            )
+            self._down_since = None
+        return True
+
+    def drain(self, timeout: float = 600.0, sleep: Callable[[float], None] = time.sleep) -> None:
+        """Wait until every queued record reached the server.
+
+        Raises:
+            UserError: the server stayed unreachable for ``timeout`` seconds.
+        """
+        deadline = self._clock() + timeout
+        while not self.flush(wait=True):
+            if self._clock() > deadline:
+                raise UserError(
+                    f"the MLflow tracking server {self.uri} has been unreachable for {timeout:.0f} s; "
+                    f"{self.pending} trial records could not be logged"
+                )
+            sleep(self.retry_s)
+
+
+class SweepTracker:
+    """The MLflow side of one sweep: a parent run and a child run per trial.
+
+    Not thread-safe: call it from the driver's thread (Tune callbacks run there). Nothing is
+    written until :meth:`open`, so a sweep refused before it starts leaves no run.
+
+    Args:
+        uri: tracking URI.
+        experiment: experiment name (created if missing).
+        sweep: the sweep's name; a parent run with this name tag is continued on resume.
+        resume: the sweep will be resumed, so its parent run must exist.
+        retry_s: how often trial records are retried while the server is unreachable.
+
+    Raises:
+        UserError: the tracking store cannot be reached, or ``resume`` without a parent run.
+    """
+
+    def __init__(self, uri: str, experiment: str, sweep: str, resume: bool = False, retry_s: float = RETRY_S):
+        self.uri = uri
+        # MLflow's client retries a dead server for minutes by default, which would stall Tune's
+        # loop; fail fast instead and let the outbox retry the queued records.
+        for key, value in _HTTP_RETRIES.items():
+            os.environ.setdefault(key, value)
+        check_reachable(uri)
+        self.client = MlflowClient(tracking_uri=uri, registry_uri=uri)  # never a stale global registry
+        try:
+            found = self.client.get_experiment_by_name(experiment)
+            self.experiment_id = (
+                found.experiment_id if found is not None else self.client.create_experiment(experiment)
+            )
+            existing = self.client.search_runs(
+                [self.experiment_id], filter_string=f"tags.`{SWEEP_TAG}` = '{sweep}'"
+            )
+        except MlflowException as exc:
+            raise UserError(f"cannot use the MLflow tracking store {uri}: {exc.message}") from None
+        except Exception as exc:  # connection errors surface as many types
+            raise UserError(f"cannot reach the MLflow tracking store {uri}: {exc}") from None
+        self._parents = [r.info.run_id for r in existing if PARENT_TAG not in r.data.tags]
+        self.children: dict[str, str] = {
+            r.data.tags[TRIAL_TAG]: r.info.run_id for r in existing if TRIAL_TAG in r.data.tags
+        }
+        self.sweep = sweep
+        self.experiment = experiment
+        self.parent_id = ""
+        self.outbox = Outbox(uri, retry_s)
+        self._started: set[str] = set()
+        self._unsure: set[str] = set()
+        if resume and not self._parents:
+            raise UserError(f"no MLflow parent run for sweep {sweep!r} in experiment {experiment!r}")
+
+    def open(self, resume: bool) -> str:
+        """Start the sweep's parent run, or continue it with ``resume``; returns its id."""
+        if resume:
+            self.parent_id = self._parents[0]
+            self.client.update_run(self.parent_id, status="RUNNING")
+        else:
+            run = self.client.create_run(
+                self.experiment_id, run_name=self.sweep, tags={SWEEP_TAG: self.sweep}
+            )
+            self.parent_id = run.info.run_id
+        return self.parent_id
+
+    # --- parent run -------------------------------------------------------------------------
+
+    def log_sweep(self, params: Mapping[str, Any], config_yaml: str) -> None:
+        """Search space, searcher and scheduler settings, and the resolved config as an artifact."""
+        for key, value in params.items():
+            self.client.log_param(self.parent_id, key, str(value)[:6000])
+        self.client.log_text(self.parent_id, config_yaml, "config.yaml")
+        self.client.set_tag(self.parent_id, "metasweep.git_commit", git_commit())
+
+    def log_best(self, trial_id: str, params: Mapping[str, Any], metrics: Mapping[str, float]) -> None:
+        """The best trial's hyperparameters and metrics on the parent run."""
+        self.client.set_tag(self.parent_id, "metasweep.best_trial", trial_id)
+        for key, value in params.items():
+            self.client.log_param(self.parent_id, f"best.{key}", value)
+        batch = metric_batch(metrics, step=0)
+        if batch:
+            self.client.log_batch(self.parent_id, metrics=batch)
+
+    def log_artifact(self, path: Path, folder: str | None = None) -> None:
+        """Attach a file (plot, HTML) to the parent run."""
+        self.client.log_artifact(self.parent_id, str(path), folder)
+
+    def finish(self, status: str = "FINISHED", error: str | None = None) -> None:
+        """End the parent run (``FINISHED``, ``FAILED`` or ``KILLED``), with the error if any."""
+        if error:
+            self.client.set_tag(self.parent_id, "metasweep.error", error[:5000])
+        self.client.set_terminated(self.parent_id, status=status)
+
+    # --- child runs, through the outbox -----------------------------------------------------
+
+    def start_trial(self, trial_id: str, params: Mapping[str, Any], tags: Mapping[str, str]) -> None:
+        """The child run of ``trial_id``: created once, continued when the trial is retried."""
+
+        def start() -> None:
+            if trial_id in self.children:
+                self.client.update_run(self.children[trial_id], status="RUNNING")
+                return
+            if trial_id in self._unsure:  # an earlier attempt may have created it before failing
+                query = f"tags.`{SWEEP_TAG}` = '{self.sweep}' and tags.`{TRIAL_TAG}` = '{trial_id}'"
+                found = self.client.search_runs([self.experiment_id], filter_string=query)
+                if found:
+                    self.children[trial_id] = found[0].info.run_id
+                    return
+            self._unsure.add(trial_id)
+            run = self.client.create_run(
+                self.experiment_id,
+                run_name=trial_id,
+                tags={PARENT_TAG: self.parent_id, SWEEP_TAG: self.sweep, TRIAL_TAG: trial_id, **tags},
+            )
+            self.children[trial_id] = run.info.run_id
+            self._unsure.discard(trial_id)
+
+        def log_params() -> None:
+            batch = [Param(key, str(value)[:6000]) for key, value in params.items()]
+            self.client.log_batch(self.children[trial_id], params=batch)
+
+        self.outbox.send(trial_id, start)
+        if trial_id not in self._started:
+            self._started.add(trial_id)
+            self.outbox.send(trial_id, log_params)
+
+    def log_trial_metrics(
+        self, trial_id: str, metrics: Mapping[str, Any], step: int, timestamp: float | None = None
+    ) -> None:
+        """Metrics named ``split/name`` at meta-iteration ``step``, sent when the server takes them.
+
+        Args:
+            timestamp: when the trial measured them (seconds since the epoch; default now).
+        """
+        batch = metric_batch(metrics, step, timestamp)
+        if batch:
+            self.outbox.send(trial_id, lambda: self.client.log_batch(self.children[trial_id], metrics=batch))
+
+    def tag_trial(self, trial_id: str, tags: Mapping[str, str]) -> None:
+        """Set tags on a trial's child run."""
+        batch = [RunTag(key, value) for key, value in tags.items()]
+        self.outbox.send(trial_id, lambda: self.client.log_batch(self.children[trial_id], tags=batch))
+
+    def end_trial(self, trial_id: str, status: str) -> None:
+        """End a child run: ``FINISHED``, ``FAILED`` or ``KILLED``."""
+        self.outbox.send(trial_id, lambda: self.client.set_terminated(self.children[trial_id], status=status))
+
+
+def metric_batch(metrics: Mapping[str, Any], step: int, timestamp: float | None = None) -> list[Metric]:
+    """The finite ``split/name`` entries of a result as MLflow metrics at ``step``."""
+    now = int((time.time() if timestamp is None else timestamp) * 1000)
+    return [
+        Metric(key, float(value), now, step)
+        for key, value in metrics.items()
+        if "/" in key and isinstance(value, int | float) and math.isfinite(value)
+    ]

@@ -1,0 +1,71 @@
+"""Where MLflow keeps runs and models: the tracking URI, and a fast check that a server answers."""
+
+from __future__ import annotations
+
+import os
+
+from metasweep.orchestrator.errors import UserError
+
+DEFAULT_URI = "sqlite:///mlflow.db"
+
+
+def tracking_uri(configured: str | None) -> str:
+    """The tracking URI: the config's, else ``$MLFLOW_TRACKING_URI``, else a local SQLite file."""
+    return configured or os.environ.get("MLFLOW_TRACKING_URI") or DEFAULT_URI
+
+
+def check_reachable(uri: str, timeout: float = 10.0) -> None:
+    """Fail fast on a tracking server that does not answer or does not let us in (MLflow's own
+    client retries for minutes before it gives up).
+
+    Raises:
+        UserError: an ``http(s)://`` URI whose ``/health`` does not answer within ``timeout``,
+            or a server behind authentication that refuses the credentials in
+            ``$MLFLOW_TRACKING_USERNAME``/``$MLFLOW_TRACKING_PASSWORD`` (or their absence).
+    """
+    if not uri.startswith(("http://", "https://")):
+        return
+    import base64
+    import urllib.error
+    import urllib.request
+
+    base = uri.rstrip("/")
+    try:
+        urllib.request.urlopen(f"{base}/health", timeout=timeout).close()
+    except urllib.error.HTTPError:
+        pass  # it answered
+    except (urllib.error.URLError, OSError) as exc:
+        reason = getattr(exc, "reason", exc)
+        raise UserError(f"cannot reach the MLflow tracking server at {uri}: {reason}") from None
+    user, password = os.environ.get("MLFLOW_TRACKING_USERNAME"), os.environ.get("MLFLOW_TRACKING_PASSWORD")
+    request = urllib.request.Request(f"{base}/api/2.0/mlflow/experiments/search?max_results=1")
+    if user and password:
+        login = base64.b64encode(f"{user}:{password}".encode()).decode()
+        request.add_header("Authorization", f"Basic {login}")
+    elif os.environ.get("MLFLOW_TRACKING_TOKEN"):
+        request.add_header("Authorization", f"Bearer {os.environ['MLFLOW_TRACKING_TOKEN']}")
+    try:
+        urllib.request.urlopen(request, timeout=timeout).close()
+    except urllib.error.HTTPError as exc:
+        if exc.code == 401 and not (user and password):
+            raise UserError(
+                f"the MLflow tracking server at {uri} requires a login; set MLFLOW_TRACKING_USERNAME "
+                "and MLFLOW_TRACKING_PASSWORD"
+            ) from None
+        if exc.code in (401, 403):
+            raise UserError(
+                f"the MLflow tracking server at {uri} refused the login of MLFLOW_TRACKING_USERNAME="
+                f"{user!r} (HTTP {exc.code}); check the user name and password"
+            ) from None
+    except (urllib.error.URLError, OSError):
+        pass  # /health answered; let the client report anything else in context
+
+
+def use_store(uri: str) -> None:
+    """Point MLflow's fluent API (runs, ``register_model``, ``models:/`` URIs) at ``uri`` for
+    both tracking and registry: those calls read the process-wide URIs, not arguments, and a
+    stale ``MLFLOW_REGISTRY_URI`` must not send a model elsewhere."""
+    import mlflow
+
+    mlflow.set_tracking_uri(uri)
+    mlflow.set_registry_uri(uri)
