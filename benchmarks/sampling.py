@@ -38,10 +38,10 @@ def import_in_subprocess(out: Path) -> dict[str, float]:
     code = (
         "import resource, time, sys\n"
         "from pathlib import Path\n"
-        "from orchestrator.datasets import import_omniglot\n"
+        "from metasweep.orchestrator.data.importers import import_omniglot\n"
         "t = time.perf_counter()\n"
         f"import_omniglot([Path({str(OMNIGLOT / 'images_background.npz')!r}), "
-        f"Path({str(OMNIGLOT / 'images_evaluation.npz')!r})], {str(out)!r}, progress=False)\n"
+        f"Path({str(OMNIGLOT / 'images_evaluation.npz')!r})], {str(out)!r})\n"
         "print(time.perf_counter() - t, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)\n"
     )
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
@@ -55,7 +55,8 @@ def sampling_in_subprocess(dataset: Path, seconds: float) -> dict[str, float]:
     code = f"""
 import json, resource, time, torch
 torch.set_num_threads(1)
-from metasweep.orchestrator.datasets import EpisodeSampler, load_dataset
+from metasweep.orchestrator.data.format import load_dataset
+from metasweep.orchestrator.data.sampler import EpisodeSampler
 ds = load_dataset({str(dataset)!r})
 out = {{}}
 for ways, shots in ((5, 1), (20, 5)):

@@ -136,7 +136,8 @@ class RunConfig(_Section):
                 f"model {self.model.name!r} does not fit {what}; use model.name={' or '.join(fitting)}"
             )
         if task_kind not in capabilities.task_kinds:
-            raise ValueError(f"{self.algorithm} does not apply to {task_kind}")
+            does = " and ".join(_VERBS[kind] for kind in sorted(capabilities.task_kinds))
+            raise ValueError(f"{self.algorithm} {does}; it does not apply to {_TASKS[task_kind]}")
         defaults = RunConfig.model_construct()
         for name in fields_that_do_not_apply(capabilities):
             if _get(self, name) != _get(defaults, name):
@@ -186,10 +187,14 @@ class RunConfig(_Section):
         return self.eval.inner_steps if learner_class(self.algorithm).capabilities.inner_loop else None
 
 
+_VERBS = {"classification": "classifies", "regression": "regresses"}
+_TASKS = {"classification": "image classification", "regression": "sinusoid regression"}
+
+
 def _why(capabilities: Capabilities) -> str:
     if not capabilities.inner_loop:
-        return "it has no inner loop"
-    return "it is first order by construction"
+        return "has no inner loop"
+    return "is first order by construction"
 
 
 def _get(config: BaseModel, dotted: str) -> Any:
@@ -462,8 +467,7 @@ class SweepConfig(RunConfig):
             if not any(applies(key, algorithm) for algorithm in algorithms):
                 capabilities = learner_class(self.algorithm).capabilities
                 raise ValueError(
-                    f"search.space.{key}: {self.algorithm} does not use it ({_why(capabilities)}); "
-                    "drop it from the space"
+                    f"search.space.{key}: {self.algorithm} {_why(capabilities)}; drop it from the space"
                 )
         for point in self.search.initial_points:
             unknown = sorted(set(point) - set(self.search.space))
@@ -528,12 +532,10 @@ def _corners(spec: ParamSpec) -> list[Any]:
 
 
 def _check_space_key(key: str, spec: ParamSpec) -> None:
-    if key.split(".")[0] in ("search", "tracking"):
-        raise ValueError(f"search.space: {key} is not a run setting; search fields of the run only")
     try:
         annotation = resolve_key(RunConfig, key)[-1].annotation
     except _KeyError as exc:
-        raise ValueError(f"search.space.{key}: {exc}") from None
+        raise ValueError(f"search.space: {exc}") from None
     if spec.type in ("loguniform", "uniform") and annotation is not float:
         raise ValueError(
             f"search.space.{key}: {spec.type} draws floats but {key} is {_type_name(annotation)}"

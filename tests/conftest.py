@@ -1,3 +1,13 @@
+"""Shared helpers of the whole suite, handed out as fixtures (test modules never import each other).
+
+- ``run_cli(*args)``: the ``metasweep`` command line as a user runs it (``python -m metasweep``);
+- ``free_port()`` and ``wait_for_port(port, server, what, timeout)``: servers on 127.0.0.1;
+- ``make_folder(root, ...)``: an image folder of class subfolders;
+- ``omniglot``: the real Omniglot folder; tests marked ``data`` are skipped, saying why, when it
+  is absent;
+- ``edit_config(path, old, new)``: a config edit that fails when the text it replaces is not there.
+"""
+
 from __future__ import annotations
 
 import os
@@ -5,11 +15,21 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
+import numpy as np
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
+OMNIGLOT = ROOT.parent / "shared" / "data" / "omniglot"
+OMNIGLOT_MISSING = f"Omniglot data not found at {OMNIGLOT} (see shared/data/omniglot/README.md)"
+
+
+def pytest_runtest_setup(item: pytest.Item) -> None:
+    if item.get_closest_marker("data") and not (OMNIGLOT / "images_background_small1.zip").is_file():
+        pytest.skip(OMNIGLOT_MISSING)
 
 
 @pytest.fixture(autouse=True)
@@ -18,8 +38,19 @@ def _in_tmp_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.chdir(tmp_path)
 
 
-def run_cli(*args: str, timeout: float = 300) -> subprocess.CompletedProcess[str]:
-    """Run the installed ``metasweep`` entry point as a user would, in the current directory."""
+@pytest.fixture(scope="session")
+def root() -> Path:
+    """The repository's root folder."""
+    return ROOT
+
+
+@pytest.fixture(scope="session")
+def omniglot() -> Path:
+    """The real Omniglot folder (``../shared/data/omniglot``); mark the test ``data``."""
+    return OMNIGLOT
+
+
+def _run_cli(*args: str, timeout: float = 300) -> subprocess.CompletedProcess[str]:
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     return subprocess.run(
         [sys.executable, "-m", "metasweep", *args],
@@ -27,16 +58,27 @@ def run_cli(*args: str, timeout: float = 300) -> subprocess.CompletedProcess[str
     )  # fmt: skip
 
 
-def free_port() -> int:
-    """A TCP port on 127.0.0.1 that nothing listens on right now."""
+@pytest.fixture(scope="session")
+def run_cli() -> Callable[..., subprocess.CompletedProcess[str]]:
+    """``run_cli(*args, timeout=300)``: ``python -m metasweep ARGS`` in the test's directory."""
+    return _run_cli
+
+
+def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
 
 
-def wait_for_port(port: int, server: subprocess.Popen, what: str, timeout: float) -> None:
-    """Wait until ``server`` accepts connections on 127.0.0.1:``port``; fail the test if it dies
-    or does not listen within ``timeout`` seconds."""
+@pytest.fixture(scope="session")
+def free_port() -> Callable[[], int]:
+    """``free_port()``: a TCP port on 127.0.0.1 that nothing listens on right now."""
+    return _free_port
+
+
+def _wait_for_port(
+    port: int, server: subprocess.Popen[bytes] | subprocess.Popen[str], what: str, timeout: float
+) -> None:
     deadline = time.time() + timeout
     while True:
         try:
@@ -47,3 +89,82 @@ def wait_for_port(port: int, server: subprocess.Popen, what: str, timeout: float
                 server.kill()
                 pytest.fail(f"{what} did not start on 127.0.0.1:{port}")
             time.sleep(0.2)
+
+
+@pytest.fixture(scope="session")
+def wait_for_port() -> Callable[..., None]:
+    """``wait_for_port(port, server, what, timeout)``: wait until ``server`` accepts connections on
+    127.0.0.1:``port``; fail the test if it dies or does not listen within ``timeout`` seconds."""
+    return _wait_for_port
+
+
+def _make_folder(root: Path, classes: int = 6, per_class: int = 5, size: int = 12, mode: str = "L") -> Path:
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    for c in range(classes):
+        folder = root / f"class_{c:02d}"
+        folder.mkdir(parents=True)
+        for j in range(per_class):
+            shape = (size, size) if mode == "L" else (size, size, 3)
+            Image.fromarray(rng.integers(0, 256, shape, dtype=np.uint8), mode=mode).save(folder / f"{j}.png")
+    return root
+
+
+@pytest.fixture(scope="session")
+def make_folder() -> Callable[..., Path]:
+    """``make_folder(root, classes=6, per_class=5, size=12, mode="L")``: ``root/class_i/j.png`` with
+    distinct, reproducible pixels per image."""
+    return _make_folder
+
+
+def _edit_config(path: Path, old: str, new: str) -> Path:
+    text = path.read_text()
+    assert old in text, f"{path.name} does not contain {old!r}: the edit would change nothing"
+    path.write_text(text.replace(old, new))
+    return path
+
+
+@pytest.fixture(scope="session")
+def edit_config() -> Callable[[Path, str, str], Path]:
+    """``edit_config(path, old, new)``: replace ``old`` by ``new`` in a file, failing loudly when
+    ``old`` is not in it (a test must not silently run the unedited config)."""
+    return _edit_config
+
+
+def _served_spec(algorithm: str, ways: int = 5) -> Any:
+    from metasweep.orchestrator.config import RunConfig
+    from metasweep.orchestrator.tracking.model import ModelSpec
+
+    if algorithm == "sinusoid":
+        config = RunConfig.model_validate({"eval": {"inner_steps": 2}})
+        return ModelSpec(config.problem(None), config.learner_spec(), config.eval_inner_steps)
+    settings: dict[str, Any] = {
+        "algorithm": algorithm, "model": {"name": "conv4", "filters": 8},
+        "data": {"dataset": "images.parquet", "ways": ways, "shots": 1},
+    }  # fmt: skip
+    if algorithm != "protonet":
+        settings |= {"train": {"inner_lr": 0.4}, "eval": {"inner_steps": 2}}
+    config = RunConfig.model_validate(settings)
+    problem = config.problem({"image_shape": [28, 28, 1], "invert": False, "name": "synthetic"})
+    return ModelSpec(problem, config.learner_spec(), config.eval_inner_steps)
+
+
+@pytest.fixture(scope="session")
+def served_spec() -> Callable[..., Any]:
+    """``served_spec(algorithm, ways=5)``: the ``ModelSpec`` a sweep records for a small Conv-4 on
+    28x28 grayscale images (``algorithm="sinusoid"``: the default MAML sinusoid regressor)."""
+    return _served_spec
+
+
+def _five_images(seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    support = rng.integers(0, 256, (5, 28, 28), dtype=np.uint8)
+    return support, rng.permutation(5)
+
+
+@pytest.fixture(scope="session")
+def five_images() -> Callable[..., tuple[np.ndarray, np.ndarray]]:
+    """``five_images(seed=0)``: five random uint8 28x28 images (one per class) and a shuffled
+    order to query them in."""
+    return _five_images

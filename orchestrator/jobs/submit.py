@@ -30,7 +30,7 @@ import psutil
 import metasweep.algorithms
 import metasweep.orchestrator
 from metasweep.orchestrator.config import SWEEP_STORAGE, RunConfig, SweepConfig, to_yaml
-from metasweep.orchestrator.data.storage import absolute, filesystem_type, is_shared
+from metasweep.orchestrator.data.storage import SHARED_FILESYSTEMS, absolute, filesystem_type
 from metasweep.orchestrator.errors import UserError
 from metasweep.orchestrator.jobs.client import Cluster
 from metasweep.orchestrator.tracking.store import check_reachable, tracking_uri
@@ -94,8 +94,8 @@ def check_dataset(config: RunConfig, local_cluster: bool) -> str:
         raise UserError(f"data.dataset {dataset!r} does not exist on this machine")
     if local_cluster:
         return str(path)
-    if not is_shared(path):
-        fs = filesystem_type(path)
+    fs = filesystem_type(path)
+    if fs not in SHARED_FILESYSTEMS:
         raise UserError(
             f"data.dataset {dataset!r} is on this machine's local disk ({fs}); the cluster's nodes "
             "cannot read it. Copy it to object storage (s3://..., gs://...) or a shared file system "

@@ -23,7 +23,6 @@ from metasweep.algorithms.testing import (
     snapshot,
 )
 
-
 # Helpers are handed out as fixtures (pytest's "factory as fixture" pattern) so the test modules
 # never import from this file, whatever --import-mode is used.
 

@@ -10,7 +10,17 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from metasweep.algorithms import MAML, MLP, Conv4, Episode, MetaSGD, ProtoNet, SinusoidTasks, evaluate, fixed_episodes
+from metasweep.algorithms import (
+    MAML,
+    MLP,
+    Conv4,
+    Episode,
+    MetaSGD,
+    ProtoNet,
+    SinusoidTasks,
+    evaluate,
+    fixed_episodes,
+)
 
 
 @pytest.fixture
@@ -96,7 +106,11 @@ def test_evaluation_leaves_the_learner_unchanged(
     else:
         cls = MAML if algorithm == "maml" else MetaSGD
         learner = cls(build(MLP, 0), inner_lr=0.01, inner_steps=3, loss_fn=F.mse_loss)
-        episodes, kind, steps = fixed_episodes(SinusoidTasks(), tasks=6, batch_size=3, seed=0), "regression", 5
+        episodes, kind, steps = (
+            fixed_episodes(SinusoidTasks(), tasks=6, batch_size=3, seed=0),
+            "regression",
+            5,
+        )
     before = state(learner)
     evaluate(learner, episodes, task_kind=kind, inner_steps=steps)
     check_unchanged(learner, before)

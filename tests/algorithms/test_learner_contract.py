@@ -51,7 +51,9 @@ CONTRACTS = [c for c in list(globals().values()) if isinstance(c, type) and issu
 
 
 def test_every_registered_learner_runs_the_contract_in_every_order_it_supports() -> None:
-    covered = {(c.learner_class, bool(c.options.get("first_order"))) for c in CONTRACTS if c is not LearnerContract}
+    covered = {
+        (c.learner_class, bool(c.options.get("first_order"))) for c in CONTRACTS if c is not LearnerContract
+    }
     for cls in ALGORITHMS.values():
         assert (cls, False) in covered, f"{cls.__name__} has no contract class in this module"
         if cls.capabilities.second_order:

@@ -22,11 +22,9 @@ import psutil
 import pytest
 from mlflow.tracking import MlflowClient
 
-from tests.conftest import ROOT, free_port, run_cli
-
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
-SCRIPTS = ROOT / "cluster" / "local"
+SCRIPTS = Path(__file__).resolve().parents[2] / "cluster" / "local"
 POSTGRES = bool(glob.glob("/usr/lib/postgresql/*/bin/pg_ctl"))
 EVAL_EVERY = 20
 
@@ -66,14 +64,14 @@ class Cluster:
     def client(self) -> MlflowClient:
         return MlflowClient(self.tracking)
 
-    def submit(self, config: Path, *args: str) -> str:
+    def submit(run_cli, self, config: Path, *args: str) -> str:
         result = run_cli(
             "submit", str(config), "--address", self.address, "--storage", str(self.storage), *args
         )
         assert result.returncode == 0, (result.stdout[-3000:], result.stderr[-3000:])
         return result.stdout.strip().splitlines()[0]  # the job id; --wait's log follows
 
-    def wait(self, job_id: str, timeout: float = 420) -> str:
+    def wait(run_cli, self, job_id: str, timeout: float = 420) -> str:
         deadline = time.time() + timeout
         while time.time() < deadline:
             status = run_cli("jobs", "status", job_id, "--address", self.address).stdout
@@ -85,7 +83,7 @@ class Cluster:
 
 
 @pytest.fixture(scope="module")
-def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
+def cluster(free_port, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
     folder = tmp_path_factory.mktemp("cluster")
     ports = {
         "RAY_PORT": free_port(),
@@ -159,7 +157,7 @@ def assert_complete(client: MlflowClient, sweep: str, trials: int, iterations: i
     return runs
 
 
-def test_submitted_sweep_spreads_over_nodes_registers_a_champion_and_pulls(cluster: Cluster) -> None:
+def test_submitted_sweep_spreads_over_nodes_registers_a_champion_and_pulls(run_cli, cluster: Cluster) -> None:
     job = cluster.submit(sweep_file("spread"), "--wait")
     assert job.startswith("metasweep-spread-")
     client = cluster.client()
@@ -185,7 +183,7 @@ def test_submitted_sweep_spreads_over_nodes_registers_a_champion_and_pulls(clust
     assert listed.returncode == 0 and job in listed.stdout and "SUCCEEDED" in listed.stdout
 
 
-def test_sweep_with_address_drives_the_cluster_from_this_machine(cluster: Cluster) -> None:
+def test_sweep_with_address_drives_the_cluster_from_this_machine(run_cli, cluster: Cluster) -> None:
     """`metasweep sweep --address` (no job): this process is the driver, trials run on the nodes."""
     ray_port = cluster.env["RAY_PORT"]
     result = run_cli(
@@ -196,7 +194,7 @@ def test_sweep_with_address_drives_the_cluster_from_this_machine(cluster: Cluste
     assert all(r.data.tags["metasweep.node_id"] for r in runs)
 
 
-def test_killed_worker_node_trials_restart_from_checkpoints(cluster: Cluster) -> None:
+def test_killed_worker_node_trials_restart_from_checkpoints(run_cli, cluster: Cluster) -> None:
     iterations = 400
     job = cluster.submit(sweep_file("nodekill", iterations=iterations, trials=2))
     client = cluster.client()
@@ -217,7 +215,7 @@ def test_killed_worker_node_trials_restart_from_checkpoints(cluster: Cluster) ->
     assert len(moved) == 1, [r.data.tags["metasweep.nodes"] for r in runs]
 
 
-def test_mlflow_server_restart_loses_no_metrics(cluster: Cluster) -> None:
+def test_mlflow_server_restart_loses_no_metrics(run_cli, cluster: Cluster) -> None:
     iterations = 400
     job = cluster.submit(sweep_file("restart", iterations=iterations, trials=2))
     client = cluster.client()
@@ -241,7 +239,7 @@ def test_mlflow_server_restart_loses_no_metrics(cluster: Cluster) -> None:
     assert during, "no metric was measured while the server was down; the outage tested nothing"
 
 
-def test_stopped_driver_resumes_without_rerunning_finished_trials(cluster: Cluster) -> None:
+def test_stopped_driver_resumes_without_rerunning_finished_trials(run_cli, cluster: Cluster) -> None:
     config = sweep_file("resume", iterations=200, trials=3, concurrent=1)
     job = cluster.submit(config)
     client = cluster.client()
@@ -267,7 +265,7 @@ def test_stopped_driver_resumes_without_rerunning_finished_trials(cluster: Clust
             assert history == sorted(set(history))
 
 
-def test_authentication_and_loopback_only(cluster: Cluster, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_authentication_and_loopback_only(run_cli, cluster: Cluster, monkeypatch: pytest.MonkeyPatch) -> None:
     config = sweep_file("auth", trials=1, concurrent=1)
     before = run_cli("jobs", "list", "--address", cluster.address).stdout
 
@@ -298,7 +296,7 @@ def test_authentication_and_loopback_only(cluster: Cluster, monkeypatch: pytest.
         assert listening == {"127.0.0.1"}, (url, listening)
 
 
-def test_bad_submissions_exit_2_and_submit_nothing(cluster: Cluster) -> None:
+def test_bad_submissions_exit_2_and_submit_nothing(free_port, run_cli, cluster: Cluster) -> None:
     before = run_cli("jobs", "list", "--address", cluster.address).stdout
     config = sweep_file("bad", trials=1, concurrent=1)
 

@@ -14,8 +14,6 @@ import numpy as np
 import pytest
 from mlflow.tracking import MlflowClient
 
-from tests.conftest import free_port, run_cli, wait_for_port
-
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 SWEEP = """
@@ -36,7 +34,7 @@ tracking: {experiment: served, registered_model: served-sine}
 
 
 @pytest.fixture
-def mlflow_server(tmp_path: Path) -> Iterator[str]:
+def mlflow_server(free_port, wait_for_port, tmp_path: Path) -> Iterator[str]:
     port = free_port()
     server = subprocess.Popen(
         [
@@ -54,7 +52,7 @@ def mlflow_server(tmp_path: Path) -> Iterator[str]:
 
 
 def test_sweep_registers_on_a_tracking_server_and_pulls_offline(
-    mlflow_server: str, monkeypatch: pytest.MonkeyPatch
+    run_cli, mlflow_server: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # mlflow.set_*_uri below also export MLFLOW_*_URI to later subprocesses; scope them to this test.
     monkeypatch.setenv("MLFLOW_TRACKING_URI", "")
@@ -84,7 +82,7 @@ def test_sweep_registers_on_a_tracking_server_and_pulls_offline(
     np.testing.assert_array_equal(remote.predict(batch), local.predict(batch))
 
 
-def test_unreachable_tracking_server_fails_before_any_trial() -> None:
+def test_unreachable_tracking_server_fails_before_any_trial(free_port, run_cli) -> None:
     Path("sweep.yaml").write_text(SWEEP)
     started = time.time()
     result = run_cli(
@@ -97,7 +95,7 @@ def test_unreachable_tracking_server_fails_before_any_trial() -> None:
     assert time.time() - started < 60, "an unreachable server must fail fast, not after retries"
 
 
-def test_metasweep_ui_serves_the_store_on_loopback(tmp_path: Path) -> None:
+def test_metasweep_ui_serves_the_store_on_loopback(free_port, wait_for_port, tmp_path: Path) -> None:
     import urllib.request
 
     port = free_port()

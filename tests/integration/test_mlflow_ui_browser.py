@@ -21,8 +21,6 @@ from typing import TYPE_CHECKING
 import pytest
 from mlflow.tracking import MlflowClient
 
-from tests.conftest import free_port, run_cli, wait_for_port
-
 if TYPE_CHECKING:
     from playwright.sync_api import Page
 
@@ -89,7 +87,9 @@ def stop_group(process: subprocess.Popen) -> None:
 
 
 @pytest.fixture
-def swept_ui(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[tuple[str, str]]:
+def swept_ui(
+    free_port, run_cli, wait_for_port, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> Iterator[tuple[str, str]]:
     """``metasweep ui`` on 127.0.0.1 (its URL) on a SQLite store (its URI) that holds one finished
     sweep with two trials and a registered champion.
 

@@ -13,17 +13,16 @@ import pyarrow.fs as pafs
 import pytest
 import torch
 
-from metasweep.orchestrator import datasets
-from metasweep.orchestrator.datasets import EpisodeSampler, load_dataset
+from metasweep.orchestrator.data import importers
+from metasweep.orchestrator.data.format import load_dataset
+from metasweep.orchestrator.data.sampler import EpisodeSampler
 from metasweep.orchestrator.errors import UserError
-from tests.conftest import free_port, run_cli, wait_for_port
-from tests.orchestrator.test_datasets import make_folder
 
 pytestmark = pytest.mark.integration
 
 
 @pytest.fixture(scope="module")
-def s3_endpoint() -> Iterator[str]:
+def s3_endpoint(free_port, wait_for_port) -> Iterator[str]:
     """Start moto's S3 server on 127.0.0.1 and make a bucket through pyarrow itself."""
     port = free_port()
     env = {**os.environ, "AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing"}
@@ -53,11 +52,11 @@ def s3_env(s3_endpoint: str, monkeypatch: pytest.MonkeyPatch) -> str:
     return s3_endpoint
 
 
-def test_s3_round_trip(tmp_path: Path, s3_env: str) -> None:
+def test_s3_round_trip(make_folder, run_cli, tmp_path: Path, s3_env: str) -> None:
     root = make_folder(tmp_path / "p", classes=8, per_class=4, size=8)
     local = tmp_path / "d.parquet"
-    datasets.import_image_folder(root, str(local), seed=1, progress=False)
-    datasets.import_image_folder(root, "s3://episodes/d.parquet", seed=1, progress=False)
+    importers.import_image_folder(root, str(local), seed=1)
+    importers.import_image_folder(root, "s3://episodes/d.parquet", seed=1)
 
     remote = load_dataset("s3://episodes/d.parquet")
     here = load_dataset(str(local))
@@ -74,7 +73,9 @@ def test_s3_round_trip(tmp_path: Path, s3_env: str) -> None:
     assert "fixed_size_binary[64]" in info.stdout
 
 
-def test_s3_missing_object_and_unreachable_endpoint(s3_env: str, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_s3_missing_object_and_unreachable_endpoint(
+    free_port, run_cli, s3_env: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
     with pytest.raises(UserError, match="does not exist"):
         load_dataset("s3://episodes/absent.parquet")
     monkeypatch.setenv("AWS_ENDPOINT_URL", f"http://127.0.0.1:{free_port()}")
@@ -85,13 +86,15 @@ def test_s3_missing_object_and_unreachable_endpoint(s3_env: str, monkeypatch: py
     assert time.time() - started < 60
 
 
-def test_s3_wrong_bucket_is_a_clear_error(s3_env: str) -> None:
+def test_s3_wrong_bucket_is_a_clear_error(run_cli, s3_env: str) -> None:
     result = run_cli("data", "info", "s3://no-such-bucket/d.parquet")
     assert result.returncode == 2
     assert "metasweep: error:" in result.stderr and "Traceback" not in result.stderr
 
 
-def test_s3_unauthorized_is_a_clear_error(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_s3_unauthorized_is_a_clear_error(
+    free_port, run_cli, wait_for_port, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """A server that enforces credentials (moto with IAM authentication on) refuses unknown keys."""
     port = free_port()
     env = {**os.environ, "INITIAL_NO_AUTH_ACTION_COUNT": "0"}

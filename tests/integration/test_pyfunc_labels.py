@@ -13,21 +13,25 @@ import numpy as np
 import pytest
 from mlflow.exceptions import MlflowException
 
-from metasweep.orchestrator.config import RunConfig
-from metasweep.orchestrator.pyfunc_model import build_from_spec
-from metasweep.orchestrator.tracking import SweepTracker, log_and_register
-from tests.orchestrator.test_pyfunc_model import IDS, NAMES, episode, image_spec
+from metasweep.orchestrator.learner import build_learner
+from metasweep.orchestrator.tracking.registry import Candidate, register
+from metasweep.orchestrator.tracking.runs import SweepTracker
 
 pytestmark = [pytest.mark.integration]
 
+NAMES = np.array(["Gimel", "Alef", "He", "Bet", "Dalet"])
+IDS = np.array([7, 42, 3, 19, 5])
+
 
 @pytest.fixture(scope="module")
-def registered(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, str]]:
+def registered(
+    five_images, served_spec, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[dict[str, str]]:
     """A ProtoNet logged with a string-labelled input example, a 5-way MAML logged with an
     integer-labelled one and a sinusoid regressor, as ``models:/`` URIs of their champions."""
     folder = tmp_path_factory.mktemp("store")
     uri = f"sqlite:///{folder / 'mlflow.db'}"
-    support, order = episode()
+    support, order = five_images()
     models = {}
     with pytest.MonkeyPatch.context() as env:
         # Registration points MLflow's process-wide URIs, and the variables it exports for
@@ -38,24 +42,22 @@ def registered(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, s
             tracker = SweepTracker(uri, "labels", "labels")
             tracker.open(resume=False)
             for algorithm, labels in (("protonet", NAMES), ("maml", IDS)):
-                spec = image_spec(algorithm)
-                weights = build_from_spec(spec).state_dict()
+                spec = served_spec(algorithm)
+                weights = build_learner(spec.learner, spec.problem).state_dict()
                 example = {"support_x": support, "support_y": labels, "query_x": support[order]}
-                registration = log_and_register(
-                    tracker, name=f"labels-{algorithm}", weights=weights, spec=spec, input_example=example,
-                    metric="test/accuracy", value=0.5, mode="max", fingerprint="synthetic", protocol="p",
+                registration = register(
+                    tracker, name=f"labels-{algorithm}", spec=spec, weights=weights, input_example=example,
+                    candidate=Candidate("test/accuracy", 0.5, "max", "synthetic", "p"),
                 )  # fmt: skip
                 assert registration.alias == "champion"
                 models[algorithm] = f"models:/labels-{algorithm}@champion"
-            spec = {
-                "config": RunConfig().model_dump(mode="json"), "eval_inner_steps": 2, "ways": 5,
-                "task_kind": "regression", "image_shape": None, "invert": False,
-            }  # fmt: skip
+            spec = served_spec("sinusoid")
             x = np.linspace(-5, 5, 8, dtype=np.float32).reshape(-1, 1)
-            log_and_register(
-                tracker, name="labels-sinusoid", weights=build_from_spec(spec).state_dict(), spec=spec,
+            register(
+                tracker, name="labels-sinusoid", spec=spec,
+                weights=build_learner(spec.learner, spec.problem).state_dict(),
                 input_example={"support_x": x[:5], "support_y": np.sin(x[:5]), "query_x": x[5:]},
-                metric="test/mse", value=0.5, mode="min", fingerprint="sinusoid", protocol="p",
+                candidate=Candidate("test/mse", 0.5, "min", "sinusoid", "p"),
             )  # fmt: skip
             models["sinusoid"] = "models:/labels-sinusoid@champion"
         yield models
@@ -63,9 +65,9 @@ def registered(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, s
         mlflow.set_registry_uri(None)
 
 
-def test_string_and_integer_labels_come_back_as_given(registered: dict[str, str]) -> None:
+def test_string_and_integer_labels_come_back_as_given(five_images, registered: dict[str, str]) -> None:
     model = mlflow.pyfunc.load_model(registered["protonet"])
-    support, order = episode()
+    support, order = five_images()
     # One shot per class and queries identical to support images: ProtoNet's answer is known
     # without training (each query sits on its own prototype).
     names = model.predict({"support_x": support, "support_y": NAMES, "query_x": support[order]})
@@ -88,11 +90,11 @@ def test_string_and_integer_labels_come_back_as_given(registered: dict[str, str]
     assert rgb_pred.tolist() == NAMES[order].tolist()
 
 
-def test_json_labels_come_back_as_strings_and_integers(registered: dict[str, str]) -> None:
+def test_json_labels_come_back_as_strings_and_integers(five_images, registered: dict[str, str]) -> None:
     from mlflow.pyfunc.scoring_server import infer_and_parse_data
 
     model = mlflow.pyfunc.load_model(registered["protonet"])
-    support, order = episode()
+    support, order = five_images()
     for labels in (NAMES, IDS):
         # A request body, parsed against the signature as `mlflow models serve` parses it.
         body = {"inputs": {"support_x": support.tolist(), "support_y": labels.tolist(),
@@ -128,9 +130,11 @@ def test_renamed_classes_get_the_same_predictions(registered: dict[str, str]) ->
         ("six classes", ValueError, "6 classes but the model was trained for 5 ways"),
     ],
 )
-def test_bad_inputs_are_refused(registered: dict[str, str], change: Any, error: type, message: str) -> None:
+def test_bad_inputs_are_refused(
+    five_images, registered: dict[str, str], change: Any, error: type, message: str
+) -> None:
     model = mlflow.pyfunc.load_model(registered["maml"])
-    support, _ = episode()
+    support, _ = five_images()
     model_input = {"support_x": support, "support_y": NAMES, "query_x": support}
     if change == "ragged":
         ragged = np.empty(2, dtype=object)

@@ -9,9 +9,6 @@ import numpy as np
 import pytest
 from mlflow.tracking import MlflowClient
 
-from tests.conftest import run_cli
-from tests.orchestrator.test_datasets import OMNIGLOT, needs_omniglot
-
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 SWEEP = """
@@ -35,9 +32,9 @@ def uri() -> str:
     return f"sqlite:///{Path('mlflow.db').absolute()}"
 
 
-@needs_omniglot
-def test_champion_pull_and_adapt(tmp_path: Path) -> None:
-    archive = str(OMNIGLOT / "images_background_small1.zip")
+@pytest.mark.data
+def test_champion_pull_and_adapt(omniglot, run_cli, tmp_path: Path) -> None:
+    archive = str(omniglot / "images_background_small1.zip")
     made = run_cli("data", "import", archive, "--out", "small.parquet", "--train-classes", "100",
                    "--val-classes", "16", "--no-progress")  # fmt: skip
     assert made.returncode == 0, made.stderr
@@ -62,7 +59,7 @@ def test_champion_pull_and_adapt(tmp_path: Path) -> None:
     assert "champion" in listed.stdout and "challenger" in listed.stdout
 
     # Support and query images from the test split, as a user would have them on disk.
-    from orchestrator.datasets import load_dataset
+    from metasweep.orchestrator.data.format import load_dataset
 
     ds = load_dataset(str(Path("small.parquet").absolute()))
     classes = ds.classes_in("test")[:5]

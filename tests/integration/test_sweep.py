@@ -9,8 +9,6 @@ from pathlib import Path
 import pytest
 from mlflow.tracking import MlflowClient
 
-from tests.conftest import run_cli
-
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 SWEEP = """
@@ -53,7 +51,7 @@ def live_trial_runs() -> list:
     return [r for r in runs if "metasweep.trial_id" in r.data.tags]
 
 
-def test_sweep_tracks_every_trial_as_a_child_run(tmp_path: Path) -> None:
+def test_sweep_tracks_every_trial_as_a_child_run(run_cli, tmp_path: Path) -> None:
     Path("sweep.yaml").write_text(SWEEP.format(name="s1"))
     result = run_cli("sweep", "sweep.yaml", timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
@@ -96,7 +94,7 @@ def test_sweep_tracks_every_trial_as_a_child_run(tmp_path: Path) -> None:
         assert "test/mse" not in child.data.metrics, "test tasks must not be seen by trials"
 
 
-def test_bad_sweeps_exit_2_and_leave_no_run(tmp_path: Path) -> None:
+def test_bad_sweeps_exit_2_and_leave_no_run(run_cli, tmp_path: Path) -> None:
     Path("sweep.yaml").write_text(SWEEP.format(name="bad"))
     cases = [
         (
@@ -124,7 +122,7 @@ def test_bad_sweeps_exit_2_and_leave_no_run(tmp_path: Path) -> None:
         assert experiment is None or not client.search_runs([experiment.experiment_id])
 
 
-def test_sweep_resumes_after_the_driver_is_killed(tmp_path: Path) -> None:
+def test_sweep_resumes_after_the_driver_is_killed(run_cli, tmp_path: Path) -> None:
     """SIGKILL the driver once two trials have finished; --resume completes the sweep, re-runs
     no finished trial, and MLflow keeps one child run per trial with gap-free histories."""
     import os
@@ -241,7 +239,7 @@ def test_a_crashed_trial_continues_from_its_checkpoint(tmp_path: Path) -> None:
     assert history == list(range(20, 4001, 20)), history
 
 
-def test_a_diverging_trial_scores_worst_and_the_sweep_goes_on(tmp_path: Path) -> None:
+def test_a_diverging_trial_scores_worst_and_the_sweep_goes_on(run_cli, tmp_path: Path) -> None:
     config = (
         SWEEP.format(name="d1")
         .replace("{type: loguniform, low: 0.001, high: 0.05}", "{type: categorical, values: [0.01, 50.0]}")

@@ -8,11 +8,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tests.conftest import ROOT, run_cli
-from tests.orchestrator.test_datasets import OMNIGLOT, make_folder, needs_omniglot
 
-
-def test_import_info_preview(tmp_path: Path) -> None:
+def test_import_info_preview(make_folder, run_cli, tmp_path: Path) -> None:
     root = make_folder(tmp_path / "photos", classes=10, per_class=4)
     result = run_cli("data", "import", str(root), "--out", "d.parquet", "--split-ratios", "0.6,0.2,0.2")
     assert result.returncode == 0, result.stderr
@@ -47,7 +44,9 @@ def test_import_info_preview(tmp_path: Path) -> None:
         ("badimg", ["data", "import", "p", "--out", "o.parquet"], "is not a readable image"),
     ],
 )
-def test_bad_data_input_exits_2_and_leaves_nothing(make: str, args: list[str], expected: str) -> None:
+def test_bad_data_input_exits_2_and_leaves_nothing(
+    make_folder, run_cli, make: str, args: list[str], expected: str
+) -> None:
     if make == "empty":
         Path("empty").mkdir()
     if make in ("folder", "badimg"):
@@ -61,10 +60,10 @@ def test_bad_data_input_exits_2_and_leaves_nothing(make: str, args: list[str], e
     assert not list(Path().glob("*.parquet")) and not list(Path().glob(".*tmp*"))
 
 
-def test_impossible_episode_is_refused_before_training(tmp_path: Path) -> None:
+def test_impossible_episode_is_refused_before_training(make_folder, root, run_cli, tmp_path: Path) -> None:
     make_folder(Path("p"), classes=10, per_class=4)
     assert run_cli("data", "import", "p", "--out", "d.parquet").returncode == 0
-    config = str(ROOT / "examples" / "omniglot_protonet_5w1s.yaml")
+    config = str(root / "examples" / "omniglot_protonet_5w1s.yaml")
     result = run_cli(
         "train",
         config,
@@ -85,13 +84,13 @@ def test_impossible_episode_is_refused_before_training(tmp_path: Path) -> None:
     assert not Path("runs").exists()
 
 
-@needs_omniglot
+@pytest.mark.data
 @pytest.mark.slow
-def test_protonet_on_real_omniglot_beats_chance() -> None:
+def test_protonet_on_real_omniglot_beats_chance(omniglot, root, run_cli) -> None:
     """ProtoNet on the real small Omniglot archives, a short budget: far above 20% chance."""
     archives = [
-        str(OMNIGLOT / "images_background_small1.zip"),
-        str(OMNIGLOT / "images_background_small2.zip"),
+        str(omniglot / "images_background_small1.zip"),
+        str(omniglot / "images_background_small2.zip"),
     ]
     imported = run_cli(
         "data",
@@ -107,7 +106,7 @@ def test_protonet_on_real_omniglot_beats_chance() -> None:
     )
     assert imported.returncode == 0, imported.stderr
     result = run_cli(
-        "train", str(ROOT / "examples" / "omniglot_protonet_5w1s.yaml"),
+        "train", str(root / "examples" / "omniglot_protonet_5w1s.yaml"),
         "--set", "data.dataset=small.parquet", "--set", "train.iterations=150",
         "--set", "train.meta_batch_size=2", "--set", "train.eval_every=150", "--set", "model.filters=32",
         "--set", "eval.val_tasks=50", "--set", "eval.test_tasks=200", "--no-progress",
@@ -117,12 +116,12 @@ def test_protonet_on_real_omniglot_beats_chance() -> None:
     assert metrics["test/accuracy"] - metrics["test/accuracy_ci95"] > 0.6, metrics
 
 
-def test_training_split_is_configurable(tmp_path: Path) -> None:
+def test_training_split_is_configurable(make_folder, root, run_cli, tmp_path: Path) -> None:
     make_folder(Path("p"), classes=10, per_class=4)
     assert (
         run_cli("data", "import", "p", "--out", "d.parquet", "--split-ratios", "0.3,0.3,0.4").returncode == 0
     )
-    config = str(ROOT / "examples" / "omniglot_protonet_5w1s.yaml")
+    config = str(root / "examples" / "omniglot_protonet_5w1s.yaml")
     common = ["--set", "data.dataset=d.parquet", "--set", "data.rotations=false", "--set", "data.shots=1",
               "--set", "data.queries=1"]  # fmt: skip
     refused = run_cli("train", config, *common, "--set", "data.ways=4")

@@ -8,9 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from tests.conftest import ROOT, run_cli
-
-EXAMPLE = str(ROOT / "examples" / "sinusoid_maml.yaml")
+EXAMPLE = str(Path(__file__).resolve().parents[2] / "examples" / "sinusoid_maml.yaml")
 SHORT = [
     "--set", "train.eval_every=200",
     "--set", "eval.val_tasks=50",
@@ -25,7 +23,7 @@ def last_json(stdout: str) -> dict[str, float]:
 
 
 @pytest.mark.slow
-def test_training_beats_the_untrained_model_and_is_deterministic() -> None:
+def test_training_beats_the_untrained_model_and_is_deterministic(run_cli) -> None:
     untrained = run_cli("train", EXAMPLE, "--set", "train.iterations=0", "--set", "name=zero", *SHORT)
     assert untrained.returncode == 0, untrained.stderr
     first = run_cli("train", EXAMPLE, "--set", "train.iterations=600", "--set", "name=a", *SHORT)
@@ -49,7 +47,7 @@ def test_training_beats_the_untrained_model_and_is_deterministic() -> None:
 
 
 @pytest.mark.slow
-def test_resume_continues_from_the_checkpoint() -> None:
+def test_resume_continues_from_the_checkpoint(run_cli) -> None:
     straight = run_cli("train", EXAMPLE, "--set", "train.iterations=400", "--set", "name=s", *SHORT)
     assert straight.returncode == 0, straight.stderr
     half = run_cli("train", EXAMPLE, "--set", "train.iterations=200", "--set", "name=r", *SHORT)
@@ -64,7 +62,7 @@ def test_resume_continues_from_the_checkpoint() -> None:
 
 
 @pytest.mark.slow
-def test_evaluate_rescores_with_other_inner_steps() -> None:
+def test_evaluate_rescores_with_other_inner_steps(run_cli) -> None:
     trained = run_cli("train", EXAMPLE, "--set", "train.iterations=200", "--set", "name=e", *SHORT)
     assert trained.returncode == 0, trained.stderr
     ten = run_cli("evaluate", "runs/e")
@@ -92,7 +90,7 @@ def test_evaluate_rescores_with_other_inner_steps() -> None:
         (["evaluate", "runs/none", "--set", "train.inner_lr=1"], "only takes eval.* overrides"),
     ],
 )
-def test_bad_input_exits_2_with_one_message(args: list[str], expected: str) -> None:
+def test_bad_input_exits_2_with_one_message(run_cli, args: list[str], expected: str) -> None:
     result = run_cli(*args)
     assert result.returncode == 2, result.stderr
     assert expected in result.stderr
@@ -102,14 +100,14 @@ def test_bad_input_exits_2_with_one_message(args: list[str], expected: str) -> N
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has a GPU")
-def test_cuda_without_gpu_exits_2() -> None:
+def test_cuda_without_gpu_exits_2(run_cli) -> None:
     result = run_cli("train", EXAMPLE, "--set", "device=cuda")
     assert result.returncode == 2
     assert "no CUDA GPU is visible" in result.stderr
     assert not Path("runs").exists()
 
 
-def test_help_lists_commands_and_options() -> None:
+def test_help_lists_commands_and_options(run_cli) -> None:
     top = run_cli("--help")
     assert top.returncode == 0
     assert "train" in top.stdout and "evaluate" in top.stdout

@@ -123,7 +123,7 @@ def test_sweep_space_is_checked_against_the_run_schema() -> None:
 
     good = load_config(None, ["search.space={train.inner_lr: {type: loguniform, low: 0.01, high: 1}}"],
                        schema=SweepConfig)  # fmt: skip
-    assert good.objective == ("val/mse", "min")
+    assert good.objective(good.problem(None)) == ("val/mse", "min")
     assert good.run_config({"train.inner_lr": 0.5}).train.inner_lr == 0.5
     bad = {
         "search.space={train.inner_lrr: {type: uniform, low: 0, high: 1}}": "did you mean 'inner_lr'",

@@ -13,27 +13,10 @@ import pytest
 import torch
 from PIL import Image
 
-from metasweep.orchestrator import datasets
-from metasweep.orchestrator.datasets import EpisodeSampler, load_dataset, read_metadata
+from metasweep.orchestrator.data import format, importers
+from metasweep.orchestrator.data.format import load_dataset, read_metadata
+from metasweep.orchestrator.data.sampler import EpisodeSampler
 from metasweep.orchestrator.errors import UserError
-
-OMNIGLOT = Path(__file__).resolve().parents[3] / "shared" / "data" / "omniglot"
-needs_omniglot = pytest.mark.skipif(
-    not (OMNIGLOT / "images_background_small1.zip").is_file(),
-    reason=f"Omniglot data not found at {OMNIGLOT} (see shared/data/omniglot/README.md)",
-)
-
-
-def make_folder(root: Path, classes: int = 6, per_class: int = 5, size: int = 12, mode: str = "L") -> Path:
-    """``root/class_i/img_j.png`` with distinct, reproducible pixels per image."""
-    rng = np.random.default_rng(0)
-    for c in range(classes):
-        folder = root / f"class_{c:02d}"
-        folder.mkdir(parents=True)
-        for j in range(per_class):
-            shape = (size, size) if mode == "L" else (size, size, 3)
-            Image.fromarray(rng.integers(0, 256, shape, dtype=np.uint8), mode=mode).save(folder / f"{j}.png")
-    return root
 
 
 def make_npz(path: Path, characters: int = 12, drawings: int = 20, size: int = 105) -> Path:
@@ -51,10 +34,10 @@ def sha(path: Path) -> str:
 # ---- importers --------------------------------------------------------------------------------
 
 
-def test_image_folder_import_schema_and_metadata(tmp_path: Path) -> None:
+def test_image_folder_import_schema_and_metadata(make_folder, tmp_path: Path) -> None:
     root = make_folder(tmp_path / "photos", classes=10, per_class=4)
     out = tmp_path / "d.parquet"
-    meta = datasets.import_image_folder(root, str(out), ratios=(0.6, 0.2, 0.2), progress=False)
+    meta = importers.import_image_folder(root, str(out), ratios=(0.6, 0.2, 0.2))
     assert meta["classes"] == {"train": 6, "val": 2, "test": 2}
     assert meta["image_shape"] == [12, 12, 1]
     table = pq.read_table(out)
@@ -68,34 +51,32 @@ def test_image_folder_import_schema_and_metadata(tmp_path: Path) -> None:
     np.testing.assert_array_equal(ds.pixels[row, :, :, 0], expected)
 
 
-def test_image_folder_rgb_and_resize(tmp_path: Path) -> None:
+def test_image_folder_rgb_and_resize(make_folder, tmp_path: Path) -> None:
     root = make_folder(tmp_path / "rgb", classes=4, per_class=3, size=20, mode="RGB")
-    meta = datasets.import_image_folder(
-        root, str(tmp_path / "d.parquet"), image_size=8, mode="RGB", ratios=(0.5, 0.25, 0.25), progress=False
+    meta = importers.import_image_folder(
+        root, str(tmp_path / "d.parquet"), image_size=8, mode="RGB", ratios=(0.5, 0.25, 0.25)
     )
     assert meta["image_shape"] == [8, 8, 3]
 
 
-def test_explicit_class_lists(tmp_path: Path) -> None:
+def test_explicit_class_lists(make_folder, tmp_path: Path) -> None:
     root = make_folder(tmp_path / "p", classes=4, per_class=2)
     lists = {"train": {"class_00", "class_01"}, "val": {"class_02"}, "test": {"class_03"}}
-    datasets.import_image_folder(root, str(tmp_path / "d.parquet"), lists=lists, progress=False)
+    importers.import_image_folder(root, str(tmp_path / "d.parquet"), lists=lists)
     ds = load_dataset(str(tmp_path / "d.parquet"))
     assert {ds.class_names[i] for i in ds.classes_in("test")} == {"class_03"}
     with pytest.raises(UserError, match="exactly one split list"):
-        datasets.import_image_folder(
-            root, str(tmp_path / "e.parquet"), lists={"train": {"class_00"}}, progress=False
-        )
+        importers.import_image_folder(root, str(tmp_path / "e.parquet"), lists={"train": {"class_00"}})
 
 
-def test_import_is_byte_identical(tmp_path: Path) -> None:
+def test_import_is_byte_identical(make_folder, tmp_path: Path) -> None:
     root = make_folder(tmp_path / "p")
     a, b = tmp_path / "a.parquet", tmp_path / "b.parquet"
-    datasets.import_image_folder(root, str(a), seed=3, progress=False)
-    datasets.import_image_folder(root, str(b), seed=3, progress=False)
+    importers.import_image_folder(root, str(a), seed=3)
+    importers.import_image_folder(root, str(b), seed=3)
     assert sha(a) == sha(b)
     c = tmp_path / "c.parquet"
-    datasets.import_image_folder(root, str(c), seed=4, progress=False)
+    importers.import_image_folder(root, str(c), seed=4)
     assert sha(a) != sha(c)
 
 
@@ -103,13 +84,13 @@ def test_npz_import_vinyals_and_lake(tmp_path: Path) -> None:
     bg = make_npz(tmp_path / "images_background.npz", characters=12)
     ev = make_npz(tmp_path / "images_evaluation.npz", characters=5)
     out = tmp_path / "v.parquet"
-    meta = datasets.import_omniglot([bg, ev], str(out), train_classes=12, val_classes=2, progress=False)
+    meta = importers.import_omniglot([bg, ev], str(out), train_classes=12, val_classes=2)
     assert meta["classes"] == {"train": 10, "val": 2, "test": 5}
     assert meta["image_shape"] == [28, 28, 1]
     ds = load_dataset(str(out))
     assert "character0965" in ds.class_names  # evaluation ids start at 965
     lake = tmp_path / "l.parquet"
-    datasets.import_omniglot([bg, ev], str(lake), protocol="lake", val_classes=3, progress=False)
+    importers.import_omniglot([bg, ev], str(lake), protocol="lake", val_classes=3)
     lds = load_dataset(str(lake))
     test_names = {lds.class_names[i] for i in lds.classes_in("test")}
     assert test_names == {f"character{965 + i:04d}" for i in range(5)}
@@ -118,7 +99,7 @@ def test_npz_import_vinyals_and_lake(tmp_path: Path) -> None:
 def test_splits_never_share_a_class(tmp_path: Path) -> None:
     bg = make_npz(tmp_path / "images_background.npz", characters=30, drawings=2, size=28)
     out = tmp_path / "v.parquet"
-    datasets.import_omniglot([bg], str(out), train_classes=20, val_classes=5, progress=False)
+    importers.import_omniglot([bg], str(out), train_classes=20, val_classes=5)
     table = pq.read_table(out)
     by_split: dict[str, set[str]] = {}
     for name, split in zip(
@@ -130,30 +111,30 @@ def test_splits_never_share_a_class(tmp_path: Path) -> None:
     assert not by_split["val"] & by_split["test"]
 
 
-@needs_omniglot
-def test_official_archive_matches_npz_pixels(tmp_path: Path) -> None:
+@pytest.mark.data
+def test_official_archive_matches_npz_pixels(omniglot, tmp_path: Path) -> None:
     """A character read from the official zip equals the same character in the npz."""
-    first = next(datasets.read_omniglot_archive(OMNIGLOT / "images_background_small1.zip", None))
-    with zipfile.ZipFile(OMNIGLOT / "images_background_small1.zip") as z:
+    first = next(importers.read_omniglot_archive(omniglot / "images_background_small1.zip", None))
+    with zipfile.ZipFile(omniglot / "images_background_small1.zip") as z:
         prefix = f"images_background_small1/{first.name}/"
         name = next(n for n in sorted(z.namelist()) if n.startswith(prefix) and n.endswith(".png"))
     official_id = int(Path(name).name.split("_")[0])
-    with np.load(OMNIGLOT / "images_background.npz") as npz:
+    with np.load(omniglot / "images_background.npz") as npz:
         drawings = npz["images"][official_id - 1]
     np.testing.assert_array_equal(first.images[:, :, :, 0], drawings.astype(np.uint8) * 255)
 
 
-@needs_omniglot
-def test_small_archives_import(tmp_path: Path) -> None:
-    sources = [OMNIGLOT / "images_background_small1.zip", OMNIGLOT / "images_background_small2.zip"]
+@pytest.mark.data
+def test_small_archives_import(omniglot, tmp_path: Path) -> None:
+    sources = [omniglot / "images_background_small1.zip", omniglot / "images_background_small2.zip"]
     out = tmp_path / "small.parquet"
-    meta = datasets.import_omniglot(sources, str(out), train_classes=200, val_classes=30, progress=False)
+    meta = importers.import_omniglot(sources, str(out), train_classes=200, val_classes=30)
     # Greek and Latin are in both archives: 136 + 156 characters, 50 of them twice.
     assert sum(meta["classes"].values()) == 242
     assert meta["images_per_class"] == {"min": 20, "max": 20}
     assert read_metadata(str(out))[0]["invert"] is True
     again = tmp_path / "again.parquet"
-    datasets.import_omniglot(sources, str(again), train_classes=200, val_classes=30, progress=False)
+    importers.import_omniglot(sources, str(again), train_classes=200, val_classes=30)
     assert sha(out) == sha(again)
 
 
@@ -161,14 +142,14 @@ def test_small_archives_import(tmp_path: Path) -> None:
 
 
 @pytest.fixture
-def dataset(tmp_path: Path) -> datasets.EpisodicDataset:
+def dataset(make_folder, tmp_path: Path) -> format.EpisodicDataset:
     root = make_folder(tmp_path / "p", classes=20, per_class=7, size=8)
     out = tmp_path / "d.parquet"
-    datasets.import_image_folder(root, str(out), ratios=(0.5, 0.25, 0.25), progress=False)
+    importers.import_image_folder(root, str(out), ratios=(0.5, 0.25, 0.25))
     return load_dataset(str(out))
 
 
-def test_episode_shapes_and_labels(dataset: datasets.EpisodicDataset) -> None:
+def test_episode_shapes_and_labels(dataset: format.EpisodicDataset) -> None:
     sampler = EpisodeSampler(dataset, "train", ways=5, shots=2, queries=3)
     ep = sampler.sample(4, torch.Generator().manual_seed(0))
     assert ep.support_x.shape == (4, 10, 1, 8, 8)
@@ -179,7 +160,7 @@ def test_episode_shapes_and_labels(dataset: datasets.EpisodicDataset) -> None:
     assert ep.query_y[0].tolist() == [i for i in range(5) for _ in range(3)]
 
 
-def test_episode_invariants(dataset: datasets.EpisodicDataset) -> None:
+def test_episode_invariants(dataset: format.EpisodicDataset) -> None:
     sampler = EpisodeSampler(dataset, "train", ways=5, shots=2, queries=4)
     rng = np.random.default_rng(0)
     idx = sampler.sample_indices(200, 4, rng)  # (tasks, ways, shots + queries)
@@ -194,7 +175,7 @@ def test_episode_invariants(dataset: datasets.EpisodicDataset) -> None:
     assert len(np.unique(idx)) == int(counts.sum())
 
 
-def test_sampling_is_seeded(dataset: datasets.EpisodicDataset) -> None:
+def test_sampling_is_seeded(dataset: format.EpisodicDataset) -> None:
     sampler = EpisodeSampler(dataset, "train", ways=3, shots=1, queries=2)
     a = sampler.sample(8, torch.Generator().manual_seed(7))
     b = sampler.sample(8, torch.Generator().manual_seed(7))
@@ -203,7 +184,7 @@ def test_sampling_is_seeded(dataset: datasets.EpisodicDataset) -> None:
     assert not torch.equal(a.support_x, c.support_x)
 
 
-def test_rotations_add_classes(dataset: datasets.EpisodicDataset) -> None:
+def test_rotations_add_classes(dataset: format.EpisodicDataset) -> None:
     plain = EpisodeSampler(dataset, "train", ways=3, shots=1, queries=1)
     rotated = EpisodeSampler(dataset, "train", ways=3, shots=1, queries=1, rotations=True)
     assert rotated.num_classes == 4 * plain.num_classes
@@ -211,19 +192,55 @@ def test_rotations_add_classes(dataset: datasets.EpisodicDataset) -> None:
     np.testing.assert_array_equal(image, np.rot90(plain._images[0], 1, axes=(0, 1)))
 
 
-def test_sampler_rejects_impossible_episodes(dataset: datasets.EpisodicDataset) -> None:
+def test_sampler_rejects_impossible_episodes(dataset: format.EpisodicDataset) -> None:
     with pytest.raises(UserError, match=r"ways=11 but split 'train' .* has only 10 classes"):
         EpisodeSampler(dataset, "train", ways=11, shots=1, queries=1)
     with pytest.raises(UserError, match="has only 7 images; lower shots or queries"):
         EpisodeSampler(dataset, "train", ways=2, shots=5, queries=3)
 
 
-def test_dataset_is_read_once_per_process(dataset: datasets.EpisodicDataset) -> None:
-    assert load_dataset(dataset.uri) is dataset
+def test_samplers_read_the_pixels_of_the_dataset_they_are_given(dataset: format.EpisodicDataset) -> None:
     a = EpisodeSampler(dataset, "train", ways=2, shots=1, queries=1)
     b = EpisodeSampler(dataset, "train", ways=4, shots=2, queries=1)
-    assert a._images is b._images
-    assert np.shares_memory(a._images, dataset.pixels)
+    assert np.shares_memory(a._images, dataset.pixels)  # a view: no copy without rotations
+    assert np.shares_memory(b._images, dataset.pixels)
+
+
+def test_a_dataset_rewritten_at_the_same_path_serves_its_new_pixels(make_folder, tmp_path: Path) -> None:
+    """Nothing caches a dataset by its location: reading the path again reads the new file, and
+    a sampler serves the pixels of the dataset object it was given."""
+    out = str(tmp_path / "d.parquet")
+    first_folder = make_folder(tmp_path / "first", classes=6, per_class=4)
+    importers.import_image_folder(first_folder, out, ratios=(1.0, 0.0, 0.0))
+    old = load_dataset(out)
+    old_episode = EpisodeSampler(old, "train", ways=3, shots=1, queries=1).sample_images(
+        2, torch.Generator().manual_seed(0)
+    )
+    second_folder = tmp_path / "second"
+    for image in first_folder.rglob("*.png"):  # the same classes and files, inverted pixels
+        target = second_folder / image.relative_to(first_folder)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(255 - np.asarray(Image.open(image))).save(target)
+    importers.import_image_folder(second_folder, out, ratios=(1.0, 0.0, 0.0))
+    new = load_dataset(out)
+    new_episode = EpisodeSampler(new, "train", ways=3, shots=1, queries=1).sample_images(
+        2, torch.Generator().manual_seed(0)
+    )
+    np.testing.assert_array_equal(new_episode.support_x, 255 - old_episode.support_x)
+    again = EpisodeSampler(old, "train", ways=3, shots=1, queries=1).sample_images(
+        2, torch.Generator().manual_seed(0)
+    )
+    np.testing.assert_array_equal(again.support_x, old_episode.support_x)
+
+
+def test_raw_and_float_episodes_are_the_same_draw(dataset: format.EpisodicDataset) -> None:
+    sampler = EpisodeSampler(dataset, "train", ways=3, shots=2, queries=1)
+    raw = sampler.sample_images(4, torch.Generator().manual_seed(3))
+    floats = sampler.sample(4, torch.Generator().manual_seed(3))
+    expected = torch.from_numpy(raw.support_x).permute(0, 1, 4, 2, 3).float() / 255
+    torch.testing.assert_close(floats.support_x, 1 - expected if sampler.invert else expected, atol=0, rtol=0)
+    assert torch.equal(floats.query_y, torch.from_numpy(raw.query_y))
+    assert raw.support_x.dtype == np.uint8 and raw.support_x.shape[:2] == (4, 6)
 
 
 # ---- bad input ---------------------------------------------------------------------------------
@@ -240,15 +257,15 @@ def test_truncated_zip(tmp_path: Path) -> None:
             z.writestr(f"images_background/Alpha/character01/0001_{j:02d}.png", b"x" * 500)
     (tmp_path / "cut.zip").write_bytes(whole.read_bytes()[:300])
     with pytest.raises(UserError, match="not a readable zip archive"):
-        datasets.import_omniglot([tmp_path / "cut.zip"], str(tmp_path / "o.parquet"), progress=False)
+        importers.import_omniglot([tmp_path / "cut.zip"], str(tmp_path / "o.parquet"))
     assert not (tmp_path / "o.parquet").exists()
 
 
-def test_non_image_among_images(tmp_path: Path) -> None:
+def test_non_image_among_images(make_folder, tmp_path: Path) -> None:
     root = make_folder(tmp_path / "p")
     (root / "class_02" / "notes.png").write_text("not an image")
     with pytest.raises(UserError, match=r"notes.png is not a readable image"):
-        datasets.import_image_folder(root, str(tmp_path / "o.parquet"), progress=False)
+        importers.import_image_folder(root, str(tmp_path / "o.parquet"))
     assert_nothing_left(tmp_path, {"p"})
 
 
@@ -256,38 +273,38 @@ def test_unreadable_npz(tmp_path: Path) -> None:
     bad = tmp_path / "images_background.npz"
     bad.write_bytes(b"garbage")
     with pytest.raises(UserError, match="not a readable Omniglot npz"):
-        datasets.import_omniglot([bad], str(tmp_path / "o.parquet"), progress=False)
+        importers.import_omniglot([bad], str(tmp_path / "o.parquet"))
     assert_nothing_left(tmp_path, {"images_background.npz"})
 
 
 def test_folder_without_classes(tmp_path: Path) -> None:
     (tmp_path / "empty").mkdir()
     with pytest.raises(UserError, match="has no class subfolders"):
-        datasets.import_image_folder(tmp_path / "empty", str(tmp_path / "o.parquet"), progress=False)
+        importers.import_image_folder(tmp_path / "empty", str(tmp_path / "o.parquet"))
 
 
-def test_mismatched_sizes_need_resize(tmp_path: Path) -> None:
+def test_mismatched_sizes_need_resize(make_folder, tmp_path: Path) -> None:
     root = make_folder(tmp_path / "p", classes=3, size=10)
     Image.fromarray(np.zeros((14, 14), np.uint8)).save(root / "class_01" / "big.png")
     with pytest.raises(UserError, match="pass --image-size"):
-        datasets.import_image_folder(root, str(tmp_path / "o.parquet"), progress=False)
-    meta = datasets.import_image_folder(
-        root, str(tmp_path / "o.parquet"), image_size=10, ratios=(1 / 3, 1 / 3, 1 / 3), progress=False
+        importers.import_image_folder(root, str(tmp_path / "o.parquet"))
+    meta = importers.import_image_folder(
+        root, str(tmp_path / "o.parquet"), image_size=10, ratios=(1 / 3, 1 / 3, 1 / 3)
     )
     assert meta["image_shape"] == [10, 10, 1]
 
 
 def test_unknown_protocol(tmp_path: Path) -> None:
     with pytest.raises(UserError, match="valid protocols: vinyals, lake"):
-        datasets.import_omniglot([tmp_path], str(tmp_path / "o.parquet"), protocol="snell", progress=False)
+        importers.import_omniglot([tmp_path], str(tmp_path / "o.parquet"), protocol="snell")
 
 
 def test_too_few_classes_for_protocol(tmp_path: Path) -> None:
     bg = make_npz(tmp_path / "images_background.npz", characters=5, drawings=2, size=28)
     with pytest.raises(UserError, match="lower --train-classes"):
-        datasets.import_omniglot([bg], str(tmp_path / "o.parquet"), progress=False)
+        importers.import_omniglot([bg], str(tmp_path / "o.parquet"))
     with pytest.raises(UserError, match="needs both background and evaluation"):
-        datasets.import_omniglot([bg], str(tmp_path / "o.parquet"), protocol="lake", progress=False)
+        importers.import_omniglot([bg], str(tmp_path / "o.parquet"), protocol="lake")
 
 
 def test_parquet_that_is_not_a_dataset(tmp_path: Path) -> None:

@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 import time
 from pathlib import Path
 
 import pytest
 
-from metasweep.orchestrator import jobs
+from metasweep.orchestrator.config import RunConfig
+from metasweep.orchestrator.data.storage import filesystem_type
 from metasweep.orchestrator.errors import UserError
-from tests.conftest import free_port, run_cli
+from metasweep.orchestrator.jobs import client, submit
 
 
 @pytest.mark.parametrize(
@@ -23,72 +26,89 @@ from tests.conftest import free_port, run_cli
     ],
 )
 def test_dashboard_url(address: str, url: str) -> None:
-    assert jobs.dashboard_url(address) == url
+    assert client.dashboard_url(address) == url
 
 
 def test_dashboard_url_refuses_other_schemes() -> None:
     with pytest.raises(UserError, match="not a Ray dashboard address"):
-        jobs.dashboard_url("ray://head:10001")
+        client.dashboard_url("ray://head:10001")
 
 
 def test_token_precedence(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("RAY_AUTH_TOKEN", raising=False)
     monkeypatch.delenv("RAY_AUTH_TOKEN_PATH", raising=False)
     monkeypatch.setenv("HOME", str(tmp_path))
-    assert jobs.auth_token() is None
+    assert client.auth_token() is None
     (tmp_path / ".ray").mkdir()
     (tmp_path / ".ray" / "auth_token").write_text("from-home\n")
-    assert jobs.auth_token() == "from-home"
+    assert client.auth_token() == "from-home"
     (tmp_path / "token").write_text("from-path")
     monkeypatch.setenv("RAY_AUTH_TOKEN_PATH", str(tmp_path / "token"))
-    assert jobs.auth_token() == "from-path"
+    assert client.auth_token() == "from-path"
     monkeypatch.setenv("RAY_AUTH_TOKEN", "from-env")
-    assert jobs.auth_token() == "from-env"
+    assert client.auth_token() == "from-env"
     monkeypatch.delenv("RAY_AUTH_TOKEN")
     monkeypatch.setenv("RAY_AUTH_TOKEN_PATH", str(tmp_path / "missing"))
     with pytest.raises(UserError, match="RAY_AUTH_TOKEN_PATH"):
-        jobs.auth_token()
+        client.auth_token()
 
 
 def test_dataset_locations(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     data = tmp_path / "omniglot.parquet"
     data.write_bytes(b"x")
-    assert jobs.check_dataset("sinusoid", local_cluster=False) == "sinusoid"
-    assert jobs.check_dataset("s3://bucket/o.parquet", local_cluster=False) == "s3://bucket/o.parquet"
-    assert jobs.check_dataset("omniglot.parquet", local_cluster=True) == str(data)  # made absolute
+
+    def on(dataset: str) -> RunConfig:
+        if dataset == "sinusoid":
+            return RunConfig()
+        return RunConfig.model_validate({"data": {"dataset": dataset}, "model": {"name": "conv4"}})
+
+    assert submit.check_dataset(on("sinusoid"), local_cluster=False) == "sinusoid"
+    assert submit.check_dataset(on("s3://bucket/o.parquet"), local_cluster=False) == "s3://bucket/o.parquet"
+    assert submit.check_dataset(on("omniglot.parquet"), local_cluster=True) == str(data)  # made absolute
     with pytest.raises(UserError, match="does not exist"):
-        jobs.check_dataset("missing.parquet", local_cluster=True)
-    monkeypatch.setattr(jobs, "_filesystem", lambda path: "ext4")
+        submit.check_dataset(on("missing.parquet"), local_cluster=True)
+    monkeypatch.setattr(submit, "filesystem_type", lambda path: "ext4")
     with pytest.raises(UserError, match="local disk \\(ext4\\)"):
-        jobs.check_dataset(str(data), local_cluster=False)
-    monkeypatch.setattr(jobs, "_filesystem", lambda path: "nfs4")
-    assert jobs.check_dataset(str(data), local_cluster=False) == str(data)
+        submit.check_dataset(on(str(data)), local_cluster=False)
+    monkeypatch.setattr(submit, "filesystem_type", lambda path: "nfs4")
+    assert submit.check_dataset(on(str(data)), local_cluster=False) == str(data)
 
 
 def test_filesystem_of_a_path_is_read_from_the_mount_table() -> None:
-    kind = jobs._filesystem(Path("/proc/self"))
-    assert kind == "proc" or not Path("/proc/mounts").exists()
+    assert filesystem_type(Path("/proc/self")) == "proc" or not Path("/proc/mounts").exists()
+    assert filesystem_type(Path("/")) not in ("", "unknown")
 
 
-def test_tracking_uris(tmp_path: Path) -> None:
-    assert jobs.check_tracking("sqlite:///mlflow.db", local_cluster=True) == f"sqlite:///{tmp_path}/mlflow.db"
-    assert jobs.check_tracking("sqlite:////abs/m.db", local_cluster=True) == "sqlite:////abs/m.db"
+def test_tracking_uris(free_port, tmp_path: Path) -> None:
+    assert (
+        submit.check_tracking("sqlite:///mlflow.db", local_cluster=True) == f"sqlite:///{tmp_path}/mlflow.db"
+    )
+    assert submit.check_tracking("sqlite:////abs/m.db", local_cluster=True) == "sqlite:////abs/m.db"
     with pytest.raises(UserError, match="file on this machine"):
-        jobs.check_tracking("sqlite:////abs/m.db", local_cluster=False)
+        submit.check_tracking("sqlite:////abs/m.db", local_cluster=False)
     with pytest.raises(UserError, match="cannot reach the MLflow tracking server"):
-        jobs.check_tracking(f"http://127.0.0.1:{free_port()}", local_cluster=True)
-    assert jobs.check_tracking("postgresql://db/mlflow", local_cluster=False) == "postgresql://db/mlflow"
+        submit.check_tracking(f"http://127.0.0.1:{free_port()}", local_cluster=True)
+    assert submit.check_tracking("postgresql://db/mlflow", local_cluster=False) == "postgresql://db/mlflow"
 
 
 def test_pack_holds_the_packages_and_the_resolved_config(tmp_path: Path) -> None:
-    folder = jobs._pack(tmp_path, "name: x\n")
-    assert (folder / "algorithms" / "__init__.py").is_file()
-    assert (folder / "orchestrator" / "cli.py").is_file()
-    assert (folder / jobs.SWEEP_FILE).read_text() == "name: x\n"
+    folder = submit._pack(tmp_path, "name: x\n")
+    assert (folder / "metasweep" / "algorithms" / "__init__.py").is_file()
+    assert (folder / "metasweep" / "orchestrator" / "cli" / "__init__.py").is_file()
+    assert (folder / "metasweep" / "__main__.py").is_file()
+    assert not (folder / "metasweep" / "__init__.py").exists()  # a namespace, as installed
+    assert not (folder / "metasweep" / "orchestrator" / "_namespace").exists()
+    assert (folder / submit.SWEEP_FILE).read_text() == "name: x\n"
     assert not list(folder.rglob("__pycache__"))
+    # The packed folder runs as the job's working directory does: `python -m metasweep` from it.
+    done = subprocess.run(
+        [sys.executable, "-c", "import metasweep.orchestrator as o; print(o.__file__)"],
+        cwd=folder, capture_output=True, text=True, check=True,
+    )  # fmt: skip
+    assert done.stdout.strip() == str(folder / "metasweep" / "orchestrator" / "__init__.py")
 
 
-def test_submit_to_nothing_fails_fast_with_exit_2() -> None:
+def test_submit_to_nothing_fails_fast_with_exit_2(free_port, run_cli) -> None:
     Path("s.yaml").write_text(
         "name: s\nsearch: {space: {train.inner_lr: {type: uniform, low: 0.1, high: 0.2}}}\n"
     )
@@ -100,7 +120,7 @@ def test_submit_to_nothing_fails_fast_with_exit_2() -> None:
     assert time.time() - started < 30
 
 
-def test_submit_checks_the_config_before_the_cluster() -> None:
+def test_submit_checks_the_config_before_the_cluster(run_cli) -> None:
     Path("s.yaml").write_text(
         "name: s\nsearch: {space: {train.inner_lr: {type: uniform, low: 0.1, high: 0.2}}}\n"
     )
@@ -108,7 +128,7 @@ def test_submit_checks_the_config_before_the_cluster() -> None:
     assert result.returncode == 2 and "train.meta_lr" in result.stderr
 
 
-def test_jobs_need_an_address() -> None:
+def test_jobs_need_an_address(run_cli) -> None:
     result = run_cli("jobs", "list")
     assert result.returncode == 2 and "--address" in result.stderr
 
@@ -118,11 +138,11 @@ def test_token_auth_mode_is_set_only_with_a_token(tmp_path: Path, monkeypatch: p
     monkeypatch.delenv("RAY_AUTH_TOKEN", raising=False)
     monkeypatch.delenv("RAY_AUTH_TOKEN_PATH", raising=False)
     monkeypatch.setenv("HOME", str(tmp_path))
-    jobs.use_token_auth()
+    client.use_token_auth()
     assert "RAY_AUTH_MODE" not in os.environ
     monkeypatch.setenv("RAY_AUTH_TOKEN", "t")
-    jobs.use_token_auth()
+    client.use_token_auth()
     assert os.environ["RAY_AUTH_MODE"] == "token"
     monkeypatch.setenv("RAY_AUTH_MODE", "disabled")  # an explicit choice stays
-    jobs.use_token_auth()
+    client.use_token_auth()
     assert os.environ["RAY_AUTH_MODE"] == "disabled"

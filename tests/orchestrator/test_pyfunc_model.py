@@ -1,4 +1,4 @@
-"""The pyfunc model's label handling and input checks, called directly (no MLflow store)."""
+"""The served model's label handling and input checks, called directly (no MLflow store)."""
 
 from __future__ import annotations
 
@@ -6,39 +6,24 @@ from typing import Any
 
 import numpy as np
 import pytest
-import torch
 
-from metasweep.orchestrator.config import RunConfig
-from metasweep.orchestrator.pyfunc_model import build_from_spec, encode_labels, predict_with
+from metasweep.orchestrator.tracking.model import ModelSpec, encode_labels, predict_with, rebuild
 
 NAMES = np.array(["Gimel", "Alef", "He", "Bet", "Dalet"])
 IDS = np.array([7, 42, 3, 19, 5])
 
 
-def image_spec(algorithm: str, ways: int = 5) -> dict[str, Any]:
-    """What the sweep records for a 28x28 grayscale model (see tuning.register_best)."""
-    config = RunConfig.model_validate({
-        "algorithm": algorithm, "model": {"name": "conv4", "filters": 8},
-        "data": {"dataset": "images.parquet", "ways": ways, "shots": 1}, "train": {"inner_lr": 0.4},
-    })  # fmt: skip
-    return {
-        "config": config.model_dump(mode="json"), "eval_inner_steps": 2, "ways": ways,
-        "task_kind": "classification", "image_shape": [28, 28, 1], "invert": False,
-    }  # fmt: skip
+def fresh(spec: ModelSpec) -> Any:
+    """The learner ``spec`` describes, as initialised, through the path the served model takes."""
+    from metasweep.orchestrator.learner import build_learner
+
+    return rebuild(spec, build_learner(spec.learner, spec.problem).state_dict())
 
 
-def episode(seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
-    """Five random uint8 28x28 images (one per class) and a shuffled order to query them in."""
-    rng = np.random.default_rng(seed)
-    support = rng.integers(0, 256, (5, 28, 28), dtype=np.uint8)
-    order = rng.permutation(5)
-    return support, order
-
-
-@pytest.fixture(scope="module")
-def protonet() -> tuple[torch.nn.Module, dict[str, Any]]:
-    spec = image_spec("protonet")
-    return build_from_spec(spec).eval(), spec
+@pytest.fixture
+def protonet(served_spec) -> tuple[Any, ModelSpec]:
+    spec = served_spec("protonet")
+    return fresh(spec), spec
 
 
 def test_labels_are_numbered_by_first_appearance_in_their_own_dtype() -> None:
@@ -69,9 +54,11 @@ def test_labels_that_are_not_integers_or_strings_are_refused(labels: np.ndarray,
         encode_labels(labels)
 
 
-def test_predictions_come_back_in_the_callers_label_space(protonet: tuple[Any, dict[str, Any]]) -> None:
+def test_predictions_come_back_in_the_callers_label_space(
+    five_images, protonet: tuple[Any, ModelSpec]
+) -> None:
     learner, spec = protonet
-    support, order = episode()
+    support, order = five_images()
     # One shot per class and queries identical to support images: each query's own prototype is
     # at distance zero, so the right label is known without training.
     for labels in (NAMES, IDS, IDS.astype(np.int32), NAMES.astype(object)):
@@ -82,9 +69,9 @@ def test_predictions_come_back_in_the_callers_label_space(protonet: tuple[Any, d
         assert pred.tolist() == labels[order].tolist()
 
 
-def test_renaming_classes_never_changes_a_prediction() -> None:
-    spec = image_spec("maml")
-    learner = build_from_spec(spec).eval()
+def test_renaming_classes_never_changes_a_prediction(served_spec) -> None:
+    spec = served_spec("maml")
+    learner = fresh(spec)
     rng = np.random.default_rng(1)
     support = rng.integers(0, 256, (10, 28, 28), dtype=np.uint8)
     query = rng.integers(0, 256, (12, 28, 28), dtype=np.uint8)
@@ -95,9 +82,11 @@ def test_renaming_classes_never_changes_a_prediction() -> None:
     assert [name_of[i] for i in by_id.tolist()] == by_name.tolist()
 
 
-def test_bad_support_sets_are_refused_with_what_to_do(protonet: tuple[Any, dict[str, Any]]) -> None:
+def test_bad_support_sets_are_refused_with_what_to_do(
+    served_spec, five_images, protonet: tuple[Any, ModelSpec]
+) -> None:
     learner, spec = protonet
-    support, _ = episode()
+    support, _ = five_images()
     with pytest.raises(ValueError, match="4 labels but support_x has 5 images; give exactly one label"):
         predict_with(learner, spec, {"support_x": support, "support_y": NAMES[:4], "query_x": support})
     ragged = np.empty(2, dtype=object)
@@ -106,7 +95,17 @@ def test_bad_support_sets_are_refused_with_what_to_do(protonet: tuple[Any, dict[
         predict_with(learner, spec, {"support_x": support, "support_y": NAMES, "query_x": ragged})
     with pytest.raises(ValueError, match="missing \\['support_y'\\]"):
         predict_with(learner, spec, {"support_x": support, "query_x": support})
-    maml_spec = image_spec("maml", ways=3)
-    maml = build_from_spec(maml_spec).eval()
+    maml_spec = served_spec("maml", ways=3)
+    maml = fresh(maml_spec)
     with pytest.raises(ValueError, match="5 classes but the model was trained for 3 ways"):
         predict_with(maml, maml_spec, {"support_x": support, "support_y": NAMES, "query_x": support})
+
+
+def test_a_spec_round_trips_through_json_and_refuses_the_old_format(served_spec) -> None:
+    import json
+
+    for algorithm in ("maml", "protonet", "sinusoid"):
+        spec = served_spec(algorithm)
+        assert ModelSpec.from_json(json.loads(json.dumps(spec.to_json()))) == spec
+    with pytest.raises(ValueError, match="format 1, this metasweep reads format 2"):
+        ModelSpec.from_json({"config": {}, "task_kind": "classification"})
