@@ -74,11 +74,18 @@ def image_episode(
 
 
 def sinusoid_episode(
-    *, tasks: int = TASKS, shots: int = 10, queries: int = 10, seed: int = 0, dtype: torch.dtype = torch.float32
+    *,
+    tasks: int = TASKS,
+    shots: int = 10,
+    queries: int = 10,
+    seed: int = 0,
+    dtype: torch.dtype = torch.float32,
 ) -> Episode:
     """A batch of MAML-paper sinusoid tasks, cast to ``dtype``."""
     episode = SinusoidTasks(shots=shots, queries=queries).sample(tasks, torch.Generator().manual_seed(seed))
-    return Episode(*(t.to(dtype) for t in (episode.support_x, episode.support_y, episode.query_x, episode.query_y)))
+    return Episode(
+        *(t.to(dtype) for t in (episode.support_x, episode.support_y, episode.query_x, episode.query_y))
+    )
 
 
 def snapshot(module: nn.Module) -> dict[str, Tensor]:
@@ -182,7 +189,9 @@ class LearnerContract:
         for backbone in self.backbones():
             learner, episode = self.learner(backbone), self.episode(backbone)
             loss = learner.meta_loss(episode.support_x, episode.support_y, episode.query_x, episode.query_y)
-            predictions = learner.predict(learner.adapt(episode.support_x, episode.support_y), episode.query_x)
+            predictions = learner.predict(
+                learner.adapt(episode.support_x, episode.support_y), episode.query_x
+            )
             expected = torch.stack(
                 [learner.loss_fn(predictions[t], episode.query_y[t]) for t in range(episode.tasks)]
             ).mean()
@@ -191,7 +200,9 @@ class LearnerContract:
     def test_adapt_and_predict_shapes(self) -> None:
         for backbone in self.backbones():
             learner, episode = self.learner(backbone), self.episode(backbone)
-            predictions = learner.predict(learner.adapt(episode.support_x, episode.support_y), episode.query_x)
+            predictions = learner.predict(
+                learner.adapt(episode.support_x, episode.support_y), episode.query_x
+            )
             tasks, queries = episode.query_x.shape[:2]
             outputs = 1 if backbone == "mlp" else WAYS
             assert predictions.shape == (tasks, queries, outputs)
@@ -218,7 +229,11 @@ class LearnerContract:
             scale = max(1.0, *(float(g.abs().max()) for g in grads_loop.values()))
             for name in grads_loop:
                 torch.testing.assert_close(
-                    grads_vmap[name], grads_loop[name], atol=1e-5 * scale, rtol=1e-4, msg=f"{name} ({backbone})"
+                    grads_vmap[name],
+                    grads_loop[name],
+                    atol=1e-5 * scale,
+                    rtol=1e-4,
+                    msg=f"{name} ({backbone})",
                 )
 
     def test_same_seed_gives_the_same_loss_and_gradients(self) -> None:

@@ -6,7 +6,7 @@ registered in ``ALGORITHMS`` without a contract class here fails the last test.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, ClassVar
 
 from metasweep.algorithms import ALGORITHMS, ANIL, MAML, MetaSGD, ProtoNet, Reptile
 from metasweep.algorithms.testing import LearnerContract
@@ -18,7 +18,7 @@ class TestMAML(LearnerContract):
 
 class TestFirstOrderMAML(LearnerContract):
     learner_class = MAML
-    options: dict[str, Any] = {"first_order": True}
+    options: ClassVar[dict[str, Any]] = {"first_order": True}
 
 
 class TestANIL(LearnerContract):
@@ -27,7 +27,7 @@ class TestANIL(LearnerContract):
 
 class TestFirstOrderANIL(LearnerContract):
     learner_class = ANIL
-    options: dict[str, Any] = {"first_order": True}
+    options: ClassVar[dict[str, Any]] = {"first_order": True}
 
 
 class TestMetaSGD(LearnerContract):
@@ -36,7 +36,7 @@ class TestMetaSGD(LearnerContract):
 
 class TestFirstOrderMetaSGD(LearnerContract):
     learner_class = MetaSGD
-    options: dict[str, Any] = {"first_order": True}
+    options: ClassVar[dict[str, Any]] = {"first_order": True}
 
 
 class TestReptile(LearnerContract):
