@@ -141,7 +141,8 @@ class RunConfig(_Section):
         defaults = RunConfig.model_construct()
         for name in fields_that_do_not_apply(capabilities):
             if _get(self, name) != _get(defaults, name):
-                raise ValueError(f"{name} does not apply to {self.algorithm} ({_why(capabilities)}); drop it")
+                why = f"{self.algorithm} {_why(capabilities)}"
+                raise ValueError(f"{name} does not apply to {self.algorithm}: {why}; drop it")
         return self
 
     @property

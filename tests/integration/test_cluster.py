@@ -53,6 +53,7 @@ class Cluster:
     tracking: str
     env: dict[str, str]
     storage: Path
+    run_cli: Callable[..., subprocess.CompletedProcess[str]]
 
     def script(self, name: str, *args: str) -> str:
         done = subprocess.run(
@@ -64,26 +65,26 @@ class Cluster:
     def client(self) -> MlflowClient:
         return MlflowClient(self.tracking)
 
-    def submit(run_cli, self, config: Path, *args: str) -> str:
-        result = run_cli(
+    def submit(self, config: Path, *args: str) -> str:
+        result = self.run_cli(
             "submit", str(config), "--address", self.address, "--storage", str(self.storage), *args
         )
         assert result.returncode == 0, (result.stdout[-3000:], result.stderr[-3000:])
         return result.stdout.strip().splitlines()[0]  # the job id; --wait's log follows
 
-    def wait(run_cli, self, job_id: str, timeout: float = 420) -> str:
+    def wait(self, job_id: str, timeout: float = 420) -> str:
         deadline = time.time() + timeout
         while time.time() < deadline:
-            status = run_cli("jobs", "status", job_id, "--address", self.address).stdout
+            status = self.run_cli("jobs", "status", job_id, "--address", self.address).stdout
             if any(s in status for s in ("SUCCEEDED", "FAILED", "STOPPED")):
                 return status
             time.sleep(2)
-        logs = run_cli("jobs", "logs", job_id, "--address", self.address).stdout
+        logs = self.run_cli("jobs", "logs", job_id, "--address", self.address).stdout
         pytest.fail(f"job {job_id} did not finish in {timeout} s:\n{logs[-3000:]}")
 
 
 @pytest.fixture(scope="module")
-def cluster(free_port, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
+def cluster(free_port, run_cli, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
     folder = tmp_path_factory.mktemp("cluster")
     ports = {
         "RAY_PORT": free_port(),
@@ -106,6 +107,7 @@ def cluster(free_port, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Clu
         tracking=f"http://127.0.0.1:{ports['MLFLOW_PORT']}",
         env=env,
         storage=folder / "sweeps",
+        run_cli=run_cli,
     )
     try:
         started.script("start.sh")

@@ -143,3 +143,64 @@ def test_sweep_space_is_checked_against_the_run_schema() -> None:
         load_config(None, ["algorithm=protonet", "data.dataset=x.parquet", "model.name=conv4",
                            "search.space={train.inner_lr: {type: uniform, low: 0.1, high: 1}}"],
                     schema=SweepConfig)  # fmt: skip
+
+
+IMAGES = ["data.dataset=x.parquet", "model.name=conv4"]
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        (["algorithm=reptile", "train.first_order=true"], "train.first_order does not apply to reptile"),
+        (
+            [*IMAGES, "algorithm=protonet", "train.inner_steps=5"],
+            "train.inner_steps does not apply to protonet",
+        ),
+        ([*IMAGES, "algorithm=protonet", "train.inner_lr=0.4"], "protonet has no inner loop"),
+        ([*IMAGES, "algorithm=protonet", "eval.inner_steps=3"], "eval.inner_steps does not apply"),
+    ],
+)
+def test_settings_a_learner_does_not_take_are_refused_not_ignored(overrides: list[str], message: str) -> None:
+    with pytest.raises(UserError, match=message):
+        load_config(None, overrides)
+
+
+def test_a_saved_config_spells_out_defaults_of_settings_it_does_not_use_and_reloads() -> None:
+    protonet = load_config(None, [*IMAGES, "algorithm=protonet"])
+    assert load_config_dict(protonet.model_dump(mode="json")) == protonet
+    assert protonet.eval_inner_steps is None and load_config(None).eval_inner_steps == 10
+
+
+def test_problem_is_described_from_the_config_and_the_dataset_metadata() -> None:
+    sinusoid = load_config(None).problem(None)
+    assert (sinusoid.task_kind, sinusoid.input_shape, sinusoid.ways, sinusoid.metric, sinusoid.mode) == (
+        "regression", (1,), None, "mse", "min",
+    )  # fmt: skip
+    images = load_config(None, [*IMAGES, "data.ways=20"])
+    meta = {"image_shape": [84, 84, 3], "invert": True, "name": "photos"}
+    problem = images.problem(meta)
+    assert (problem.task_kind, problem.input_shape, problem.ways, problem.invert, problem.mode) == (
+        "classification", (3, 84, 84), 20, True, "max",
+    )  # fmt: skip
+    assert (
+        problem.fingerprint
+        == images.problem(dict(meta)).fingerprint
+        != images.problem({**meta, "seed": 1}).fingerprint
+    )
+    with pytest.raises(UserError, match="needs its metadata"):
+        images.problem(None)
+
+
+def test_a_searched_algorithm_samples_only_the_fields_it_uses() -> None:
+    from metasweep.orchestrator.config import SweepConfig, applies
+
+    space = (
+        "search.space={algorithm: {type: categorical, values: [maml, protonet]}, "
+        "train.inner_lr: {type: loguniform, low: 0.1, high: 1}}"
+    )
+    sweep = load_config(None, [*IMAGES, "train.inner_lr=0.4", space], SweepConfig)
+    assert sweep.algorithms == ("maml", "protonet")
+    assert applies("train.inner_lr", "maml") and not applies("train.inner_lr", "protonet")
+    protonet = sweep.run_config({"algorithm": "protonet"})
+    assert protonet.train.inner_lr == 0.01  # the base config's 0.4 means nothing to protonet
+    assert sweep.run_config({"algorithm": "maml", "train.inner_lr": 0.2}).train.inner_lr == 0.2

@@ -1,0 +1,96 @@
+"""The served model carries what it needs and nothing more: registered to a real SQLite store,
+pulled, then loaded and asked for predictions in a process where the installed metasweep cannot be
+imported, so only the code inside the model folder runs.
+"""
+
+from __future__ import annotations
+
+import ast
+import json
+import subprocess
+import sys
+import sysconfig
+from pathlib import Path
+
+import numpy as np
+import pytest
+from packaging.requirements import Requirement
+
+from metasweep.orchestrator.learner import build_learner
+from metasweep.orchestrator.tracking.registry import REQUIREMENTS, Candidate, pull_model, register
+from metasweep.orchestrator.tracking.runs import SweepTracker
+
+pytestmark = [pytest.mark.slow]
+
+IMPORT_NAMES = {"torch": "torch", "numpy": "numpy", "pillow": "PIL", "mlflow": "mlflow"}
+LOAD_AND_PREDICT = """
+import json, sys
+import numpy as np
+import mlflow.pyfunc
+model = mlflow.pyfunc.load_model(sys.argv[1])
+rng = np.random.default_rng(0)
+support = rng.integers(0, 256, (5, 28, 28), dtype=np.uint8)
+labels = model.predict({"support_x": support, "support_y": np.arange(5), "query_x": support})
+files = {m: getattr(sys.modules[m], "__file__", None) for m in sys.modules if m.startswith("metasweep")}
+print(json.dumps({"modules": sorted(sys.modules), "files": files, "labels": labels.tolist()}))
+"""
+
+
+@pytest.fixture(scope="module")
+def pulled(served_spec, five_images, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    folder = tmp_path_factory.mktemp("served")
+    uri = f"sqlite:///{folder / 'mlflow.db'}"
+    with pytest.MonkeyPatch.context() as env:
+        env.setenv("MLFLOW_TRACKING_URI", uri)
+        env.setenv("MLFLOW_REGISTRY_URI", uri)
+        env.chdir(folder)
+        tracker = SweepTracker(uri, "served", "served")
+        tracker.open(resume=False)
+        spec = served_spec("protonet")
+        support, order = five_images()
+        register(
+            tracker, name="served", spec=spec, weights=build_learner(spec.learner, spec.problem).state_dict(),
+            input_example={"support_x": support, "support_y": np.arange(5), "query_x": support[order]},
+            candidate=Candidate("test/accuracy", 0.5, "max", spec.problem.fingerprint, "p"),
+        )  # fmt: skip
+        model = pull_model(uri, "served@champion", folder / "model")
+        import mlflow
+
+        mlflow.set_tracking_uri(None)
+        mlflow.set_registry_uri(None)
+    return model
+
+
+def test_the_served_model_runs_its_own_code_and_imports_no_sweep_or_cli(pulled: Path) -> None:
+    lent = sysconfig.get_paths()["purelib"]  # the dependencies, without the editable install's .pth
+    done = subprocess.run(
+        [sys.executable, "-S", "-c", LOAD_AND_PREDICT, str(pulled)],
+        capture_output=True, text=True, timeout=300, env={"PYTHONPATH": lent, "PATH": "/usr/bin:/bin"},
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:]
+    loaded = json.loads(done.stdout.strip().splitlines()[-1])
+    tops = {m.split(".")[0] for m in loaded["modules"]}
+    assert not tops & {"ray", "optuna", "rich", "typer"}, sorted(tops & {"ray", "optuna", "rich", "typer"})
+    ours = {m: f for m, f in loaded["files"].items() if f}
+    assert "metasweep.orchestrator.tracking.model" in ours
+    assert all(Path(f).is_relative_to(pulled / "code") for f in ours.values()), ours
+    assert not any(
+        m.startswith(("metasweep.orchestrator.config", "metasweep.orchestrator.sweep")) for m in ours
+    )
+    assert loaded["labels"] == list(range(5))  # each query is its own support image: ProtoNet knows it
+    for name in REQUIREMENTS:
+        assert IMPORT_NAMES[name] in tops, f"{name} is a requirement the model never imports"
+
+
+def test_its_requirements_are_exactly_what_its_code_imports(pulled: Path) -> None:
+    declared = {Requirement(line).name for line in (pulled / "requirements.txt").read_text().split()}
+    assert declared == set(REQUIREMENTS)
+    imported = set()
+    for path in (pulled / "code").rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Import):
+                imported |= {alias.name.split(".")[0] for alias in node.names}
+            elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+                imported.add(node.module.split(".")[0])
+    third_party = imported - set(sys.stdlib_module_names) - {"metasweep", "__future__"}
+    assert third_party == {IMPORT_NAMES[name] for name in REQUIREMENTS}

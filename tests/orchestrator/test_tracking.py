@@ -1,0 +1,257 @@
+"""The middle of tracking, fast, against a real SQLite MLflow store: the outage outbox, the Tune
+callback's duplicate-step suppression and trial-status mapping, and the registry's champion policy.
+
+An outage is the store going away for real: the SQLite file is moved aside, so MLflow's requests
+fail as they do when a server is down, and moved back.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+from mlflow.exceptions import MlflowException
+from mlflow.tracking import MlflowClient
+
+from metasweep.orchestrator.errors import UserError
+from metasweep.orchestrator.sweep.callback import RUN_STATUS, TrackingCallback, outcome, tracking_to
+from metasweep.orchestrator.sweep.trial import DIVERGED, ITERATION, NODE
+from metasweep.orchestrator.tracking.registry import CHALLENGER, CHAMPION, Candidate, choose_alias
+from metasweep.orchestrator.tracking.runs import Outbox, SweepTracker
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> Path:
+    return tmp_path / "mlflow.db"
+
+
+@pytest.fixture
+def tracker(store: Path) -> SweepTracker:
+    tracker = SweepTracker(f"sqlite:///{store}", "experiment", "sweep", retry_s=0.0)
+    tracker.open(resume=False)
+    return tracker
+
+
+@pytest.fixture
+def outage(store: Path) -> Callable[[], Iterator[None]]:
+    """``with outage(): ...``: the store's file is away for the duration."""
+    from contextlib import contextmanager
+
+    @contextmanager
+    def away() -> Iterator[None]:
+        os.rename(store, store.with_suffix(".away"))
+        try:
+            yield
+        finally:
+            os.replace(store.with_suffix(".away"), store)
+
+    return away
+
+
+def history(tracker: SweepTracker, trial_id: str, key: str = "val/mse") -> list[tuple[int, float]]:
+    client = MlflowClient(tracking_uri=tracker.uri)
+    return [(m.step, m.value) for m in client.get_metric_history(tracker.children[trial_id], key)]
+
+
+# ---- the outbox --------------------------------------------------------------------------------
+
+
+def test_records_wait_out_an_outage_in_order_and_keep_their_timestamps(tracker: SweepTracker, outage) -> None:
+    tracker.start_trial("t1", {"train.inner_lr": 0.1}, {"metasweep.status": "running"})
+    tracker.log_trial_metrics("t1", {"val/mse": 3.0}, step=10, timestamp=1_000.0)
+    with outage():
+        tracker.log_trial_metrics("t1", {"val/mse": 2.0, "iteration": 20}, step=20, timestamp=2_000.0)
+        tracker.log_trial_metrics("t1", {"val/mse": 1.0}, step=30, timestamp=3_000.0)
+        tracker.tag_trial("t1", {"metasweep.status": "finished"})
+        assert tracker.outbox.down and tracker.outbox.pending == 3
+    tracker.outbox.drain(timeout=5)
+    assert tracker.outbox.pending == 0 and not tracker.outbox.down
+    assert history(tracker, "t1") == [(10, 3.0), (20, 2.0), (30, 1.0)]
+    client = MlflowClient(tracking_uri=tracker.uri)
+    metrics = client.get_metric_history(tracker.children["t1"], "val/mse")
+    assert [m.timestamp for m in metrics] == [1_000_000, 2_000_000, 3_000_000]  # measured, not sent
+    run = client.get_run(tracker.children["t1"])
+    assert run.data.tags["metasweep.status"] == "finished"
+    assert "iteration" not in run.data.metrics  # only split/name keys are metrics
+
+
+def test_a_trial_that_starts_during_an_outage_gets_its_run_afterwards(tracker: SweepTracker, outage) -> None:
+    with outage():
+        tracker.start_trial("t2", {"seed": 1}, {})
+        tracker.log_trial_metrics("t2", {"val/mse": 5.0}, step=1)
+        assert "t2" not in tracker.children
+    assert tracker.outbox.flush(wait=True)
+    assert history(tracker, "t2") == [(1, 5.0)]
+    assert MlflowClient(tracking_uri=tracker.uri).get_run(tracker.children["t2"]).data.params == {"seed": "1"}
+
+
+def test_retries_are_paced_while_the_store_is_down() -> None:
+    now = [0.0]
+    attempts: list[float] = []
+
+    def down() -> None:
+        attempts.append(now[0])
+        raise MlflowException("connection refused")  # no error code: transient
+
+    outbox = Outbox("http://nowhere", retry_s=5.0, clock=lambda: now[0])
+    outbox.send("t", down)
+    for t in (1.0, 4.9, 5.1, 6.0, 10.2):
+        now[0] = t
+        outbox.flush()
+    assert attempts == [0.0, 5.1, 10.2]
+    outbox.flush(wait=True)  # an explicit wait tries at once
+    assert attempts[-1] == 10.2 and len(attempts) == 4
+
+
+def test_a_record_the_store_refuses_for_good_is_dropped_and_the_next_ones_go(tracker: SweepTracker) -> None:
+    tracker.start_trial("t3", {}, {})
+    client = tracker.client
+    tracker.outbox.send("t3", lambda: client.log_param("no-such-run", "x", "1"))
+    tracker.log_trial_metrics("t3", {"val/mse": 0.5}, step=1)
+    assert tracker.outbox.pending == 0
+    assert history(tracker, "t3") == [(1, 0.5)]
+
+
+def test_drain_gives_up_after_its_timeout_with_the_count_it_could_not_send() -> None:
+    now = [0.0]
+
+    def down() -> None:
+        raise ConnectionError("refused")
+
+    outbox = Outbox("http://nowhere", retry_s=1.0, clock=lambda: now[0])
+    outbox.send("t", down)
+    outbox.send("t", down)
+
+    def sleep(seconds: float) -> None:
+        now[0] += seconds
+
+    with pytest.raises(UserError, match=r"unreachable for 3 s; 2 trial records could not be logged"):
+        outbox.drain(timeout=3.0, sleep=sleep)
+
+
+def test_a_resumed_tracker_continues_the_sweep_and_its_trials(tracker: SweepTracker, store: Path) -> None:
+    tracker.start_trial("t4", {"x": 1}, {})
+    tracker.log_trial_metrics("t4", {"val/mse": 1.0}, step=1)
+    resumed = SweepTracker(f"sqlite:///{store}", "experiment", "sweep", resume=True, retry_s=0.0)
+    assert resumed.open(resume=True) == tracker.parent_id
+    resumed.start_trial("t4", {"x": 1}, {})
+    resumed.log_trial_metrics("t4", {"val/mse": 0.5}, step=2)
+    assert resumed.children["t4"] == tracker.children["t4"]
+    assert history(resumed, "t4") == [(1, 1.0), (2, 0.5)]
+    with pytest.raises(UserError, match="no MLflow parent run for sweep 'other'"):
+        SweepTracker(f"sqlite:///{store}", "experiment", "other", resume=True)
+
+
+# ---- the Tune callback: duplicate steps and trial status -------------------------------------
+
+
+@dataclass
+class Trial:
+    """What the callback reads of a Tune trial."""
+
+    trial_id: str
+    config: dict[str, Any] = field(default_factory=dict)
+    last_result: dict[str, Any] = field(default_factory=dict)
+
+
+def report(callback: TrackingCallback, trial: Trial, step: int, value: float, node: str = "n1") -> None:
+    result = {ITERATION: step, "val/mse": value, NODE: node, "node_ip": "127.0.0.1"}
+    trial.last_result = result
+    callback.on_trial_result(0, [], trial, result)
+
+
+def test_a_trial_restarted_from_an_older_checkpoint_logs_each_step_once(tracker: SweepTracker) -> None:
+    callback = TrackingCallback(iterations=60, seed=0)
+    trial = Trial("t5", {"train.inner_lr": 0.1})
+    with tracking_to(tracker):
+        callback.on_trial_start(0, [], trial)
+        report(callback, trial, 20, 3.0)
+        report(callback, trial, 40, 2.0)
+        callback.on_trial_recover(0, [], trial)
+        callback.on_trial_restore(0, [], trial)
+        report(callback, trial, 20, 9.0, node="n2")  # the restart repeats step 20: logged already
+        report(callback, trial, 40, 9.0, node="n2")
+        report(callback, trial, 60, 1.0, node="n2")
+        callback.on_trial_complete(0, [], trial)
+    assert history(tracker, "t5") == [(20, 3.0), (40, 2.0), (60, 1.0)]
+    run = MlflowClient(tracking_uri=tracker.uri).get_run(tracker.children["t5"])
+    assert run.info.status == "FINISHED" and run.data.tags["metasweep.status"] == "finished"
+    assert run.data.tags["metasweep.nodes"] == "n1,n2"  # it moved to another node
+
+
+@pytest.mark.parametrize(
+    ("last", "status", "tag"),
+    [
+        ({ITERATION: 60}, "FINISHED", "finished"),
+        ({ITERATION: 20}, "KILLED", "stopped early"),
+        ({ITERATION: 60, DIVERGED: "meta-training diverged at iteration 7"}, "FAILED", "diverged"),
+    ],
+)
+def test_a_trial_ends_with_the_status_its_last_result_gives(
+    tracker: SweepTracker, last: dict[str, Any], status: str, tag: str
+) -> None:
+    callback = TrackingCallback(iterations=60, seed=0)
+    trial = Trial("t6")
+    with tracking_to(tracker):
+        callback.on_trial_start(0, [], trial)
+        callback.on_trial_result(0, [], trial, last)
+        # A callback restored from Tune's pickled state may not have seen the last result; the
+        # trial's own record of it decides.
+        trial.last_result = last
+        TrackingCallback(iterations=60, seed=0).on_trial_complete(0, [], trial)
+    run = MlflowClient(tracking_uri=tracker.uri).get_run(tracker.children["t6"])
+    assert (run.info.status, run.data.tags["metasweep.status"]) == (status, tag)
+    if DIVERGED in last:
+        assert run.data.tags["metasweep.error"].startswith("meta-training diverged")
+    assert RUN_STATUS[outcome(last, 60)] == status
+
+
+def test_an_errored_trial_is_failed(tracker: SweepTracker) -> None:
+    callback = TrackingCallback(iterations=60, seed=3)
+    trial = Trial("t7", {})
+    with tracking_to(tracker):
+        callback.on_trial_start(0, [], trial)
+        callback.on_trial_error(0, [], trial)
+    run = MlflowClient(tracking_uri=tracker.uri).get_run(tracker.children["t7"])
+    assert run.info.status == "FAILED" and run.data.tags["metasweep.seed"] == "3"
+
+
+def test_the_callback_needs_a_search_to_track() -> None:
+    with pytest.raises(RuntimeError, match="outside tracking_to"):
+        TrackingCallback(iterations=1, seed=0).on_trial_start(0, [], Trial("t"))
+
+
+# ---- the registry's champion policy ------------------------------------------------------------
+
+
+def champion(value: float, fingerprint: str = "f", protocol: str = "p") -> dict[str, str]:
+    return {
+        "metasweep.test_value": repr(value),
+        "metasweep.fingerprint": fingerprint,
+        "metasweep.protocol": protocol,
+    }
+
+
+@pytest.mark.parametrize(
+    ("mode", "value", "current", "alias", "reason"),
+    [
+        ("max", 0.9, None, CHAMPION, "first registered version"),
+        ("max", 0.9, champion(0.8), CHAMPION, "test/x 0.9000 beats champion v3's 0.8000"),
+        ("max", 0.7, champion(0.8), CHALLENGER, "does not beat champion v3's 0.8000"),
+        ("min", 0.7, champion(0.8), CHAMPION, "beats"),
+        ("min", 0.9, champion(0.8), CHALLENGER, "does not beat"),
+        ("max", 0.9, champion(0.8, fingerprint="other"), CHALLENGER, "another dataset or protocol"),
+        ("max", 0.9, champion(0.8, protocol="ways=20"), CHALLENGER, "another dataset or protocol"),
+        ("max", 0.1, champion(float("nan")), CHAMPION, "beats"),
+    ],
+)
+def test_champion_moves_only_to_a_better_model_on_the_same_data_and_protocol(
+    mode: str, value: float, current: dict[str, str] | None, alias: str, reason: str
+) -> None:
+    candidate = Candidate("test/x", value, mode, "f", "p")
+    chosen, why = choose_alias(candidate, current, "3")
+    assert chosen == alias and reason in why
