@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 TORCH_SPEC ?= torch==2.13.0
 DEMO_ITERATIONS ?= 3000
 
-.PHONY: install demo train-demo test lint benchmark clean
+.PHONY: install demo train-demo test check lint docs benchmark clean
 
 $(VENV)/.installed: pyproject.toml
 	python3 -m venv $(VENV)
@@ -28,19 +28,31 @@ demo: install
 		--set name=demo-$$(date +%Y%m%d-%H%M%S) --set train.iterations=1000 --set search.num_samples=4 \
 		--set search.grace_period=500 --set train.eval_every=250
 
-## test: install, then run the whole test suite
-test: install
+## test: install, lint, then run the whole test suite (what CI runs)
+test: lint
 	$(VENV)/bin/pytest
 
-## lint: ruff and mypy
+## check: the fast loop: lint, then the tests that start no servers and train nothing long
+check: lint
+	$(VENV)/bin/pytest -m "not integration and not slow" -q
+
+## lint: ruff (lint and format), mypy on both packages (strict on the core), the import contracts
 lint: install
-	$(VENV)/bin/ruff check algorithms orchestrator tests benchmarks
-	$(VENV)/bin/ruff format --check algorithms orchestrator tests benchmarks
-	$(VENV)/bin/mypy
+	$(VENV)/bin/ruff check algorithms orchestrator tests benchmarks examples
+	$(VENV)/bin/ruff format --check algorithms orchestrator tests benchmarks examples
+	@# mypy finds modules by folder name; the folders install as metasweep.algorithms/.orchestrator.
+	@mkdir -p .lint/metasweep && ln -sfn ../../algorithms .lint/metasweep/algorithms \
+		&& ln -sfn ../../orchestrator .lint/metasweep/orchestrator
+	$(VENV)/bin/mypy -p metasweep.algorithms -p metasweep.orchestrator
+	$(VENV)/bin/lint-imports
+
+## docs: regenerate docs/config.md from the config schema's field descriptions
+docs: install
+	$(PY) -m metasweep.orchestrator.config > docs/config.md
 
 ## benchmark: meta-training throughput of every algorithm against a learn2learn-style baseline
 benchmark: install
 	$(PY) benchmarks/throughput.py
 
 clean:
-	rm -rf $(VENV) runs .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) runs .pytest_cache .mypy_cache .ruff_cache .lint .import_linter_cache

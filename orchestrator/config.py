@@ -11,6 +11,7 @@ import copy
 import difflib
 import hashlib
 import json
+import re
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, Literal, TypeVar, overload
@@ -547,3 +548,74 @@ def _check_space_key(key: str, spec: ParamSpec) -> None:
 
 def _type_name(annotation: Any) -> str:
     return getattr(annotation, "__name__", str(annotation))
+
+
+# --------------------------------------------------------------------------------------------
+# The generated reference: docs/config.md
+# --------------------------------------------------------------------------------------------
+
+
+def reference() -> str:
+    """The config reference in Markdown, one table per section, from the schema's descriptions
+    (``make docs`` writes it to docs/config.md; a test checks that file is up to date)."""
+    lines = [
+        "# Configuration reference",
+        "",
+        "Generated from the schema in `orchestrator/config.py` by `make docs`; do not edit by hand.",
+        "A YAML file and `--set key=value` fill these fields in; unknown keys are refused with the",
+        "closest valid name. `metasweep train` takes the run sections, `metasweep sweep` and",
+        "`metasweep submit` also `search` and `tracking`.",
+        "",
+    ]
+    for title, model, prefix in _sections():
+        lines += [f"## {title}", "", (model.__doc__ or "").strip().splitlines()[0], ""]
+        lines += ["| field | type | default | description |", "| --- | --- | --- | --- |"]
+        for name, info in model.model_fields.items():
+            if _section(info) is not None:
+                continue
+            lines.append(
+                f"| `{prefix}{name}` | {_type_text(info.annotation)} | {_default_text(info)} | "
+                f"{info.description or ''}{_only_for(prefix + name)} |"
+            )
+        lines.append("")
+    return "\n".join(lines)
+
+
+def _sections() -> list[tuple[str, type[BaseModel], str]]:
+    sections: list[tuple[str, type[BaseModel], str]] = [("Top level", SweepConfig, "")]
+    for name, info in SweepConfig.model_fields.items():
+        section = _section(info)
+        if section is not None:
+            sections.append((f"`{name}`", section, f"{name}."))
+    sections.append(("`search.space.<field>`", ParamSpec, ""))
+    return sections
+
+
+_ONLY_FOR = {
+    "inner_loop": "learners with an inner loop",
+    "second_order": "learners that take second-order terms",
+}
+
+
+def _only_for(dotted: str) -> str:
+    for capability, names in CAPABILITY_FIELDS.items():
+        if dotted in names:
+            return f" (only {_ONLY_FOR[capability]}; refused for others when set)"
+    return ""
+
+
+def _type_text(annotation: Any) -> str:
+    text = annotation.__name__ if isinstance(annotation, type) else str(annotation)
+    text = re.sub(r"\b(?:[A-Za-z_]\w*\.)+([A-Za-z_]\w*)", r"\1", text)  # no module paths
+    return f"`{text}`".replace("|", "\\|")
+
+
+def _default_text(info: FieldInfo) -> str:
+    if info.is_required():
+        return "required"
+    value = info.get_default(call_default_factory=True)
+    return f"`{json.dumps(value)}`" if not isinstance(value, BaseModel) else ""
+
+
+if __name__ == "__main__":
+    print(reference())
