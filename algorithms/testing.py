@@ -169,7 +169,7 @@ class LearnerContract:
         for backbone in self.backbones():
             learner = self.learner(backbone)
             assert isinstance(learner, nn.Module)
-            assert isinstance(learner.model, nn.Module)  # type: ignore[attr-defined]
+            assert isinstance(learner.model, nn.Module)
             assert isinstance(learner, MetaLearner)
             if self.learner_class.capabilities.inner_loop:
                 assert isinstance(learner, InnerLoopLearner)

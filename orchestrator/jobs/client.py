@@ -109,7 +109,7 @@ class Cluster:
         """The alive nodes (``node_ip``, ``is_head_node``, ``resources_total``), from Ray's state API
         with this client's token (benchmarks/node_list.py measured it against a raw REST call)."""
         from ray.util.state import StateApiClient
-        from ray.util.state.common import ListApiOptions, StateResource
+        from ray.util.state.common import ListApiOptions, NodeState, StateResource
 
         options = ListApiOptions(limit=10000, timeout=10, filters=[("state", "=", "ALIVE")])
         with self._errors():
@@ -122,6 +122,7 @@ class Cluster:
         return [
             {"node_ip": n.node_ip, "is_head_node": n.is_head_node, "resources_total": dict(n.resources_total)}
             for n in listed
+            if isinstance(n, NodeState)
         ]
 
     def probe_http(self, url: str, what: str, timeout: float = 120) -> None:

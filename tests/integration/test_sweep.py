@@ -122,7 +122,7 @@ def test_bad_sweeps_exit_2_and_leave_no_run(run_cli, tmp_path: Path) -> None:
         assert experiment is None or not client.search_runs([experiment.experiment_id])
 
 
-def test_sweep_resumes_after_the_driver_is_killed(run_cli, tmp_path: Path) -> None:
+def test_sweep_resumes_after_the_driver_is_killed(edit_config, run_cli, tmp_path: Path) -> None:
     """SIGKILL the driver once two trials have finished; --resume completes the sweep, re-runs
     no finished trial, and MLflow keeps one child run per trial with gap-free histories."""
     import os
@@ -131,13 +131,14 @@ def test_sweep_resumes_after_the_driver_is_killed(run_cli, tmp_path: Path) -> No
     import sys
     import time
 
-    config = (
-        SWEEP.format(name="r1")
-        .replace("num_samples: 4", "num_samples: 6")
-        .replace("iterations: 60", "iterations: 100")
-        .replace("grace_period: 20", "scheduler: fifo")
-    )
-    Path("sweep.yaml").write_text(config)
+    path = Path("sweep.yaml")
+    path.write_text(SWEEP.format(name="r1"))
+    for old, new in (
+        ("num_samples: 4", "num_samples: 6"),
+        ("iterations: 60", "iterations: 100"),
+        ("grace_period: 20", "scheduler: fifo"),
+    ):
+        edit_config(path, old, new)
     store()  # create the database here first, so that polling never races its creation
     driver = subprocess.Popen(
         [sys.executable, "-m", "metasweep", "sweep", "sweep.yaml"],
@@ -190,7 +191,7 @@ def trial_workers(sweep: str) -> list[int]:
     return pids
 
 
-def test_a_crashed_trial_continues_from_its_checkpoint(tmp_path: Path) -> None:
+def test_a_crashed_trial_continues_from_its_checkpoint(edit_config, tmp_path: Path) -> None:
     """SIGKILL the Ray worker of a running trial: Tune restarts it from its last checkpoint and
     MLflow keeps one child run whose history has no gap and no repeat."""
     import os
@@ -199,15 +200,16 @@ def test_a_crashed_trial_continues_from_its_checkpoint(tmp_path: Path) -> None:
     import sys
     import time
 
-    config = (
-        SWEEP.format(name=f"crash-{tmp_path.name}")
-        .replace("num_samples: 4", "num_samples: 1")
-        .replace("max_concurrent: 2", "max_concurrent: 1")
-        .replace("iterations: 60", "iterations: 4000")
-        .replace("meta_batch_size: 5", "meta_batch_size: 25")
-        .replace("grace_period: 20", "scheduler: fifo")
-    )
-    Path("sweep.yaml").write_text(config)
+    path = Path("sweep.yaml")
+    path.write_text(SWEEP.format(name=f"crash-{tmp_path.name}"))
+    for old, new in (
+        ("num_samples: 4", "num_samples: 1"),
+        ("max_concurrent: 2", "max_concurrent: 1"),
+        ("iterations: 60", "iterations: 4000"),
+        ("meta_batch_size: 5", "meta_batch_size: 25"),
+        ("grace_period: 20", "scheduler: fifo"),
+    ):
+        edit_config(path, old, new)
     store()  # create the database here first, so that polling never races its creation
     driver = subprocess.Popen(
         [sys.executable, "-m", "metasweep", "sweep", "sweep.yaml"],
@@ -239,18 +241,19 @@ def test_a_crashed_trial_continues_from_its_checkpoint(tmp_path: Path) -> None:
     assert history == list(range(20, 4001, 20)), history
 
 
-def test_a_diverging_trial_scores_worst_and_the_sweep_goes_on(run_cli, tmp_path: Path) -> None:
-    config = (
-        SWEEP.format(name="d1")
-        .replace("{type: loguniform, low: 0.001, high: 0.05}", "{type: categorical, values: [0.01, 50.0]}")
-        .replace("    train.inner_steps: {type: int, low: 1, high: 2}\n", "")
-        .replace("num_samples: 4", "num_samples: 2")
-        .replace(
+def test_a_diverging_trial_scores_worst_and_the_sweep_goes_on(edit_config, run_cli, tmp_path: Path) -> None:
+    path = Path("sweep.yaml")
+    path.write_text(SWEEP.format(name="d1"))
+    for old, new in (
+        ("{type: loguniform, low: 0.001, high: 0.05}", "{type: categorical, values: [0.01, 50.0]}"),
+        ("    train.inner_steps: {type: int, low: 1, high: 2}\n", ""),
+        ("num_samples: 4", "num_samples: 2"),
+        (
             "[{train.inner_lr: 0.01, train.inner_steps: 1}]",
             "[{train.inner_lr: 50.0}, {train.inner_lr: 0.01}]",
-        )
-    )
-    Path("sweep.yaml").write_text(config)
+        ),
+    ):
+        edit_config(path, old, new)
     result = run_cli("sweep", "sweep.yaml", timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
     assert json.loads(result.stdout.strip().splitlines()[-1])["train.inner_lr"] == 0.01
