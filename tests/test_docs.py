@@ -134,6 +134,7 @@ def test_yaml_snippets_parse(snippet: Snippet) -> None:
     assert isinstance(yaml.safe_load(snippet.text), dict)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("snippet", RUN, ids=[s.id for s in RUN])
 def test_runnable_snippets_run(snippet: Snippet, tmp_path: Path) -> None:
     if "needs Omniglot" in snippet.marker and not (ROOT.parent / "shared" / "data" / "omniglot").is_dir():
