@@ -12,6 +12,3 @@ from metasweep.orchestrator.cli import run, jobs, models, data
 from metasweep.orchestrator.cli.app import app, main
 
 __all__ = ["app", "data", "jobs", "main", "models", "run"]
-
-if __name__ == "__main__":
-    main()
