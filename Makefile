@@ -32,9 +32,9 @@ demo: install
 test: lint
 	$(VENV)/bin/pytest
 
-## check: the fast loop: lint, then the tests that start no servers and train nothing long
+## check: the fast loop: lint, then the unit tests (no servers, no long training, no CLI processes)
 check: lint
-	$(VENV)/bin/pytest -m "not integration and not slow" -q
+	$(VENV)/bin/pytest -m "not integration and not slow and not cli" -q
 
 ## lint: ruff (lint and format), mypy on both packages (strict on the core), the import contracts
 lint: install

@@ -8,6 +8,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+pytestmark = pytest.mark.cli
+
 
 def test_import_info_preview(make_folder, run_cli, tmp_path: Path) -> None:
     root = make_folder(tmp_path / "photos", classes=10, per_class=4)

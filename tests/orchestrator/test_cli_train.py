@@ -8,6 +8,8 @@ from pathlib import Path
 import pytest
 import torch
 
+pytestmark = pytest.mark.cli
+
 EXAMPLE = str(Path(__file__).resolve().parents[2] / "examples" / "sinusoid_maml.yaml")
 SHORT = [
     "--set", "train.eval_every=200",
