@@ -50,13 +50,23 @@ def import_in_subprocess(out: Path) -> dict[str, float]:
     return {"import_seconds": float(seconds), "import_peak_mib": int(rss_kb) / 1024}
 
 
-def sampling_in_subprocess(dataset: Path, seconds: float) -> dict[str, float]:
-    """Sampling rates and the peak RSS of a process that holds the dataset with rotations."""
+THIS_SAMPLER = (
+    "from metasweep.orchestrator.data.format import load_dataset\n"
+    "from metasweep.orchestrator.data.sampler import EpisodeSampler\n"
+)
+
+
+def sampling_in_subprocess(dataset: Path, seconds: float, imports: str = THIS_SAMPLER) -> dict[str, float]:
+    """Sampling rates and the peak RSS of a process that holds the dataset with rotations.
+
+    Args:
+        imports: the lines that import ``load_dataset`` and ``EpisodeSampler`` (another version's
+            sampler, for a before/after comparison).
+    """
     code = f"""
 import json, resource, time, torch
 torch.set_num_threads(1)
-from metasweep.orchestrator.data.format import load_dataset
-from metasweep.orchestrator.data.sampler import EpisodeSampler
+{imports}
 ds = load_dataset({str(dataset)!r})
 out = {{}}
 for ways, shots in ((5, 1), (20, 5)):

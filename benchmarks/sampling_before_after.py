@@ -11,37 +11,13 @@ one is the installed ``metasweep``. Prints episodes per second for each case and
 from __future__ import annotations
 
 import argparse
-import os
-import subprocess
-import sys
+import json
 import tempfile
 from pathlib import Path
 
+from sampling import THIS_SAMPLER, sampling_in_subprocess
+
 OMNIGLOT = Path(__file__).resolve().parents[2] / "shared" / "data" / "omniglot"
-MEASURE = """
-import json, sys, time, torch
-torch.set_num_threads(1)
-which, path, seconds = sys.argv[1], sys.argv[2], float(sys.argv[3])
-if which == "before":
-    sys.path.insert(0, sys.argv[4])
-    from orchestrator.datasets import EpisodeSampler, load_dataset
-else:
-    from metasweep.orchestrator.data.format import load_dataset
-    from metasweep.orchestrator.data.sampler import EpisodeSampler
-dataset = load_dataset(path)
-out = {}
-for ways, shots in ((5, 1), (20, 5)):
-    sampler = EpisodeSampler(dataset, "train", ways, shots, 15, rotations=True)
-    for per_call in (1, 32):
-        generator = torch.Generator().manual_seed(0)
-        sampler.sample(per_call, generator)
-        n, start = 0, time.perf_counter()
-        while time.perf_counter() - start < seconds:
-            sampler.sample(per_call, generator)
-            n += per_call
-        out[f"{ways}w{shots}s15q_per_call{per_call}"] = round(n / (time.perf_counter() - start))
-print(json.dumps(out))
-"""
 
 
 def main() -> None:
@@ -52,15 +28,18 @@ def main() -> None:
     args = parser.parse_args()
     from metasweep.orchestrator.data.importers import import_omniglot
 
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
     with tempfile.TemporaryDirectory() as tmp:
         data = Path(tmp) / "omniglot.parquet"
         import_omniglot([OMNIGLOT / "images_background.npz", OMNIGLOT / "images_evaluation.npz"], str(data))
+        before = (
+            f"import sys; sys.path.insert(0, {str(args.before)!r})\n"
+            "from orchestrator.datasets import EpisodeSampler, load_dataset\n"
+        )
         for run in range(args.runs):
-            for which in ("before", "after"):
-                argv = [sys.executable, "-c", MEASURE, which, str(data), str(args.seconds), str(args.before)]
-                done = subprocess.run(argv, capture_output=True, text=True, check=True, env=env)
-                print(f"run {run + 1} {which}: {done.stdout.strip()}")
+            for which, imports in (("before", before), ("after", THIS_SAMPLER)):
+                rates = sampling_in_subprocess(data, args.seconds, imports)
+                rates.pop("sampling_peak_mib")
+                print(f"run {run + 1} {which}: {json.dumps({k: round(v) for k, v in rates.items()})}")
 
 
 if __name__ == "__main__":
