@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from metasweep.algorithms import MLP, Capabilities, Conv4, MetaLearner, learner_class
+from metasweep.algorithms import MLP, Conv4, MetaLearner, learner_class
 from metasweep.algorithms.functional import Strategy
 from metasweep.orchestrator.problem import Problem
 
@@ -45,11 +45,6 @@ class LearnerSpec:
     first_order: bool
     strategy: Strategy
     seed: int
-
-    @property
-    def capabilities(self) -> Capabilities:
-        """What the algorithm supports."""
-        return learner_class(self.algorithm).capabilities
 
     def to_json(self) -> dict[str, Any]:
         """JSON-serialisable fields."""

@@ -50,11 +50,6 @@ class Problem:
         """Whether :attr:`metric` is better higher (``max``) or lower (``min``)."""
         return "max" if self.task_kind == "classification" else "min"
 
-    @property
-    def images(self) -> bool:
-        """Whether examples are images ``(C, H, W)``."""
-        return len(self.input_shape) == 3
-
     def to_json(self) -> dict[str, Any]:
         """JSON-serialisable fields (the served model's spec holds them)."""
         return asdict(self)

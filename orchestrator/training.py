@@ -315,11 +315,16 @@ def _append_metrics(path: Path, iteration: int, metrics: dict[str, float]) -> No
 
 @dataclass(frozen=True)
 class Saved:
-    """A trained run read back from its checkpoint: its config and its learner's weights."""
+    """A trained run read back from its checkpoint: its config (with any overrides) and the
+    checkpoint's contents (:meth:`RunState.state_dict`)."""
 
     config: RunConfig
-    weights: dict[str, Any]
     state: dict[str, Any]
+
+    @property
+    def weights(self) -> dict[str, Any]:
+        """The learner's ``state_dict``."""
+        return dict(self.state["learner"])
 
 
 def read_run(checkpoint: Path, overrides: Sequence[str] = ()) -> Saved:
@@ -330,7 +335,7 @@ def read_run(checkpoint: Path, overrides: Sequence[str] = ()) -> Saved:
     """
     saved = load_checkpoint(checkpoint)
     config = load_config_dict(saved["config"], overrides, RunConfig, str(checkpoint))
-    return Saved(config, saved["learner"], saved)
+    return Saved(config, saved)
 
 
 def evaluate_run(saved: Saved, inputs: Inputs) -> dict[str, float]:
