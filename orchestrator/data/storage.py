@@ -1,0 +1,71 @@
+"""Where datasets and sweeps live: local paths and object-storage URIs, through ``pyarrow.fs``."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import psutil
+import pyarrow as pa
+import pyarrow.fs as pafs
+
+from metasweep.orchestrator.errors import UserError
+
+SHARED_FILESYSTEMS = ("nfs", "nfs4", "cifs", "smb3", "lustre", "gpfs", "ceph", "glusterfs", "beegfs")
+"""File systems a path may live on so that every node of a cluster reads the same file."""
+
+
+def filesystem(uri: str) -> tuple[pafs.FileSystem, str]:
+    """A pyarrow filesystem and path for a local path or a URI (``file://``, ``s3://``, ``gs://``).
+
+    S3-compatible stores: set ``AWS_ENDPOINT_URL`` (and ``AWS_ACCESS_KEY_ID`` /
+    ``AWS_SECRET_ACCESS_KEY``), or put ``?endpoint_override=host:port&scheme=http`` on the URI.
+
+    Raises:
+        UserError: a URI pyarrow cannot open.
+    """
+    if "://" not in uri:
+        return pafs.LocalFileSystem(), absolute(uri)
+    if uri.startswith("s3://") and "endpoint_override" not in uri and os.environ.get("AWS_ENDPOINT_URL"):
+        endpoint = os.environ["AWS_ENDPOINT_URL"]
+        scheme, _, host = endpoint.partition("://")
+        sep = "&" if "?" in uri else "?"
+        uri = f"{uri}{sep}endpoint_override={host or scheme}&scheme={scheme if host else 'https'}"
+    try:
+        return pafs.FileSystem.from_uri(uri)
+    except (pa.ArrowInvalid, OSError, ValueError) as exc:
+        raise UserError(f"cannot open {uri.split('?')[0]}: {exc}") from None
+
+
+def absolute(location: str) -> str:
+    """A local path made absolute (``~`` expanded), or a URI (``s3://bucket/x``) as it is."""
+    if "://" in location:
+        return location.rstrip("/")
+    return str(Path(location).expanduser().absolute())
+
+
+def path_exists(uri: str) -> bool:
+    """Whether a local path or an object-storage URI names an existing file or folder.
+
+    Raises:
+        UserError: the storage cannot be read.
+    """
+    fs, path = filesystem(uri)
+    try:
+        return fs.get_file_info(path).type != pafs.FileType.NotFound
+    except OSError as exc:
+        raise UserError(f"cannot read {uri.split('?')[0]}: {exc}") from None
+
+
+def filesystem_type(path: Path) -> str:
+    """The type of the file system ``path`` is on (``nfs4``, ``ext4``, ...; ``unknown`` if no
+    mount point holds it), from the mount table psutil reads."""
+    resolved = str(path.resolve())
+    best, kind = "", "unknown"
+    for partition in psutil.disk_partitions(all=True):
+        point = partition.mountpoint
+        inside = resolved == point or resolved.startswith(point.rstrip("/") + "/")
+        if inside and len(point) > len(best):
+            best, kind = point, partition.fstype
+    return kind
+
