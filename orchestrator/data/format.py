@@ -142,7 +142,6 @@ def _write_atomic(table: pa.Table, out: str) -> None:
 # --------------------------------------------------------------------------------------------
 
 
-
 @dataclass(frozen=True)
 class EpisodicDataset:
     """A metasweep dataset in memory: pixels of every image plus where each class lies.

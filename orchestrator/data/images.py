@@ -65,6 +65,8 @@ def stack_class(name: str, arrays: list[np.ndarray], where: str) -> np.ndarray:
             "pass --image-size N to resize every image to N x N"
         )
     return np.stack(arrays)
+
+
 def save_grid(classes: list[np.ndarray], out: Path) -> None:
     """Save a PNG grid, one row per class: ``classes[i]`` holds that row's ``(n, H, W, C)`` uint8
     images, all of one shape."""

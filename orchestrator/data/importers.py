@@ -29,8 +29,6 @@ def _quietly(classes: Iterable[ClassImages]) -> Iterable[ClassImages]:
     return classes
 
 
-
-
 _OMNIGLOT_CHAR = re.compile(r"(?:^|/)(images_(background|evaluation)[^/]*)/([^/]+)/(character\d+)/([^/]+)$")
 
 

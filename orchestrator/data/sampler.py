@@ -104,7 +104,9 @@ class EpisodeSampler:
             torch.from_numpy(raw.query_y),
         )
 
-    def sample_images(self, tasks: int, generator: torch.Generator, queries: int | None = None) -> ImageEpisode:
+    def sample_images(
+        self, tasks: int, generator: torch.Generator, queries: int | None = None
+    ) -> ImageEpisode:
         """Draw ``tasks`` episodes as the dataset stores them: uint8 pixels, as a user hands them to
         the served model. The same generator state gives the same episodes as :meth:`sample`."""
         q = self.queries if queries is None else queries

@@ -68,4 +68,3 @@ def filesystem_type(path: Path) -> str:
         if inside and len(point) > len(best):
             best, kind = point, partition.fstype
     return kind
-
