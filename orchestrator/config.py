@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any, Literal, TypeVar, overload
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 from pydantic.fields import FieldInfo
 
 from metasweep.algorithms import ALGORITHMS, Capabilities, learner_class
@@ -27,6 +27,26 @@ from metasweep.orchestrator.problem import Mode, Problem, mode_of
 
 SINUSOID = "sinusoid"
 SWEEP_STORAGE = "runs/sweeps"  # where Tune keeps a sweep's checkpoints unless told otherwise
+NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
+"""What a run, sweep or registered model may be called: it becomes a folder name, a Ray job id, an
+MLflow tag and part of a shell command, so letters, digits and ``._-`` only, no leading dot."""
+
+
+def check_name(value: object, what: str) -> str:
+    """``value`` as a name (a bare number is read as its digits).
+
+    Raises:
+        ValueError: a name :data:`NAME` does not match, with what to do.
+    """
+    if isinstance(value, int) and not isinstance(value, bool):
+        value = str(value)
+    if not isinstance(value, str) or not NAME.fullmatch(value):
+        raise ValueError(
+            f"{what} {value!r} is not a valid name: use 1-128 letters, digits, '.', '_' or '-', "
+            "starting with a letter or digit (it becomes a folder, a job id and an MLflow tag)"
+        )
+    return value
+
 
 CAPABILITY_FIELDS: dict[str, tuple[str, ...]] = {
     "inner_loop": ("train.inner_lr", "train.inner_steps", "eval.inner_steps"),
@@ -112,7 +132,9 @@ class EvalConfig(_Section):
 class RunConfig(_Section):
     """One meta-training run: ``metasweep train CONFIG.yaml``."""
 
-    name: str = Field("run", description="run name; the default output directory is runs/<name>")
+    name: str = Field(
+        "run", description="run name (letters, digits, ._-); the default output directory is runs/<name>"
+    )
     algorithm: str = Field("maml", description="meta-learner: " + ", ".join(ALGORITHMS))
     model: ModelConfig = Field(ModelConfig(), description="the backbone")
     data: DataConfig = Field(DataConfig(), description="where episodes come from")
@@ -125,6 +147,11 @@ class RunConfig(_Section):
     output_dir: str | None = Field(
         None, description="where checkpoints and metrics go (default: runs/<name>)"
     )
+
+    @field_validator("name", mode="before")
+    @classmethod
+    def _valid_name(cls, value: object) -> str:
+        return check_name(value, "name")
 
     @model_validator(mode="after")
     def _consistent(self) -> RunConfig:
@@ -452,7 +479,14 @@ class TrackingConfig(_Section):
         None, description="MLflow tracking URI (default: $MLFLOW_TRACKING_URI, else sqlite:///mlflow.db)"
     )
     experiment: str = Field("metasweep", description="MLflow experiment of the sweep")
-    registered_model: str | None = Field(None, description="registry name for the best model")
+    registered_model: str | None = Field(
+        None, description="registry name for the best model (letters, digits, ._-)"
+    )
+
+    @field_validator("registered_model", mode="before")
+    @classmethod
+    def _valid_model_name(cls, value: object) -> str | None:
+        return None if value is None else check_name(value, "tracking.registered_model")
 
 
 class SweepConfig(RunConfig):

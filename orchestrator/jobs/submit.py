@@ -226,11 +226,7 @@ def submit(
     # `jobs stop` sends SIGTERM, which the driver turns into Tune's graceful stop (the sweep's
     # state is saved for --resume); Ray's default 3 s before SIGKILL can cut that short.
     env["RAY_JOB_STOP_WAIT_TIME_S"] = "60"
-    entrypoint = f"python -m metasweep sweep {SWEEP_FILE} --storage {shlex.quote(storage)}"
-    if not resource_check:
-        entrypoint += " --no-resource-check"
-    if resume:
-        entrypoint += f" --resume {config.name}"
+    entrypoint = sweep_command(storage, config.name if resume else None, resource_check)
     job_id = f"metasweep-{config.name}-{time.strftime('%Y%m%d-%H%M%S')}"
     with tempfile.TemporaryDirectory(prefix="metasweep-job-") as tmp:
         working_dir = _pack(Path(tmp), to_yaml(resolved))
@@ -239,6 +235,17 @@ def submit(
             runtime_env["pip"] = list(pip)
         job_id = cluster.submit(entrypoint, runtime_env, job_id, config.name)
     return Submission(job_id=job_id, sweep=config.name, dashboard=cluster.url)
+
+
+def sweep_command(storage: str, resume: str | None, resource_check: bool) -> str:
+    """The job's entrypoint: ``python -m metasweep sweep`` on the shipped config, every value
+    quoted for the shell that Ray runs it in."""
+    argv = ["python", "-m", "metasweep", "sweep", SWEEP_FILE, "--storage", storage]
+    if not resource_check:
+        argv.append("--no-resource-check")
+    if resume is not None:
+        argv += ["--resume", resume]
+    return shlex.join(argv)
 
 
 def _pack(folder: Path, config_yaml: str) -> Path:

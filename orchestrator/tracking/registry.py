@@ -28,7 +28,7 @@ import metasweep.algorithms as core
 from metasweep.orchestrator.errors import UserError
 from metasweep.orchestrator.tracking import model as served
 from metasweep.orchestrator.tracking.runs import SweepTracker
-from metasweep.orchestrator.tracking.store import check_reachable, use_store
+from metasweep.orchestrator.tracking.store import check_reachable, filter_value, use_store
 
 CHAMPION = "champion"
 CHALLENGER = "challenger"
@@ -213,7 +213,7 @@ def list_models(uri: str, name: str | None = None) -> list[dict[str, Any]]:
         names = [name] if name else [m.name for m in client.search_registered_models()]
         rows = []
         for model in names:
-            for found in client.search_model_versions(f"name = '{model}'"):
+            for found in client.search_model_versions(f"name = {filter_value(model)}"):
                 v = client.get_model_version(model, found.version)  # search results omit aliases
                 rows.append({
                     "name": model, "version": int(v.version), "aliases": ",".join(v.aliases),

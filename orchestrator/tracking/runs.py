@@ -24,7 +24,7 @@ from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
 from metasweep.orchestrator.errors import UserError
-from metasweep.orchestrator.tracking.store import check_reachable
+from metasweep.orchestrator.tracking.store import check_reachable, filter_value
 
 log = logging.getLogger(__name__)
 
@@ -192,7 +192,7 @@ class SweepTracker:
                 found.experiment_id if found is not None else self.client.create_experiment(experiment)
             )
             existing = self.client.search_runs(
-                [self.experiment_id], filter_string=f"tags.`{SWEEP_TAG}` = '{sweep}'"
+                [self.experiment_id], filter_string=f"tags.`{SWEEP_TAG}` = {filter_value(sweep)}"
             )
         except MlflowException as exc:
             raise UserError(f"cannot use the MLflow tracking store {uri}: {exc.message}") from None
@@ -261,7 +261,10 @@ class SweepTracker:
                 self.client.update_run(self.children[trial_id], status="RUNNING")
                 return
             if trial_id in self._unsure:  # an earlier attempt may have created it before failing
-                query = f"tags.`{SWEEP_TAG}` = '{self.sweep}' and tags.`{TRIAL_TAG}` = '{trial_id}'"
+                query = (
+                    f"tags.`{SWEEP_TAG}` = {filter_value(self.sweep)} "
+                    f"and tags.`{TRIAL_TAG}` = {filter_value(trial_id)}"
+                )
                 found = self.client.search_runs([self.experiment_id], filter_string=query)
                 if found:
                     self.children[trial_id] = found[0].info.run_id

@@ -69,3 +69,17 @@ def use_store(uri: str) -> None:
 
     mlflow.set_tracking_uri(uri)
     mlflow.set_registry_uri(uri)
+
+
+def filter_value(value: str) -> str:
+    """``value`` quoted for an MLflow search filter (``tags.x = 'value'``). MLflow's filter syntax
+    has no escapes: the value goes in whichever quotes it does not contain.
+
+    Raises:
+        UserError: a value holding both kinds of quotes, which no MLflow filter can express.
+    """
+    if "'" not in value:
+        return f"'{value}'"
+    if '"' not in value:
+        return f'"{value}"'
+    raise UserError(f"{value!r} holds both ' and \"; MLflow cannot search for it")

@@ -204,3 +204,20 @@ def test_a_searched_algorithm_samples_only_the_fields_it_uses() -> None:
     protonet = sweep.run_config({"algorithm": "protonet"})
     assert protonet.train.inner_lr == 0.01  # the base config's 0.4 means nothing to protonet
     assert sweep.run_config({"algorithm": "maml", "train.inner_lr": 0.2}).train.inner_lr == 0.2
+
+
+@pytest.mark.parametrize(
+    "name", ["x;rm -rf ~", "../elsewhere", "/abs/path", ".hidden", "a b", "", "it's", "$(id)", "x" * 129]
+)
+def test_names_that_could_escape_a_folder_a_shell_or_a_filter_are_refused(name: str) -> None:
+    from metasweep.orchestrator.config import SweepConfig
+
+    with pytest.raises(UserError, match="is not a valid name: use 1-128 letters"):
+        load_config_dict({"name": name})
+    with pytest.raises(UserError, match=r"tracking\.registered_model .* is not a valid name"):
+        load_config_dict({"tracking": {"registered_model": name}}, (), SweepConfig)
+
+
+def test_a_numeric_name_is_its_digits() -> None:
+    assert load_config(None, ["name=2024"]).name == "2024"
+    assert load_config(None, ["name=run-1.v2_b"]).name == "run-1.v2_b"

@@ -146,3 +146,25 @@ def test_token_auth_mode_is_set_only_with_a_token(tmp_path: Path, monkeypatch: p
     monkeypatch.setenv("RAY_AUTH_MODE", "disabled")  # an explicit choice stays
     client.use_token_auth()
     assert os.environ["RAY_AUTH_MODE"] == "disabled"
+
+
+@pytest.mark.parametrize("storage", ["/tmp/a b/sweeps", "s3://bucket/x;id", "$(touch pwned)"])
+def test_every_value_of_the_job_entrypoint_is_quoted_for_the_shell(storage: str) -> None:
+    import shlex
+
+    command = submit.sweep_command(storage, resume="sweep-1", resource_check=False)
+    assert shlex.split(command) == [
+        "python", "-m", "metasweep", "sweep", submit.SWEEP_FILE, "--storage", storage,
+        "--no-resource-check", "--resume", "sweep-1",
+    ]  # fmt: skip
+
+
+def test_a_hostile_resume_name_is_refused_before_anything_reaches_a_cluster(run_cli, free_port) -> None:
+    Path("s.yaml").write_text(
+        "name: s\nsearch: {space: {train.inner_lr: {type: uniform, low: 0.1, high: 0.2}}}\n"
+    )
+    result = run_cli(
+        "submit", "s.yaml", "--address", f"http://127.0.0.1:{free_port()}", "--resume", "x;touch pwned"
+    )
+    assert result.returncode == 2 and "is not a valid name" in result.stderr
+    assert not Path("pwned").exists()

@@ -255,3 +255,15 @@ def test_champion_moves_only_to_a_better_model_on_the_same_data_and_protocol(
     candidate = Candidate("test/x", value, mode, "f", "p")
     chosen, why = choose_alias(candidate, current, "3")
     assert chosen == alias and reason in why
+
+
+def test_filter_values_with_quotes_search_instead_of_breaking_the_query(tracker: SweepTracker) -> None:
+    from metasweep.orchestrator.tracking.registry import list_models
+    from metasweep.orchestrator.tracking.store import filter_value
+
+    assert filter_value("plain") == "'plain'"
+    assert filter_value("it's") == '"it\'s"'
+    with pytest.raises(UserError, match="holds both"):
+        filter_value('it\'s "quoted"')
+    with pytest.raises(UserError, match='no registered model "it\'s"'):
+        list_models(tracker.uri, "it's")
