@@ -52,7 +52,10 @@ def models_pull(
     from metasweep.orchestrator.tracking.store import tracking_uri as resolve
 
     path = pull_model(resolve(tracking_uri), reference, out)
-    say(f"pulled {reference} to {path}; load it with mlflow.pyfunc.load_model({str(path)!r})")
+    say(
+        f"pulled {reference} to {path}; use it with `metasweep adapt {path} ...`, or serve it with "
+        f"mlflow.pyfunc.load_model({str(path)!r}), which runs the code inside the folder"
+    )
 
 
 @app.command()
@@ -76,19 +79,19 @@ def adapt(
         raise UserError(f"{support} does not exist")
     if not query.exists():
         raise UserError(f"{query} does not exist")
-    pyfunc = load_model(resolve(tracking_uri), model)
-    spec = pyfunc.unwrap_python_model().spec
+    loaded = load_model(resolve(tracking_uri), model)  # rebuilt by this metasweep; no model code runs
+    spec = loaded.spec
     if spec.problem.task_kind != "classification":
         raise UserError("adapt labels images; this model is a regression model")
     shots = read_image_files(support, spec.problem.input_shape)
     queries = read_image_files(query, spec.problem.input_shape)
     names, label_ids = np.unique(np.asarray(shots.labels), return_inverse=True)
     try:
-        predicted = pyfunc.predict(
+        predicted = loaded.predict(
             {"support_x": np.stack(shots.images), "support_y": label_ids.astype(np.int64),
              "query_x": np.stack(queries.images)}
         )  # fmt: skip
-    except Exception as exc:  # the model's own checks and MLflow's schema enforcement
+    except ValueError as exc:  # the model's own checks of its inputs
         raise UserError(f"the model cannot take this support/query set: {exc}") from None
     predictions = [str(label) for label in names[np.asarray(predicted).astype(int)]]
     rows = list(zip(queries.paths, predictions, strict=True))

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import pickle
 import shutil
 import tempfile
 from collections.abc import Mapping
@@ -21,10 +22,12 @@ from typing import Any
 
 import numpy as np
 import torch
+import yaml
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
 import metasweep.algorithms as core
+from metasweep.algorithms import MetaLearner
 from metasweep.orchestrator.errors import UserError
 from metasweep.orchestrator.tracking import model as served
 from metasweep.orchestrator.tracking.runs import SweepTracker
@@ -239,12 +242,57 @@ def model_uri(reference: str) -> str:
     return f"models:/{reference}@{CHAMPION}"
 
 
-def pull_model(uri: str, reference: str, out: Path) -> Path:
-    """Download a registered model into ``out``: a directory ``mlflow.pyfunc.load_model`` loads
-    with no tracking server.
+@dataclass(frozen=True)
+class Loaded:
+    """A registered model rebuilt by the installed metasweep: its spec and its learner."""
+
+    spec: served.ModelSpec
+    learner: MetaLearner[Any]
+
+    def predict(self, model_input: dict[str, Any]) -> np.ndarray:
+        """As the served model predicts (:func:`~metasweep.orchestrator.tracking.model.predict_with`)."""
+        return served.predict_with(self.learner, self.spec, model_input)
+
+
+def read_model(folder: Path) -> Loaded:
+    """Rebuild a pulled model from its JSON spec and its tensors (``torch.load(weights_only=True)``)
+    with the installed metasweep code. Nothing in the folder is imported or run: not its
+    ``model_code.py``, not its ``code/``, not a pickle.
 
     Raises:
-        UserError: unknown model, alias or version; ``out`` exists and is not empty.
+        UserError: not a metasweep model folder, a spec of another format, or unreadable weights.
+    """
+    mlmodel = folder / "MLmodel"
+    if not mlmodel.is_file():
+        raise UserError(
+            f"{folder} is not a model folder (no MLmodel file); pull one with `metasweep models pull`"
+        )
+    try:
+        flavor = (yaml.safe_load(mlmodel.read_text()) or {}).get("flavors", {}).get("python_function", {})
+        artifacts = {
+            name: folder / flavor["artifacts"][name]["path"] for name in (served.SPEC, served.WEIGHTS)
+        }
+    except (yaml.YAMLError, KeyError, TypeError, AttributeError):
+        raise UserError(f"{folder} is not a metasweep model: its MLmodel names no spec and weights") from None
+    root = folder.resolve()
+    if not all(path.resolve().is_relative_to(root) and path.is_file() for path in artifacts.values()):
+        raise UserError(f"{folder}: the spec and weights its MLmodel names are not files inside it")
+    try:
+        spec = served.ModelSpec.from_json(json.loads(artifacts[served.SPEC].read_text()))
+        weights = torch.load(artifacts[served.WEIGHTS], map_location="cpu", weights_only=True)
+        return Loaded(spec, served.rebuild(spec, weights))
+    except (ValueError, KeyError, TypeError, RuntimeError, OSError, pickle.UnpicklingError) as exc:
+        raise UserError(f"{folder} holds no model this metasweep can rebuild: {exc}") from None
+
+
+def pull_model(uri: str, reference: str, out: Path) -> Path:
+    """Download a registered model into ``out``: a directory ``metasweep adapt`` (and
+    ``mlflow.pyfunc.load_model``) loads with no tracking server. The download is checked with
+    :func:`read_model` first; nothing is left at ``out`` when it fails.
+
+    Raises:
+        UserError: unknown model, alias or version; ``out`` exists and is not empty; a model this
+            metasweep cannot rebuild.
     """
     import mlflow
 
@@ -256,6 +304,7 @@ def pull_model(uri: str, reference: str, out: Path) -> Path:
     use_store(uri)
     try:
         mlflow.artifacts.download_artifacts(target, dst_path=str(tmp))
+        read_model(tmp)  # a model this metasweep rebuilds, checked without running its code
         out.parent.mkdir(parents=True, exist_ok=True)
         if out.exists():
             out.rmdir()
@@ -268,20 +317,23 @@ def pull_model(uri: str, reference: str, out: Path) -> Path:
     return out
 
 
-def load_model(uri: str, reference: str) -> Any:
-    """A pyfunc model from a pulled directory or a registry reference.
+def load_model(uri: str, reference: str) -> Loaded:
+    """A registered model, from a pulled folder or a registry reference, rebuilt by
+    :func:`read_model`: the installed metasweep's code runs, never the model's.
 
     Raises:
-        UserError: nothing at that path or reference.
+        UserError: nothing at that path or reference, or a model this metasweep cannot rebuild.
     """
     import mlflow
 
     path = Path(reference)
-    target = str(path) if path.is_dir() else model_uri(reference)
-    if not path.is_dir():
-        check_reachable(uri)
-        use_store(uri)
-    try:
-        return mlflow.pyfunc.load_model(target)
-    except (MlflowException, OSError) as exc:
-        raise UserError(f"cannot load model {reference!r}: {getattr(exc, 'message', exc)}") from None
+    if path.is_dir():
+        return read_model(path)
+    check_reachable(uri)
+    use_store(uri)
+    with tempfile.TemporaryDirectory() as tmp:
+        try:
+            mlflow.artifacts.download_artifacts(model_uri(reference), dst_path=tmp)
+        except (MlflowException, OSError) as exc:
+            raise UserError(f"cannot load model {reference!r}: {getattr(exc, 'message', exc)}") from None
+        return read_model(Path(tmp))

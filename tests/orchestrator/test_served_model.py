@@ -94,3 +94,64 @@ def test_its_requirements_are_exactly_what_its_code_imports(pulled: Path) -> Non
                 imported.add(node.module.split(".")[0])
     third_party = imported - set(sys.stdlib_module_names) - {"metasweep", "__future__"}
     assert third_party == {IMPORT_NAMES[name] for name in REQUIREMENTS}
+
+
+MARKER = "import pathlib; pathlib.Path({path!r}).write_text('model code ran')\n"
+
+
+def tampered_copy(pulled: Path, folder: Path) -> tuple[Path, Path]:
+    """A copy of the pulled model whose own code writes a marker file when anything imports it."""
+    import shutil
+
+    model = folder / "tampered"
+    shutil.copytree(pulled, model, ignore=shutil.ignore_patterns("__pycache__"))
+    marker = folder / "ran.txt"
+    for code in (model / "model_code.py", model / "code/metasweep/orchestrator/tracking/model.py"):
+        code.write_text(MARKER.format(path=str(marker)) + code.read_text())
+    return model, marker
+
+
+def test_adapt_rebuilds_the_model_with_the_installed_code_and_runs_none_of_the_folders(
+    pulled: Path, run_cli, tmp_path: Path
+) -> None:
+    from PIL import Image
+
+    model, marker = tampered_copy(pulled, tmp_path)
+    rng = np.random.default_rng(0)
+    images = rng.integers(0, 256, (5, 28, 28), dtype=np.uint8)
+    for i, image in enumerate(images):
+        (tmp_path / "support" / f"class{i}").mkdir(parents=True)
+        Image.fromarray(image).save(tmp_path / "support" / f"class{i}" / "0.png")
+        (tmp_path / "query").mkdir(exist_ok=True)
+        Image.fromarray(image).save(tmp_path / "query" / f"q{i}.png")
+    result = run_cli(
+        "adapt", str(model), "--support", str(tmp_path / "support"), "--query", str(tmp_path / "query")
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    predicted = dict(line.split("\t") for line in result.stdout.strip().splitlines())
+    assert predicted == {str(tmp_path / "query" / f"q{i}.png"): f"class{i}" for i in range(5)}
+    assert not marker.exists(), "adapt ran code that came with the model"
+    # What adapt avoids: MLflow's own loader runs the folder's code, as it does for every pyfunc.
+    lent = sysconfig.get_paths()["purelib"]
+    load = "import mlflow.pyfunc, sys; mlflow.pyfunc.load_model(sys.argv[1])"
+    subprocess.run(
+        [sys.executable, "-S", "-c", load, str(model)],
+        capture_output=True, timeout=300, env={"PYTHONPATH": lent, "PATH": "/usr/bin:/bin"},
+    )  # fmt: skip
+    assert marker.exists()
+
+
+def test_a_folder_that_is_not_a_model_of_this_version_is_refused(pulled: Path, tmp_path: Path) -> None:
+    import shutil
+
+    from metasweep.orchestrator.errors import UserError
+    from metasweep.orchestrator.tracking.registry import read_model
+
+    with pytest.raises(UserError, match="no MLmodel file"):
+        read_model(tmp_path)
+    old = tmp_path / "old"
+    shutil.copytree(pulled, old)
+    (old / "artifacts" / "spec.json").write_text(json.dumps({"config": {}, "task_kind": "classification"}))
+    with pytest.raises(UserError, match="format 1, this metasweep reads format 2"):
+        read_model(old)
+    assert read_model(pulled).spec.problem.task_kind == "classification"
