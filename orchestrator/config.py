@@ -24,6 +24,7 @@ from metasweep.algorithms import ALGORITHMS, Capabilities, learner_class
 from metasweep.orchestrator.errors import UserError
 from metasweep.orchestrator.learner import BACKBONE_TASKS, BACKBONES, LearnerSpec
 from metasweep.orchestrator.problem import Mode, Problem, mode_of
+from metasweep.orchestrator.redact import redact
 
 SINUSOID = "sinusoid"
 SWEEP_STORAGE = "runs/sweeps"  # where Tune keeps a sweep's checkpoints unless told otherwise
@@ -408,9 +409,11 @@ def _extra_key(schema: type[BaseModel], loc: tuple[str, ...]) -> str:
     return f"unknown key {loc[-1]!r}"
 
 
-def to_yaml(config: BaseModel) -> str:
-    """The config as YAML, every default spelled out (saved beside each run)."""
-    return yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False)
+def to_yaml(config: BaseModel, redacted: bool = True) -> str:
+    """The config as YAML, every default spelled out (saved beside each run), with any login in
+    a URI masked unless ``redacted`` is false (the config a submitted job runs)."""
+    text = yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False)
+    return redact(text) if redacted else text
 
 
 # --------------------------------------------------------------------------------------------

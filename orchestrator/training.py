@@ -7,12 +7,16 @@ it knows nothing of Ray, MLflow or the terminal. Everything it reports goes thro
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import json
 import logging
 import math
 import os
+import tempfile
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -33,6 +37,8 @@ log = logging.getLogger(__name__)
 
 CHECKPOINT = "checkpoint.pt"
 METRICS = "metrics.jsonl"
+LOCK = ".lock"
+RUN_FILES = (CHECKPOINT, METRICS, "config.yaml")
 EvalCallback = Callable[[int, dict[str, float]], None]
 """``on_eval(iteration, metrics)``: after every meta-validation."""
 StepCallback = Callable[[int, float], None]
@@ -147,11 +153,85 @@ def new_state(config: RunConfig, problem: Problem, device: torch.device) -> RunS
 
 
 def save_checkpoint(state: RunState, config: RunConfig, path: Path) -> None:
-    """Write the run state atomically (temporary file, then rename)."""
+    """Write the run state so that ``path`` always holds a whole checkpoint, the old or the new,
+    even through a crash or power loss: a temporary file of its own in the same folder, flushed
+    to disk, renamed over ``path``, and the folder's entry flushed too."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    torch.save({**state.state_dict(), "config": config.model_dump(mode="json")}, tmp)
-    os.replace(tmp, path)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            torch.save({**state.state_dict(), "config": config.model_dump(mode="json")}, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    folder = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(folder)
+    finally:
+        os.close(folder)
+
+
+def check_run_dir(config: RunConfig, resume: bool = False, overwrite: bool = False) -> None:
+    """Refuse to start over an earlier run of the same name unless told which to do.
+
+    Cheap and read-only, so the CLI calls it before any data is read; :func:`train` calls it
+    again under the run's lock.
+
+    Raises:
+        UserError: both flags, a run directory that is a file, or an earlier run there without
+            ``resume`` or ``overwrite``.
+    """
+    run_dir = config.run_dir
+    if resume and overwrite:
+        raise UserError("give either --resume (continue the run) or --overwrite (start it over), not both")
+    if run_dir.exists() and not run_dir.is_dir():
+        raise UserError(f"the run directory {str(run_dir)!r} is a file; set output_dir or name elsewhere")
+    if resume or overwrite:
+        return
+    if any((run_dir / name).exists() for name in RUN_FILES):
+        raise UserError(
+            f"run {config.name!r} already exists in {str(run_dir)!r}; continue it with --resume, start "
+            "it over with --overwrite, or give the new run another name (--set name=...)"
+        )
+
+
+@contextmanager
+def locked_run_dir(run_dir: Path) -> Iterator[None]:
+    """Hold the run directory for one process: a second ``metasweep train`` of the same run, on
+    this machine or another sharing the folder, is refused instead of interleaving its metrics
+    and checkpoints with this one's. The lock goes with the process, however it ends. A
+    directory made here and left without a run file (the run failed before its first write) is
+    removed again.
+
+    Raises:
+        UserError: another process holds the run.
+    """
+    made = not run_dir.exists()
+    run_dir.mkdir(parents=True, exist_ok=True)
+    fd = os.open(run_dir / LOCK, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "unknown"
+            raise UserError(
+                f"run {str(run_dir)!r} is in use by another metasweep process (pid {holder}); wait "
+                "for it to end, or give this run another name (--set name=...)"
+            ) from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, str(os.getpid()).encode(), 0)
+        yield
+    except BaseException:
+        if made and not any((run_dir / name).exists() for name in RUN_FILES):
+            (run_dir / LOCK).unlink(missing_ok=True)
+            with contextlib.suppress(OSError):
+                run_dir.rmdir()
+        raise
+    finally:
+        os.close(fd)  # releases the lock
 
 
 def load_checkpoint(path: Path) -> dict[str, Any]:
@@ -209,6 +289,7 @@ def train(
     inputs: Inputs,
     *,
     resume: bool = False,
+    overwrite: bool = False,
     on_eval: EvalCallback | None = None,
     on_step: StepCallback | None = None,
     test: bool = True,
@@ -222,6 +303,8 @@ def train(
         config: the validated run configuration.
         inputs: the problem and the samplers (:func:`prepare`).
         resume: continue from ``<run_dir>/checkpoint.pt`` if it exists (same config required).
+        overwrite: start over an earlier run of the same name (its checkpoint and metrics go).
+            Without ``resume`` or ``overwrite`` an earlier run is never touched.
         on_eval: called as ``on_eval(iteration, metrics)`` after every meta-validation.
         on_step: called as ``on_step(iteration, loss)`` after every meta-iteration, and once
             before the first with the iteration it starts from (``loss`` NaN).
@@ -233,9 +316,28 @@ def train(
         ``time/seconds``.
 
     Raises:
-        UserError: bad device or a checkpoint from a different config.
+        UserError: bad device, a checkpoint from a different config, an earlier run without
+            ``resume`` or ``overwrite``, or a run another process holds.
         TrainingDiverged: the meta-training loss became NaN or infinite.
     """
+    resolve_device(config.device)
+    check_run_dir(config, resume, overwrite)
+    with locked_run_dir(config.run_dir):
+        check_run_dir(config, resume, overwrite)  # again, now that no other process can write
+        if overwrite:
+            for name in RUN_FILES:
+                (config.run_dir / name).unlink(missing_ok=True)
+        return _train(config, inputs, resume, on_eval, on_step, test)
+
+
+def _train(
+    config: RunConfig,
+    inputs: Inputs,
+    resume: bool,
+    on_eval: EvalCallback | None,
+    on_step: StepCallback | None,
+    test: bool,
+) -> dict[str, float]:
     device = resolve_device(config.device)
     problem, sources = inputs.problem, inputs.sources
     source = sources.train
@@ -252,9 +354,6 @@ def train(
             )
         state.load_state_dict(saved)
         log.info("resuming %s at iteration %d", run_dir, state.iteration)
-    elif not resume:
-        (run_dir / METRICS).unlink(missing_ok=True)
-    run_dir.mkdir(parents=True, exist_ok=True)
     (run_dir / "config.yaml").write_text(to_yaml(config))
 
     t = config.train

@@ -1,6 +1,8 @@
 # Settings shared by the cluster/local scripts. Override any of them in the environment.
-# Everything binds to 127.0.0.1 unless you change BIND_HOST: a laptop cluster must not be reachable
-# from the network (the Ray Jobs API runs arbitrary code for whoever can reach it).
+# The Ray dashboard and Jobs API, the MLflow server and PostgreSQL bind to 127.0.0.1 unless you
+# change BIND_HOST: a laptop cluster must not be reachable from the network (the Jobs API runs
+# arbitrary code for whoever can reach it). Ray's own gRPC ports (GCS, raylets, the client server)
+# listen on every interface whatever BIND_HOST says; token authentication guards them.
 : "${CLUSTER_DIR:=$PWD/runs/local-cluster}"   # pid files, logs, the MLflow store and artifacts
 : "${BIND_HOST:=127.0.0.1}"
 : "${RAY_PORT:=6380}"                          # the head's GCS port
@@ -22,6 +24,11 @@ export RAY_AUTH_MODE="${RAY_AUTH_MODE:-token}"
 export RAY_USAGE_STATS_ENABLED=0
 mkdir -p "$CLUSTER_DIR/logs"
 CLUSTER_DIR=$(cd "$CLUSTER_DIR" && pwd)  # absolute: the scripts change directory
+# Logins the sweeps' drivers use (MLflow, object storage): NAME=VALUE lines, mode 0600, exported
+# into every Ray process this cluster starts, so they never travel with a job (Ray records a job's
+# runtime_env in its logs and returns it from the Jobs API). start-mlflow.sh writes the MLflow
+# login here; add your own, e.g. AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY, before start-ray.sh.
+: "${CLUSTER_SECRETS:=$CLUSTER_DIR/secrets.env}"
 
 wait_for_port() {  # wait_for_port PORT SECONDS [PID: give up early when it exits]
     local port=$1 deadline=$((SECONDS + $2)) pid=${3:-}
@@ -36,4 +43,26 @@ wait_for_port() {  # wait_for_port PORT SECONDS [PID: give up early when it exit
         fi
         sleep 0.5
     done
+}
+
+set_secret() {  # set_secret NAME VALUE: add or replace NAME in $CLUSTER_SECRETS (never readable by others)
+    local tmp
+    tmp=$(mktemp "$CLUSTER_SECRETS.XXXXXX")  # mktemp creates it 0600
+    if [ -f "$CLUSTER_SECRETS" ]; then grep -v "^$1=" "$CLUSTER_SECRETS" >"$tmp" || true; fi
+    printf '%s=%q\n' "$1" "$2" >>"$tmp"
+    mv "$tmp" "$CLUSTER_SECRETS"
+}
+
+load_secrets() {  # export the variables of $CLUSTER_SECRETS; refuse a file others can read
+    [ -f "$CLUSTER_SECRETS" ] || return 0
+    local mode
+    mode=$(stat -c %a "$CLUSTER_SECRETS")
+    if [ "${mode: -2}" != 00 ]; then
+        echo "$CLUSTER_SECRETS is mode $mode: others can read its secrets; chmod 600 it" >&2
+        return 1
+    fi
+    set -a
+    # shellcheck disable=SC1090
+    source "$CLUSTER_SECRETS"
+    set +a
 }

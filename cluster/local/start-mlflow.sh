@@ -2,7 +2,9 @@
 # Start an MLflow tracking server on $BIND_HOST:$MLFLOW_PORT: backend store SQLite or PostgreSQL
 # (MLFLOW_BACKEND), artifacts served by the server itself (--serve-artifacts) from a local folder,
 # and with MLFLOW_AUTH=1 basic authentication (admin user "admin", password printed once and kept
-# in $CLUSTER_DIR/mlflow/admin_password). Running it again after stop-mlflow.sh reuses the store.
+# in $CLUSTER_DIR/mlflow/admin_password and, for the sweeps' drivers, in $CLUSTER_SECRETS).
+# Running it again after stop-mlflow.sh reuses the store. No password reaches a command line:
+# the backend store URI goes to the server through its environment.
 set -euo pipefail
 source "$(dirname "$0")/env.sh"
 here=$(cd "$(dirname "$0")" && pwd)
@@ -15,22 +17,28 @@ case "$MLFLOW_BACKEND" in
     *) echo "MLFLOW_BACKEND must be sqlite or postgresql, not $MLFLOW_BACKEND" >&2; exit 2 ;;
 esac
 
+export MLFLOW_BACKEND_STORE_URI="$store"  # `ps` shows arguments, not the environment
 args=(--host "$BIND_HOST" --port "$MLFLOW_PORT" --workers 1
-      --backend-store-uri "$store" --artifacts-destination "$state/artifacts" --serve-artifacts)
+      --artifacts-destination "$state/artifacts" --serve-artifacts)
 if [ "$MLFLOW_AUTH" = 1 ]; then
     password_file="$state/admin_password"
     if [ ! -s "$password_file" ]; then
         (umask 077; printf '%s' "${MLFLOW_ADMIN_PASSWORD:-$("$PYTHON_BIN/python" -c 'import secrets; print(secrets.token_urlsafe(18))')}" >"$password_file")
     fi
-    cat >"$state/basic_auth.ini" <<INI
+    password=$(cat "$password_file")
+    # MLflow reads this file with configparser, where "%" starts an interpolation: write "%%".
+    (umask 077; cat >"$state/basic_auth.ini" <<INI
 [mlflow]
 default_permission = READ
-database_uri = sqlite:///$state/basic_auth.db
+database_uri = sqlite:///${state//%/%%}/basic_auth.db
 admin_username = admin
-admin_password = $(cat "$password_file")
+admin_password = ${password//%/%%}
 authorization_function = mlflow.server.auth:authenticate_request_basic_auth
 INI
-    chmod 600 "$state/basic_auth.ini"
+    )
+    chmod 600 "$state/basic_auth.ini"  # in case an older file was more open
+    set_secret MLFLOW_TRACKING_USERNAME admin
+    set_secret MLFLOW_TRACKING_PASSWORD "$password"
     export MLFLOW_AUTH_CONFIG_PATH="$state/basic_auth.ini"
     # The auth app's CSRF protection needs a key that survives restarts.
     [ -s "$state/secret_key" ] || (umask 077; "$PYTHON_BIN/python" -c 'import secrets; print(secrets.token_hex(32))' >"$state/secret_key")

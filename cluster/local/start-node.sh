@@ -4,6 +4,7 @@
 set -euo pipefail
 source "$(dirname "$0")/env.sh"
 i=${1:?usage: start-node.sh N}
+load_secrets  # trials reading s3:// data need the object store's login on every node
 # Distinct port ranges: several raylets share one IP address here.
 base=$((22000 + i * 1000))
 # Each node unpacks jobs' working directories under its own temp dir: sharing the head's would

@@ -2,12 +2,16 @@
 # Start a real multi-node Ray cluster on this machine: a head and RAY_WORKERS worker nodes, each
 # its own raylet with its own resources (custom resource "node_<i>" = 1), all on 127.0.0.1.
 # Token authentication is on (RAY_AUTH_MODE=token): the token is ~/.ray/auth_token, generated on
-# first start; clients read it from there or from RAY_AUTH_TOKEN.
+# first start and left readable by its owner only; clients read it from there or RAY_AUTH_TOKEN.
+# Every node starts with the variables of $CLUSTER_SECRETS in its environment (see env.sh).
 set -euo pipefail
 source "$(dirname "$0")/env.sh"
 RAY="$PYTHON_BIN/ray"
 
 "$RAY" get-auth-token --generate >/dev/null 2>&1 || true
+token_file="${RAY_AUTH_TOKEN_PATH:-$HOME/.ray/auth_token}"
+[ -f "$token_file" ] && chmod 600 "$token_file"
+load_secrets
 
 "$RAY" start --head --disable-usage-stats \
     --node-ip-address "$BIND_HOST" --port "$RAY_PORT" \

@@ -14,6 +14,7 @@ from typing import Annotated
 import typer
 
 from metasweep.orchestrator.errors import UserError
+from metasweep.orchestrator.redact import redact, redact_log_records
 
 app = typer.Typer(
     name="metasweep",
@@ -56,6 +57,7 @@ TrackingOpt = Annotated[
 def _root(
     verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Log debug messages.")] = False,
 ) -> None:
+    redact_log_records()
     logging.basicConfig(
         level=logging.DEBUG if verbose else logging.WARNING,
         format="%(levelname)s %(name)s: %(message)s",
@@ -67,7 +69,7 @@ def main() -> None:
     try:
         app()
     except UserError as exc:
-        print(f"metasweep: error: {exc}", file=sys.stderr)
+        print(f"metasweep: error: {redact(str(exc))}", file=sys.stderr)
         sys.exit(2)
     except KeyboardInterrupt as exc:
         how = str(exc) or "'metasweep train CONFIG --resume' continues from the last checkpoint"

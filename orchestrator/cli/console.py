@@ -19,13 +19,15 @@ from rich.progress import (
 )
 from rich.table import Table
 
+from metasweep.orchestrator.redact import redact
+
 stderr = Console(stderr=True, soft_wrap=True)
 T = TypeVar("T")
 
 
 def say(message: str) -> None:
-    """A plain line on stderr (no rich markup or highlighting)."""
-    stderr.print(message, markup=False, highlight=False)
+    """A plain line on stderr (no rich markup or highlighting), with any login in a URI masked."""
+    stderr.print(redact(message), markup=False, highlight=False)
 
 
 def progress_bar(*fields: str, enabled: bool = True) -> Progress:

@@ -46,13 +46,23 @@ def submit(
         typer.Option(help="A package to pip-install into the job's environment (repeatable)."),
     ] = None,
     resource_check: ResourceCheckOpt = True,
+    forward_env: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--forward-env",
+            metavar="NAME",
+            help="Pass this environment variable from here to the job (repeatable). Ray writes "
+            "forwarded variables to its logs and job metadata: never use it for a secret.",
+        ),
+    ] = None,
     wait: Annotated[bool, typer.Option("--wait", help="Follow the job's log until it ends.")] = False,
 ) -> None:
     """Submit a sweep to a Ray cluster as a Ray job.
 
     The config is checked here first; the project code and the resolved config travel with the
-    job, the tracking URI and credentials ($MLFLOW_TRACKING_USERNAME/PASSWORD, AWS_*) as
-    environment variables. Prints the job id and how to follow it.
+    job, the tracking URI as an environment variable. No credential is sent: the job's driver
+    takes its logins (MLflow, object storage) from the cluster's own environment (see
+    docs/cluster.md, 'Credentials'). Prints the job id and how to follow it.
     """
     from metasweep.orchestrator.jobs import client
     from metasweep.orchestrator.jobs import submit as submission_of
@@ -61,6 +71,11 @@ def submit(
     if resume:
         overrides.append(f"name={resume}")
     cfg = load_config(config, overrides, SweepConfig)
+    for name in forward_env or []:
+        say(
+            f"warning: forwarding ${name} to the job: Ray records it in runtime_env_agent.log and "
+            "returns it from its Jobs API to anyone with the cluster's token"
+        )
     submission = submission_of.submit(
         cfg,
         address,
@@ -69,6 +84,7 @@ def submit(
         resume=resume is not None,
         pip=pip,
         resource_check=resource_check,
+        forward=forward_env or [],
     )
     say(
         f"submitted sweep {submission.sweep} as job {submission.job_id} to {submission.dashboard}\n"

@@ -22,20 +22,25 @@ def train(
     resume: Annotated[
         bool, typer.Option("--resume", help="Continue from the run directory's checkpoint if there is one.")
     ] = False,
+    overwrite: Annotated[
+        bool, typer.Option("--overwrite", help="Start over an earlier run of the same name, deleting it.")
+    ] = False,
     progress: Annotated[bool, typer.Option(help="Show a progress bar on stderr.")] = True,
 ) -> None:
     """Meta-train one model on this machine (no Ray, no servers).
 
     Evaluates on meta-validation every train.eval_every iterations and on meta-test at the end,
     writes a checkpoint, the resolved config and metrics.jsonl to the run directory, and prints
-    the final metrics as one JSON object on the last line of stdout.
+    the final metrics as one JSON object on the last line of stdout. An earlier run of the same
+    name is never touched unless --resume or --overwrite says what to do with it.
     """
     from metasweep.orchestrator import training
 
     cfg = load_config(config, set_ or [])
+    training.check_run_dir(cfg, resume, overwrite)  # before the dataset is read
     inputs = training.prepare(cfg)
     with training_bar(cfg.name, cfg.train.iterations, enabled=progress) as on_step:
-        metrics = training.train(cfg, inputs, resume=resume, on_step=on_step)
+        metrics = training.train(cfg, inputs, resume=resume, overwrite=overwrite, on_step=on_step)
     metrics_table(f"run {cfg.name}", metrics, cfg.run_dir)
     print(json.dumps(metrics))
 

@@ -5,8 +5,11 @@ A submitted sweep runs ``python -m metasweep sweep`` as the job's driver on the 
 * the project's code (the ``metasweep`` namespace) and the fully resolved config travel in the
   job's ``runtime_env`` (``working_dir``), so the cluster runs exactly the code and settings that
   were checked here;
-* the MLflow tracking URI and every credential travel as ``runtime_env`` environment variables,
-  never inside the config file;
+* the MLflow tracking URI travels as a ``runtime_env`` environment variable, never inside the
+  config file. Credentials do not travel at all by default: Ray writes a job's
+  ``runtime_env.env_vars`` to its logs and returns them from the Jobs API, so the driver takes its
+  logins from the cluster (the environment its nodes were started with, Kubernetes Secrets, IAM
+  roles). A variable is forwarded from this machine only when named with ``forward``;
 * everything that can be checked before submitting is: the config, where the dataset lives,
   whether the tracking store is reachable, whether one trial fits on one node.
 """
@@ -16,10 +19,12 @@ from __future__ import annotations
 import importlib.util
 import ipaddress
 import os
+import re
 import shlex
 import shutil
 import tempfile
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -33,23 +38,11 @@ from metasweep.orchestrator.config import SWEEP_STORAGE, RunConfig, SweepConfig,
 from metasweep.orchestrator.data.storage import SHARED_FILESYSTEMS, absolute, filesystem_type
 from metasweep.orchestrator.errors import UserError
 from metasweep.orchestrator.jobs.client import Cluster
+from metasweep.orchestrator.redact import has_login, redact_uri
 from metasweep.orchestrator.tracking.store import check_reachable, tracking_uri
 
 SWEEP_FILE = "sweep.yaml"
-# Environment variables a sweep's driver may need, passed on from the submitting shell when set.
-FORWARDED_ENV = (
-    "MLFLOW_TRACKING_USERNAME",
-    "MLFLOW_TRACKING_PASSWORD",
-    "MLFLOW_TRACKING_TOKEN",
-    "MLFLOW_TRACKING_INSECURE_TLS",
-    "MLFLOW_S3_ENDPOINT_URL",
-    "AWS_ACCESS_KEY_ID",
-    "AWS_SECRET_ACCESS_KEY",
-    "AWS_SESSION_TOKEN",
-    "AWS_DEFAULT_REGION",
-    "AWS_ENDPOINT_URL",
-    "GOOGLE_APPLICATION_CREDENTIALS",
-)
+ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 
 
 @dataclass(frozen=True)
@@ -84,9 +77,16 @@ def check_dataset(config: RunConfig, local_cluster: bool) -> str:
     nodes, as NFS usually is).
 
     Raises:
-        UserError: a path that does not exist here, or one only this machine can read.
+        UserError: a URI with a login in it, a path that does not exist here, or one only this
+            machine can read.
     """
     dataset = config.data.dataset
+    if has_login(dataset):
+        raise UserError(
+            f"data.dataset {redact_uri(dataset)} holds a login, which would travel in the job's "
+            "files; give the URI without it and let the cluster's nodes supply the credentials "
+            "(docs/cluster.md, 'Credentials')"
+        )
     if config.task_kind == "regression" or "://" in dataset:
         return dataset
     path = Path(absolute(dataset))
@@ -182,6 +182,7 @@ def submit(
     resume: bool = False,
     pip: list[str] | None = None,
     resource_check: bool = True,
+    forward: Sequence[str] = (),
 ) -> Submission:
     """Submit ``config`` as a Ray job running ``metasweep sweep`` on the cluster's head.
 
@@ -196,12 +197,15 @@ def submit(
         pip: packages to install into the job's environment (for clusters whose image lacks
             some of metasweep's dependencies).
         resource_check: refuse when no alive node fits one trial.
+        forward: names of environment variables to pass from this machine to the job, which Ray
+            then records in its logs and job metadata (see :func:`job_env`).
 
     Raises:
-        UserError: anything :func:`check_dataset`, :func:`check_tracking` or
+        UserError: anything :func:`job_env`, :func:`check_dataset`, :func:`check_tracking` or
             :func:`check_fits` refuses, a missing storage for a remote cluster, or an unreachable
             or refusing cluster. Nothing is submitted then.
     """
+    job_env("", forward)  # a misspelt name fails before the cluster is asked anything
     cluster = Cluster(address)
     nodes = cluster.nodes()
     local = is_this_machine(nodes)
@@ -221,20 +225,48 @@ def submit(
             "tracking": config.tracking.model_copy(update={"uri": None}),
         }
     )
-    env = {key: os.environ[key] for key in FORWARDED_ENV if os.environ.get(key)}
-    env["MLFLOW_TRACKING_URI"] = uri
-    # `jobs stop` sends SIGTERM, which the driver turns into Tune's graceful stop (the sweep's
-    # state is saved for --resume); Ray's default 3 s before SIGKILL can cut that short.
-    env["RAY_JOB_STOP_WAIT_TIME_S"] = "60"
+    env = job_env(uri, forward)
     entrypoint = sweep_command(storage, config.name if resume else None, resource_check)
     job_id = f"metasweep-{config.name}-{time.strftime('%Y%m%d-%H%M%S')}"
     with tempfile.TemporaryDirectory(prefix="metasweep-job-") as tmp:
-        working_dir = _pack(Path(tmp), to_yaml(resolved))
+        working_dir = _pack(Path(tmp), to_yaml(resolved, redacted=False))
         runtime_env: dict[str, Any] = {"working_dir": str(working_dir), "env_vars": env}
         if pip:
             runtime_env["pip"] = list(pip)
         job_id = cluster.submit(entrypoint, runtime_env, job_id, config.name)
     return Submission(job_id=job_id, sweep=config.name, dashboard=cluster.url)
+
+
+def job_env(tracking: str, forward: Sequence[str] = ()) -> dict[str, str]:
+    """The job's ``runtime_env.env_vars``: the tracking URI, a stop timeout, and the variables
+    named in ``forward``, taken from this process's environment. Nothing else: Ray writes these
+    to ``runtime_env_agent.log`` and returns them from ``GET /api/jobs/``, so no credential is
+    sent unless the user names it.
+
+    Raises:
+        UserError: a tracking URI with a login in it, or a forwarded name that is not a
+            variable name or is not set here.
+    """
+    if has_login(tracking):
+        raise UserError(
+            f"the tracking URI {redact_uri(tracking)} holds a login, which Ray would record in "
+            "the job's metadata and logs. Give the URI without it and let the cluster supply the "
+            "login: MLFLOW_TRACKING_USERNAME/MLFLOW_TRACKING_PASSWORD (http), PGPASSWORD or "
+            "~/.pgpass (postgresql) in the cluster nodes' environment (docs/cluster.md, "
+            "'Credentials')"
+        )
+    env: dict[str, str] = {}
+    for name in forward:
+        if not ENV_NAME.fullmatch(name):
+            raise UserError(f"--forward-env {name!r} is not an environment variable name")
+        if name not in os.environ:
+            raise UserError(f"--forward-env {name}: ${name} is not set on this machine")
+        env[name] = os.environ[name]
+    env["MLFLOW_TRACKING_URI"] = tracking
+    # `jobs stop` sends SIGTERM, which the driver turns into Tune's graceful stop (the sweep's
+    # state is saved for --resume); Ray's default 3 s before SIGKILL can cut that short.
+    env["RAY_JOB_STOP_WAIT_TIME_S"] = "60"
+    return env
 
 
 def sweep_command(storage: str, resume: str | None, resource_check: bool) -> str:

@@ -14,7 +14,7 @@ import os
 import signal
 import tempfile
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -48,6 +48,7 @@ from metasweep.orchestrator.training import (
 )
 
 log = logging.getLogger(__name__)
+LOCAL_RAY = "local"  # the address that starts a new Ray on this machine
 
 
 @dataclass(frozen=True)
@@ -106,18 +107,22 @@ def run_sweep(
     storage: str | Path | None = None,
     verbose: int = 1,
     resource_check: bool = True,
+    tell: Callable[[str], None] = log.info,
 ) -> SweepResult:
     """Search ``config.search.space`` with Optuna on Ray Tune and track it in MLflow.
 
     Args:
         config: the validated sweep config; ``config.name`` names the sweep.
-        address: a running Ray cluster, or ``None`` for a local one.
+        address: a running Ray cluster (``HOST:PORT``, or ``auto`` for the one running on this
+            machine); ``None`` or ``local`` starts a new local Ray, whatever else runs here
+            (a Ray job's driver takes its cluster from ``$RAY_ADDRESS``).
         resume: continue the sweep ``config.name`` (finished trials are not re-run).
         storage: where Tune keeps trial checkpoints (default ``runs/sweeps``): a path, or a URI
             (``s3://...``) that every node of a cluster reaches.
         verbose: Tune's verbosity (1 shows the live table of trials).
         resource_check: refuse resources no node has now (turn off for autoscaling clusters,
             whose GPU nodes start when trials ask for them).
+        tell: where to say what the sweep is doing (the CLI prints it), e.g. which cluster.
 
     Returns:
         The best trial, its parameters, validation and test metrics.
@@ -146,8 +151,10 @@ def run_sweep(
     build_sources(config, dataset)  # fail before launching trials on impossible episodes
     owns_ray = _start_ray(address)
     try:
+        where = _cluster_summary(owns_ray)
+        tell(f"Ray: {where}")
         if resource_check:
-            _check_resources(config)
+            _check_resources(config, where)
     except BaseException:
         if owns_ray:
             ray.shutdown()
@@ -285,11 +292,14 @@ def _stop_on_sigterm() -> Iterator[threading.Event]:
 
 def _start_ray(address: str | None) -> bool:
     """Connect to the cluster at ``address`` (or ``$RAY_ADDRESS``, set for a Ray job's driver), or
-    start a local Ray; returns whether this process started it (and so must shut it down)."""
-    address = address or os.environ.get("RAY_ADDRESS")
+    start a new local Ray; returns whether this process started it (and so must shut it down).
+
+    A plain ``ray.init()`` would attach to any cluster already running on the machine (a test
+    cluster, another user's); only an explicit address (``auto`` included) attaches."""
+    address = address or os.environ.get("RAY_ADDRESS") or LOCAL_RAY
     try:
-        if address is None:
-            ray.init(include_dashboard=False, log_to_driver=False, configure_logging=False)
+        if address == LOCAL_RAY:
+            ray.init(address=LOCAL_RAY, include_dashboard=False, log_to_driver=False, configure_logging=False)
             return True
         ray.init(address=address, log_to_driver=False)
         return False
@@ -300,26 +310,42 @@ def _start_ray(address: str | None) -> bool:
         ) from None
 
 
-def _check_resources(config: SweepConfig) -> None:
+def _cluster_summary(owned: bool) -> str:
+    """Which Ray the sweep runs on, in words: where it is, its nodes, CPUs and GPUs."""
+    total = ray.cluster_resources()
+    nodes = sum(1 for node in ray.nodes() if node.get("Alive"))
+    where = "a new local instance" if owned else f"the cluster at {ray.get_runtime_context().gcs_address}"
+    return (
+        f"{where}, {nodes} node{'s' * (nodes != 1)}, {total.get('CPU', 0.0):g} CPUs, "
+        f"{total.get('GPU', 0.0):g} GPUs"
+    )
+
+
+def _check_resources(config: SweepConfig, where: str) -> None:
     total = ray.cluster_resources()
     s = config.search
     cpus, gpus = total.get("CPU", 0.0), total.get("GPU", 0.0)
     if s.gpus_per_trial > 0 and gpus == 0:
         raise UserError(
-            f"search.gpus_per_trial={s.gpus_per_trial} but the Ray cluster has no GPUs; "
+            f"search.gpus_per_trial={s.gpus_per_trial} but the Ray cluster has no GPUs ({where}); "
             "set search.gpus_per_trial=0"
         )
     if s.cpus_per_trial > cpus:
-        raise UserError(f"search.cpus_per_trial={s.cpus_per_trial} but the Ray cluster has {cpus:g} CPUs")
+        raise UserError(
+            f"search.cpus_per_trial={s.cpus_per_trial} but the Ray cluster has {cpus:g} CPUs ({where})"
+        )
     if s.gpus_per_trial > gpus:
-        raise UserError(f"search.gpus_per_trial={s.gpus_per_trial} but the Ray cluster has {gpus:g} GPUs")
+        raise UserError(
+            f"search.gpus_per_trial={s.gpus_per_trial} but the Ray cluster has {gpus:g} GPUs ({where})"
+        )
     fits = math.floor(cpus / s.cpus_per_trial)
     if s.gpus_per_trial > 0:
         fits = min(fits, math.floor(gpus / s.gpus_per_trial))
     if s.max_concurrent > fits:
         raise UserError(
             f"search.max_concurrent={s.max_concurrent} but the Ray cluster fits at most {fits} trials "
-            f"at once ({cpus:g} CPUs, {gpus:g} GPUs); lower max_concurrent or the per-trial resources"
+            f"at once ({where}); lower max_concurrent or the per-trial resources, or pass "
+            "--address for another cluster"
         )
 
 

@@ -138,26 +138,35 @@ def register(
         spec_path.write_text(json.dumps(spec.to_json(), sort_keys=True))
         predictions = served.predict_with(served.rebuild(spec, weights), spec, input_example)
         use_store(tracker.uri)
-        with mlflow.start_run(run_id=tracker.parent_id):
-            info = mlflow.pyfunc.log_model(
-                name="model",
-                python_model=str(Path(served.__file__).with_name("model_code.py")),
-                artifacts={served.WEIGHTS: str(weights_path), served.SPEC: str(spec_path)},
-                code_paths=[str(_stage_code(Path(tmp) / "code"))],
-                signature=_signature(input_example, predictions, spec.problem.task_kind),
-                input_example=input_example,
-                pip_requirements=[f"{p}=={installed_version(p)}" for p in REQUIREMENTS],
-            )
-    version = mlflow.register_model(info.model_uri, name, tags=candidate.tags(tracker.sweep)).version
+        code = _stage_code(Path(tmp) / "code")
+        signature = _signature(input_example, predictions, spec.problem.task_kind)
+
+        def log_model() -> Any:
+            with mlflow.start_run(run_id=tracker.parent_id):
+                return mlflow.pyfunc.log_model(
+                    name="model",
+                    python_model=str(Path(served.__file__).with_name("model_code.py")),
+                    artifacts={served.WEIGHTS: str(weights_path), served.SPEC: str(spec_path)},
+                    code_paths=[str(code)],
+                    signature=signature,
+                    input_example=input_example,
+                    pip_requirements=[f"{p}=={installed_version(p)}" for p in REQUIREMENTS],
+                )
+
+        info = tracker.write("the model", log_model)
+    tags = candidate.tags(tracker.sweep)
+    version = tracker.write(
+        "the model version", lambda: mlflow.register_model(info.model_uri, name, tags=tags)
+    ).version
     client = tracker.client
     try:
-        current = client.get_model_version_by_alias(name, CHAMPION)
+        current = tracker.write("the champion", lambda: client.get_model_version_by_alias(name, CHAMPION))
     except MlflowException:
         current = None
     alias, reason = choose_alias(
         candidate, None if current is None else current.tags, "" if current is None else str(current.version)
     )
-    client.set_registered_model_alias(name, alias, str(version))
+    tracker.write("the alias", lambda: client.set_registered_model_alias(name, alias, str(version)))
     return Registration(name, str(version), alias, reason)
 
 

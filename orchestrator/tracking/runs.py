@@ -17,21 +17,25 @@ import time
 from collections import deque
 from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from mlflow.entities import Metric, Param, RunTag
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
 from metasweep.orchestrator.errors import UserError
+from metasweep.orchestrator.redact import redact
 from metasweep.orchestrator.tracking.store import check_reachable, filter_value
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 SWEEP_TAG = "metasweep.sweep"
 TRIAL_TAG = "metasweep.trial_id"
 PARENT_TAG = "mlflow.parentRunId"
+SEARCH_PAGE = 1000  # the most runs MLflow's search_runs returns at once
 RETRY_S = 5.0  # how often a sweep's driver retries an unreachable tracking server
+WAIT_S = 600.0  # how long the sweep's own writes wait for an unavailable tracking store
 _HTTP_RETRIES = {
     "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "2",
     "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
@@ -68,6 +72,27 @@ def transient(exc: Exception) -> bool:
     if isinstance(exc, MlflowException):
         return exc.error_code not in _PERMANENT
     return True
+
+
+def param_value(value: Any) -> str:
+    """A value as an MLflow parameter: text, with any login in a URI masked, at most 6,000
+    characters (MLflow's limit)."""
+    return redact(str(value))[:6000]
+
+
+def search_all(client: MlflowClient, experiment_id: str, query: str) -> list[Any]:
+    """Every run of ``experiment_id`` that ``query`` matches: ``search_runs`` answers at most
+    1,000 runs a page, newest first, so a sweep of 1,000 trials or more needs every page."""
+    runs: list[Any] = []
+    token: str | None = None
+    while True:
+        page = client.search_runs(
+            [experiment_id], filter_string=query, max_results=SEARCH_PAGE, page_token=token
+        )
+        runs.extend(page)
+        token = page.token
+        if not token:
+            return runs
 
 
 class Outbox:
@@ -173,13 +198,23 @@ class SweepTracker:
         sweep: the sweep's name; a parent run with this name tag is continued on resume.
         resume: the sweep will be resumed, so its parent run must exist.
         retry_s: how often trial records are retried while the server is unreachable.
+        wait_s: how long the sweep's own writes (:meth:`write`) wait for the store.
 
     Raises:
         UserError: the tracking store cannot be reached, or ``resume`` without a parent run.
     """
 
-    def __init__(self, uri: str, experiment: str, sweep: str, resume: bool = False, retry_s: float = RETRY_S):
+    def __init__(
+        self,
+        uri: str,
+        experiment: str,
+        sweep: str,
+        resume: bool = False,
+        retry_s: float = RETRY_S,
+        wait_s: float = WAIT_S,
+    ):
         self.uri = uri
+        self.wait_s = wait_s
         # MLflow's client retries a dead server for minutes by default, which would stall Tune's
         # loop; fail fast instead and let the outbox retry the queued records.
         for key, value in _HTTP_RETRIES.items():
@@ -191,14 +226,18 @@ class SweepTracker:
             self.experiment_id = (
                 found.experiment_id if found is not None else self.client.create_experiment(experiment)
             )
-            existing = self.client.search_runs(
-                [self.experiment_id], filter_string=f"tags.`{SWEEP_TAG}` = {filter_value(sweep)}"
+            of_sweep = f"tags.`{SWEEP_TAG}` = {filter_value(sweep)}"
+            # The parent by its own query (it is named after the sweep), so the newest-first
+            # pages of thousands of child runs never hide it; then every child, page by page.
+            parents = search_all(
+                self.client, self.experiment_id, f"{of_sweep} and attributes.run_name = {filter_value(sweep)}"
             )
+            existing = search_all(self.client, self.experiment_id, f"{of_sweep} and tags.`{TRIAL_TAG}` != ''")
         except MlflowException as exc:
             raise UserError(f"cannot use the MLflow tracking store {uri}: {exc.message}") from None
         except Exception as exc:  # connection errors surface as many types
             raise UserError(f"cannot reach the MLflow tracking store {uri}: {exc}") from None
-        self._parents = [r.info.run_id for r in existing if PARENT_TAG not in r.data.tags]
+        self._parents = [r.info.run_id for r in parents if PARENT_TAG not in r.data.tags]
         self.children: dict[str, str] = {
             r.data.tags[TRIAL_TAG]: r.info.run_id for r in existing if TRIAL_TAG in r.data.tags
         }
@@ -215,10 +254,13 @@ class SweepTracker:
         """Start the sweep's parent run, or continue it with ``resume``; returns its id."""
         if resume:
             self.parent_id = self._parents[0]
-            self.client.update_run(self.parent_id, status="RUNNING")
+            self.write("the sweep's run", lambda: self.client.update_run(self.parent_id, status="RUNNING"))
         else:
-            run = self.client.create_run(
-                self.experiment_id, run_name=self.sweep, tags={SWEEP_TAG: self.sweep}
+            run = self.write(
+                "the sweep's run",
+                lambda: self.client.create_run(
+                    self.experiment_id, run_name=self.sweep, tags={SWEEP_TAG: self.sweep}
+                ),
             )
             self.parent_id = run.info.run_id
         return self.parent_id
@@ -227,29 +269,68 @@ class SweepTracker:
 
     def log_sweep(self, params: Mapping[str, Any], config_yaml: str) -> None:
         """Search space, searcher and scheduler settings, and the resolved config as an artifact."""
-        for key, value in params.items():
-            self.client.log_param(self.parent_id, key, str(value)[:6000])
-        self.client.log_text(self.parent_id, config_yaml, "config.yaml")
-        self.client.set_tag(self.parent_id, "metasweep.git_commit", git_commit())
+        batch = [Param(key, param_value(value)) for key, value in params.items()]
+        tags = [RunTag("metasweep.git_commit", git_commit())]
+        self.write(
+            "the sweep's settings", lambda: self.client.log_batch(self.parent_id, params=batch, tags=tags)
+        )
+        self.write(
+            "config.yaml", lambda: self.client.log_text(self.parent_id, redact(config_yaml), "config.yaml")
+        )
 
     def log_best(self, trial_id: str, params: Mapping[str, Any], metrics: Mapping[str, float]) -> None:
         """The best trial's hyperparameters and metrics on the parent run."""
-        self.client.set_tag(self.parent_id, "metasweep.best_trial", trial_id)
-        for key, value in params.items():
-            self.client.log_param(self.parent_id, f"best.{key}", value)
+        tags = [RunTag("metasweep.best_trial", trial_id)]
+        best = [Param(f"best.{key}", param_value(value)) for key, value in params.items()]
         batch = metric_batch(metrics, step=0)
-        if batch:
-            self.client.log_batch(self.parent_id, metrics=batch)
+        self.write(
+            "the best trial",
+            lambda: self.client.log_batch(self.parent_id, metrics=batch, params=best, tags=tags),
+        )
 
     def log_artifact(self, path: Path, folder: str | None = None) -> None:
         """Attach a file (plot, HTML) to the parent run."""
-        self.client.log_artifact(self.parent_id, str(path), folder)
+        self.write(path.name, lambda: self.client.log_artifact(self.parent_id, str(path), folder))
 
     def finish(self, status: str = "FINISHED", error: str | None = None) -> None:
         """End the parent run (``FINISHED``, ``FAILED`` or ``KILLED``), with the error if any."""
         if error:
-            self.client.set_tag(self.parent_id, "metasweep.error", error[:5000])
-        self.client.set_terminated(self.parent_id, status=status)
+            message = redact(error)[:5000]
+            self.write("the error", lambda: self.client.set_tag(self.parent_id, "metasweep.error", message))
+        self.write("the sweep's end", lambda: self.client.set_terminated(self.parent_id, status=status))
+
+    def write(self, what: str, call: Callable[[], T]) -> T:
+        """One write of the sweep's own (its parent run, its model): sent after the queued trial
+        records, and retried like them while the store is unreachable or locked by another
+        process (two sweeps sharing a SQLite file), for up to ``wait_s`` seconds.
+
+        Raises:
+            UserError: the store did not take it within ``wait_s``.
+            MlflowException: the store refused it for good (:func:`transient` is false).
+        """
+        self.outbox.drain(self.wait_s)
+        deadline = time.monotonic() + self.wait_s
+        warned = False
+        while True:
+            try:
+                return call()
+            except Exception as exc:
+                if not transient(exc):
+                    raise
+                if time.monotonic() > deadline:
+                    raise UserError(
+                        f"the MLflow tracking store {self.uri} did not take {what} in {self.wait_s:.0f} s: "
+                        f"{str(exc)[:300]}"
+                    ) from None
+                if not warned:
+                    log.warning(
+                        "MLflow tracking store %s is unavailable (%s); retrying %s",
+                        self.uri,
+                        str(exc)[:200],
+                        what,
+                    )
+                    warned = True
+                time.sleep(max(self.outbox.retry_s, 0.2))
 
     # --- child runs, through the outbox -----------------------------------------------------
 
@@ -265,7 +346,7 @@ class SweepTracker:
                     f"tags.`{SWEEP_TAG}` = {filter_value(self.sweep)} "
                     f"and tags.`{TRIAL_TAG}` = {filter_value(trial_id)}"
                 )
-                found = self.client.search_runs([self.experiment_id], filter_string=query)
+                found = search_all(self.client, self.experiment_id, query)
                 if found:
                     self.children[trial_id] = found[0].info.run_id
                     return
@@ -279,7 +360,7 @@ class SweepTracker:
             self._unsure.discard(trial_id)
 
         def log_params() -> None:
-            batch = [Param(key, str(value)[:6000]) for key, value in params.items()]
+            batch = [Param(key, param_value(value)) for key, value in params.items()]
             self.client.log_batch(self.children[trial_id], params=batch)
 
         self.outbox.send(trial_id, start)
@@ -301,7 +382,7 @@ class SweepTracker:
 
     def tag_trial(self, trial_id: str, tags: Mapping[str, str]) -> None:
         """Set tags on a trial's child run."""
-        batch = [RunTag(key, value) for key, value in tags.items()]
+        batch = [RunTag(key, redact(value)) for key, value in tags.items()]
         self.outbox.send(trial_id, lambda: self.client.log_batch(self.children[trial_id], tags=batch))
 
     def end_trial(self, trial_id: str, status: str) -> None:

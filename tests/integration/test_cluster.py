@@ -10,10 +10,14 @@ server is stopped and started again, a job's driver is stopped.
 from __future__ import annotations
 
 import glob
+import json
 import os
+import secrets
+import shutil
 import subprocess
 import sys
 import time
+import urllib.request
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,6 +31,11 @@ pytestmark = [pytest.mark.integration, pytest.mark.slow]
 SCRIPTS = Path(__file__).resolve().parents[2] / "cluster" / "local"
 POSTGRES = bool(glob.glob("/usr/lib/postgresql/*/bin/pg_ctl"))
 EVAL_EVERY = 20
+# Credentials a careless submit would forward; they must reach no file and no Jobs API answer.
+CANARIES = {
+    name: f"canary-{secrets.token_hex(8)}"
+    for name in ("AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "MLFLOW_TRACKING_TOKEN", "PGPASSWORD")
+}
 
 SWEEP = """
 name: {name}
@@ -53,6 +62,7 @@ class Cluster:
     tracking: str
     env: dict[str, str]
     storage: Path
+    folder: Path
     run_cli: Callable[..., subprocess.CompletedProcess[str]]
 
     def script(self, name: str, *args: str) -> str:
@@ -64,6 +74,14 @@ class Cluster:
 
     def client(self) -> MlflowClient:
         return MlflowClient(self.tracking)
+
+    def jobs_api(self, path: str) -> str:
+        """The raw answer of the Jobs API at ``path``, as a token holder would read it."""
+        token = (Path.home() / ".ray" / "auth_token").read_text().strip()
+        headers = {"Authorization": f"Bearer {token}"}
+        request = urllib.request.Request(f"{self.address}{path}", headers=headers)
+        with urllib.request.urlopen(request, timeout=30) as answer:
+            return answer.read().decode()
 
     def submit(self, config: Path, *args: str) -> str:
         result = self.run_cli(
@@ -101,12 +119,17 @@ def cluster(free_port, run_cli, tmp_path_factory: pytest.TempPathFactory) -> Ite
         "RAY_WORKERS": "2",
         "MLFLOW_BACKEND": "postgresql" if POSTGRES else "sqlite",
         "MLFLOW_AUTH": "1",
+        # A "%" broke the server's configparser-read auth file once.
+        "MLFLOW_ADMIN_PASSWORD": f"pa%ss-{secrets.token_hex(8)}",
     }
+    if os.getuid() == 0:  # postgres.sh keeps root's database where the postgres user may enter
+        env["PG_DATA"] = f"/var/tmp/metasweep-test-postgres-{ports['PG_PORT']}"
     started = Cluster(
         address=f"http://127.0.0.1:{ports['RAY_DASHBOARD_PORT']}",
         tracking=f"http://127.0.0.1:{ports['MLFLOW_PORT']}",
         env=env,
         storage=folder / "sweeps",
+        folder=folder,
         run_cli=run_cli,
     )
     try:
@@ -119,6 +142,27 @@ def cluster(free_port, run_cli, tmp_path_factory: pytest.TempPathFactory) -> Ite
             yield started
     finally:
         subprocess.run([str(SCRIPTS / "stop.sh")], env=env, capture_output=True, timeout=120)
+        if "PG_DATA" in env:
+            shutil.rmtree(env["PG_DATA"], ignore_errors=True)
+
+
+def ray_sessions() -> list[Path]:
+    """The session folders (logs, job packages, sockets) of the cluster's head and worker nodes."""
+    temp_dirs = ["/tmp/ray", *glob.glob("/tmp/ray-node-*")]
+    return [Path(d, "session_latest").resolve() for d in temp_dirs if Path(d, "session_latest").exists()]
+
+
+def files_holding(secret: str, folders: list[Path]) -> list[str]:
+    """Every file under ``folders`` whose bytes contain ``secret``."""
+    found = []
+    for folder in folders:
+        for path in Path(folder).rglob("*"):
+            try:
+                if path.is_file() and not path.is_symlink() and secret.encode() in path.read_bytes():
+                    found.append(str(path))
+            except OSError:  # sockets, files removed meanwhile
+                continue
+    return found
 
 
 def sweep_file(name: str, iterations: int = 100, trials: int = 4, concurrent: int = 2) -> Path:
@@ -160,8 +204,24 @@ def assert_complete(client: MlflowClient, sweep: str, trials: int, iterations: i
 
 
 def test_submitted_sweep_spreads_over_nodes_registers_a_champion_and_pulls(run_cli, cluster: Cluster) -> None:
-    job = cluster.submit(sweep_file("spread"), "--wait")
+    with pytest.MonkeyPatch.context() as canaries:  # not `monkeypatch`: its undo() would leave tmp_path
+        for name, canary in CANARIES.items():
+            canaries.setenv(name, canary)
+        job = cluster.submit(sweep_file("spread"), "--wait")
     assert job.startswith("metasweep-spread-")
+
+    # No credential travelled with the job: the driver logged in to MLflow with the cluster's own
+    # secrets, and neither the canaries nor the MLflow password reached Ray's files or Jobs API.
+    password = os.environ["MLFLOW_TRACKING_PASSWORD"]
+    answers = cluster.jobs_api("/api/jobs/") + cluster.jobs_api(f"/api/jobs/{job}")
+    assert job in answers and "runtime_env" in answers
+    sessions = ray_sessions()
+    assert len(sessions) == 3, sessions  # the head and two worker nodes
+    for secret in (*CANARIES.values(), password):
+        assert secret not in answers
+        assert files_holding(secret, sessions) == [], secret
+    submitted = json.loads(cluster.jobs_api(f"/api/jobs/{job}"))
+    assert set(submitted["runtime_env"]["env_vars"]) == {"MLFLOW_TRACKING_URI", "RAY_JOB_STOP_WAIT_TIME_S"}
     client = cluster.client()
     runs = assert_complete(client, "spread", trials=4, iterations=100)
     nodes = {r.data.tags["metasweep.node_id"] for r in runs}
@@ -267,35 +327,50 @@ def test_stopped_driver_resumes_without_rerunning_finished_trials(run_cli, clust
             assert history == sorted(set(history))
 
 
-def test_authentication_and_loopback_only(run_cli, cluster: Cluster, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_authentication_and_loopback_only(run_cli, cluster: Cluster) -> None:
     config = sweep_file("auth", trials=1, concurrent=1)
     before = run_cli("jobs", "list", "--address", cluster.address).stdout
 
-    monkeypatch.delenv("MLFLOW_TRACKING_PASSWORD")
-    refused = run_cli("submit", str(config), "--address", cluster.address)
-    assert refused.returncode == 2 and "requires a login" in refused.stderr, refused.stderr
-    monkeypatch.setenv("MLFLOW_TRACKING_PASSWORD", "wrong")
-    refused = run_cli("models", "list")
-    assert refused.returncode == 2 and "refused the login" in refused.stderr, refused.stderr
+    with pytest.MonkeyPatch.context() as env:  # not `monkeypatch`: its undo() would leave tmp_path
+        env.delenv("MLFLOW_TRACKING_PASSWORD")
+        refused = run_cli("submit", str(config), "--address", cluster.address)
+        assert refused.returncode == 2 and "requires a login" in refused.stderr, refused.stderr
+        env.setenv("MLFLOW_TRACKING_PASSWORD", "wrong")
+        refused = run_cli("models", "list")
+        assert refused.returncode == 2 and "refused the login" in refused.stderr, refused.stderr
 
-    monkeypatch.setenv("RAY_AUTH_TOKEN", "not-the-token")
-    refused = run_cli("jobs", "list", "--address", cluster.address)
-    assert refused.returncode == 2 and "refused the authentication token" in refused.stderr
-    monkeypatch.delenv("RAY_AUTH_TOKEN")
-    monkeypatch.setenv("HOME", str(Path.cwd()))  # no ~/.ray/auth_token
-    refused = run_cli("jobs", "list", "--address", cluster.address)
-    assert refused.returncode == 2 and "requires an authentication token" in refused.stderr
-    assert "Traceback" not in refused.stderr
-    monkeypatch.undo()
+        env.setenv("RAY_AUTH_TOKEN", "not-the-token")
+        refused = run_cli("jobs", "list", "--address", cluster.address)
+        assert refused.returncode == 2 and "refused the authentication token" in refused.stderr
+        env.delenv("RAY_AUTH_TOKEN")
+        env.setenv("HOME", str(Path.cwd()))  # no ~/.ray/auth_token
+        refused = run_cli("jobs", "list", "--address", cluster.address)
+        assert refused.returncode == 2 and "requires an authentication token" in refused.stderr
+        assert "Traceback" not in refused.stderr
     assert run_cli("jobs", "list", "--address", cluster.address).stdout == before  # nothing submitted
 
-    # The Jobs API/dashboard and the MLflow server listen on loopback only.
-    for url in (cluster.address, cluster.tracking):
-        port = int(url.rsplit(":", 1)[1])
+    # The Jobs API/dashboard, the MLflow server and PostgreSQL listen on loopback only.
+    ports = [int(url.rsplit(":", 1)[1]) for url in (cluster.address, cluster.tracking)]
+    for port in ports + ([int(cluster.env["PG_PORT"])] if POSTGRES else []):
         listening = {
             c.laddr.ip for c in psutil.net_connections("tcp") if c.status == "LISTEN" and c.laddr.port == port
         }
-        assert listening == {"127.0.0.1"}, (url, listening)
+        assert listening == {"127.0.0.1"}, (port, listening)
+
+    # No password on any command line (`ps` shows them to every user), and secret files 0600.
+    passwords = [os.environ["MLFLOW_TRACKING_PASSWORD"]]
+    if POSTGRES:
+        passwords.append((cluster.folder / "postgres_password").read_text().strip())
+    for process in psutil.process_iter(["cmdline"]):
+        command = " ".join(process.info["cmdline"] or [])
+        assert not [p for p in passwords if p in command], command
+    for secret_file in (
+        Path.home() / ".ray" / "auth_token",
+        cluster.folder / "secrets.env",
+        cluster.folder / "mlflow" / "basic_auth.ini",
+        cluster.folder / "mlflow" / "admin_password",
+    ):
+        assert secret_file.stat().st_mode & 0o077 == 0, secret_file
 
 
 def test_bad_submissions_exit_2_and_submit_nothing(free_port, run_cli, cluster: Cluster) -> None:

@@ -115,3 +115,56 @@ def test_help_lists_commands_and_options(run_cli) -> None:
     assert "train" in top.stdout and "evaluate" in top.stdout
     sub = run_cli("train", "--help")
     assert "--set" in sub.stdout and "KEY=VALUE" in sub.stdout and "--resume" in sub.stdout
+
+
+def test_a_second_run_of_one_name_is_refused_unless_told_and_loses_nothing(run_cli) -> None:
+    quick = ["--set", "train.iterations=5", "--set", "train.eval_every=5", "--set", "name=same", *SHORT]
+    first = run_cli("train", EXAMPLE, *quick)
+    assert first.returncode == 0, first.stderr
+    run_dir = Path("runs/same")
+    kept = {p.name: p.read_bytes() for p in run_dir.iterdir()}
+
+    again = run_cli("train", EXAMPLE, *quick)
+    assert again.returncode == 2 and "Traceback" not in again.stderr
+    assert "run 'same' already exists" in again.stderr and "--resume" in again.stderr
+    assert "--overwrite" in again.stderr
+    assert {p.name: p.read_bytes() for p in run_dir.iterdir()} == kept  # untouched
+
+    both = run_cli("train", EXAMPLE, *quick, "--resume", "--overwrite")
+    assert both.returncode == 2 and "not both" in both.stderr
+
+    over = run_cli("train", EXAMPLE, *quick, "--overwrite")
+    assert over.returncode == 0, over.stderr
+    history = (run_dir / "metrics.jsonl").read_text().splitlines()
+    assert len(history) == 2  # the one evaluation and the final line of this run only
+
+
+def test_a_run_in_use_by_another_process_is_refused(run_cli) -> None:
+    """The run directory is locked for the run's lifetime: a second process of the same name,
+    even with --resume or --overwrite, stops at once instead of interleaving metrics.jsonl."""
+    import subprocess
+    import sys
+    import time
+
+    long = ["--set", "train.iterations=100000", "--set", "train.eval_every=100000", "--set", "name=busy"]
+    running = subprocess.Popen(
+        [sys.executable, "-m", "metasweep", "train", EXAMPLE, *long, "--no-progress"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        deadline = time.time() + 120
+        while not Path("runs/busy/config.yaml").exists():
+            assert running.poll() is None, running.stderr.read() if running.stderr else ""
+            assert time.time() < deadline, "the first run never started"
+            time.sleep(0.2)
+        for flag in ("--resume", "--overwrite"):
+            second = run_cli("train", EXAMPLE, *long, flag, "--no-progress")
+            assert second.returncode == 2, second.stderr
+            assert "is in use by another metasweep process" in second.stderr
+            assert f"pid {running.pid}" in second.stderr
+        assert running.poll() is None  # the first run was not disturbed
+    finally:
+        running.kill()
+        running.wait()

@@ -168,3 +168,53 @@ def test_a_hostile_resume_name_is_refused_before_anything_reaches_a_cluster(run_
     )
     assert result.returncode == 2 and "is not a valid name" in result.stderr
     assert not Path("pwned").exists()
+
+
+CREDENTIALS = (
+    "MLFLOW_TRACKING_USERNAME",
+    "MLFLOW_TRACKING_PASSWORD",
+    "MLFLOW_TRACKING_TOKEN",
+    "AWS_ACCESS_KEY_ID",
+    "AWS_SECRET_ACCESS_KEY",
+    "AWS_SESSION_TOKEN",
+    "GOOGLE_APPLICATION_CREDENTIALS",
+    "PGPASSWORD",
+)
+
+
+def test_the_job_environment_forwards_no_credential_by_default(monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in CREDENTIALS:
+        monkeypatch.setenv(name, f"canary-{name}")
+    env = submit.job_env("http://mlflow:5000")
+    assert set(env) == {"MLFLOW_TRACKING_URI", "RAY_JOB_STOP_WAIT_TIME_S"}
+    assert not [value for value in env.values() if "canary" in value]
+
+
+def test_a_variable_is_forwarded_only_when_named(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("AWS_DEFAULT_REGION", "eu-west-1")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "canary")
+    env = submit.job_env("http://mlflow:5000", ["AWS_DEFAULT_REGION"])
+    assert env["AWS_DEFAULT_REGION"] == "eu-west-1" and "AWS_SECRET_ACCESS_KEY" not in env
+    monkeypatch.delenv("NOT_SET_HERE", raising=False)
+    with pytest.raises(UserError, match=r"\$NOT_SET_HERE is not set"):
+        submit.job_env("http://mlflow:5000", ["NOT_SET_HERE"])
+    with pytest.raises(UserError, match="not an environment variable name"):
+        submit.job_env("http://mlflow:5000", ["A=B;rm"])
+
+
+@pytest.mark.parametrize(
+    "uri", ["postgresql://mlflow:canary@db/mlflow", "https://admin:canary@mlflow:5000", "https://canary@m"]
+)
+def test_a_tracking_uri_with_a_login_is_not_sent_to_a_cluster(uri: str) -> None:
+    with pytest.raises(UserError, match="holds a login") as refused:
+        submit.job_env(uri)
+    assert "canary" not in str(refused.value)
+
+
+def test_a_dataset_uri_with_a_login_is_not_sent_to_a_cluster() -> None:
+    config = RunConfig.model_validate(
+        {"data": {"dataset": "https://user:canary@data.example.com/o.parquet"}, "model": {"name": "conv4"}}
+    )
+    with pytest.raises(UserError, match="holds a login") as refused:
+        submit.check_dataset(config, local_cluster=False)
+    assert "canary" not in str(refused.value)

@@ -267,3 +267,113 @@ def test_filter_values_with_quotes_search_instead_of_breaking_the_query(tracker:
         filter_value('it\'s "quoted"')
     with pytest.raises(UserError, match='no registered model "it\'s"'):
         list_models(tracker.uri, "it's")
+
+
+def add_child_runs(tracker: SweepTracker, count: int) -> None:
+    """``count`` child runs of the tracker's sweep, written straight into its SQLite store with
+    MLflow's own ORM (as create_run would write them, at a fraction of the time)."""
+    import time
+    import uuid
+
+    from mlflow.store.tracking.dbmodels.models import SqlRun, SqlTag
+    from mlflow.store.tracking.sqlalchemy_store import SqlAlchemyStore
+
+    artifacts = Path(tracker.uri.removeprefix("sqlite:///")).parent / "artifacts"
+    store = SqlAlchemyStore(tracker.uri, str(artifacts))
+    now = int(time.time() * 1000)
+    with store.ManagedSessionMaker(read_only=False) as session:
+        for i in range(count):
+            run_id = uuid.uuid4().hex
+            session.add(
+                SqlRun(
+                    run_uuid=run_id,
+                    name=f"trial_{i:05d}",
+                    experiment_id=int(tracker.experiment_id),
+                    status="FINISHED",
+                    start_time=now + 1 + i,  # newer than the parent, as trials are
+                    lifecycle_stage="active",
+                    artifact_uri=f"file:///tmp/{run_id}",
+                    source_type="LOCAL",
+                    user_id="test",
+                    tags=[
+                        SqlTag(key="mlflow.parentRunId", value=tracker.parent_id),
+                        SqlTag(key="metasweep.sweep", value=tracker.sweep),
+                        SqlTag(key="metasweep.trial_id", value=f"trial_{i:05d}"),
+                    ],
+                )
+            )
+
+
+def test_a_sweep_of_1500_trials_is_resumed_with_its_parent_and_every_child(tracker: SweepTracker) -> None:
+    """search_runs answers 1,000 runs a page, newest first: without paging, the parent (the
+    oldest run) and 500 children were invisible, and resuming made duplicate child runs."""
+    add_child_runs(tracker, 1500)
+    client = MlflowClient(tracker.uri)
+    assert len(client.search_runs([tracker.experiment_id])) == 1000  # what one page holds
+
+    resumed = SweepTracker(tracker.uri, "experiment", "sweep", resume=True, retry_s=0.0)
+    assert resumed.open(resume=True) == tracker.parent_id
+    assert len(resumed.children) == 1500
+    resumed.start_trial("trial_00000", {"train.inner_lr": 0.1}, {})  # the oldest trial, retried
+    resumed.start_trial("trial_01500", {"train.inner_lr": 0.1}, {})  # a new one
+    assert resumed.outbox.flush(wait=True)
+    assert len(client.search_runs([tracker.experiment_id], max_results=5000)) == 1 + 1501
+
+
+def test_the_sweeps_own_writes_wait_out_a_sqlite_store_locked_by_another_process(
+    tracker: SweepTracker, store: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Another process (a second sweep on the same file) holds SQLite's write lock for longer
+    than the 20 s MLflow lets SQLite wait by itself: the parent run's writes wait and go through,
+    none is lost."""
+    import sqlite3
+    import threading
+    import time
+
+    locked, release = threading.Event(), threading.Event()
+
+    def hold_lock() -> None:
+        db = sqlite3.connect(store, timeout=30)
+        db.execute("BEGIN EXCLUSIVE")
+        locked.set()
+        release.wait(30)
+        db.rollback()
+        db.close()
+
+    holder = threading.Thread(target=hold_lock)
+    holder.start()
+    assert locked.wait(30)
+    threading.Timer(23.0, release.set).start()
+    started = time.monotonic()
+    with caplog.at_level("WARNING"):
+        tracker.log_sweep({"search.num_samples": 4}, "name: sweep\n")
+        tracker.log_best("t1", {"train.inner_lr": 0.1}, {"val/mse": 0.5})
+        tracker.finish("FINISHED")
+    holder.join()
+    assert time.monotonic() - started >= 22, "the store was never locked; the test tested nothing"
+    assert "unavailable" in caplog.text
+    run = MlflowClient(tracker.uri).get_run(tracker.parent_id)
+    assert run.info.status == "FINISHED"
+    assert run.data.params["search.num_samples"] == "4" and run.data.metrics["val/mse"] == 0.5
+    assert run.data.tags["metasweep.best_trial"] == "t1"
+
+
+def test_a_write_the_store_never_takes_fails_with_a_clear_message(tracker: SweepTracker) -> None:
+    tracker.wait_s = 0.5
+    calls = []
+
+    def locked() -> None:
+        calls.append(1)
+        raise MlflowException("database is locked")  # what MLflow raises for a busy SQLite
+
+    with pytest.raises(UserError, match="did not take the error in 0 s: database is locked"):
+        tracker.write("the error", locked)
+    assert len(calls) >= 2  # retried before giving up
+
+    from mlflow.protos.databricks_pb2 import RESOURCE_DOES_NOT_EXIST
+
+    def refused() -> None:
+        raise MlflowException("no such run", error_code=RESOURCE_DOES_NOT_EXIST)
+
+    with pytest.raises(MlflowException, match="no such run"):  # permanent: not retried
+        tracker.write("the run", refused)

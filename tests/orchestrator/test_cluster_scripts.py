@@ -1,0 +1,78 @@
+"""The cluster/local scripts' own guards, run for real in bash (no cluster is started): the
+secrets file that gives Ray's nodes their logins, and PostgreSQL's refusal to start MLflow on an
+empty store when the database it made has gone (issue 10, items 1 and 5)."""
+
+from __future__ import annotations
+
+import os
+import stat
+import subprocess
+from pathlib import Path
+
+import pytest
+
+SCRIPTS = Path(__file__).resolve().parents[2] / "cluster" / "local"
+HOSTILE = "p%a$s'w\"o rd\\`x`;$(touch /tmp/pwned)"
+
+
+def bash(script: str, cluster_dir: Path, **env: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        ["bash", "-c", script],
+        env={**os.environ, "CLUSTER_DIR": str(cluster_dir), **env},
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=cluster_dir,
+    )
+
+
+def test_secrets_are_written_0600_and_read_back_exactly(tmp_path: Path) -> None:
+    script = f"""
+        set -euo pipefail
+        source {SCRIPTS}/env.sh
+        set_secret MLFLOW_TRACKING_PASSWORD "$VALUE"
+        set_secret MLFLOW_TRACKING_USERNAME admin
+        set_secret MLFLOW_TRACKING_USERNAME metasweep   # replaced, not appended
+        unset MLFLOW_TRACKING_PASSWORD MLFLOW_TRACKING_USERNAME
+        load_secrets
+        bash -c 'printf "%s\\n%s" "$MLFLOW_TRACKING_USERNAME" "$MLFLOW_TRACKING_PASSWORD"'
+    """
+    done = bash(script, tmp_path, VALUE=HOSTILE)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout == f"metasweep\n{HOSTILE}"  # exported to child processes, unmangled
+    secrets = tmp_path / "secrets.env"
+    assert stat.S_IMODE(secrets.stat().st_mode) == 0o600
+    assert secrets.read_text().count("MLFLOW_TRACKING_USERNAME=") == 1
+    assert not Path("/tmp/pwned").exists()
+
+
+def test_a_secrets_file_others_can_read_is_refused(tmp_path: Path) -> None:
+    (tmp_path / "secrets.env").write_text("AWS_SECRET_ACCESS_KEY=x\n")
+    os.chmod(tmp_path / "secrets.env", 0o644)
+    done = bash(f"set -euo pipefail; source {SCRIPTS}/env.sh; load_secrets", tmp_path)
+    assert done.returncode != 0 and "chmod 600" in done.stderr
+
+
+def test_postgres_refuses_to_start_afresh_when_its_database_has_gone(tmp_path: Path) -> None:
+    (tmp_path / "postgres.dir").write_text(str(tmp_path / "cleaned-away"))
+    done = bash(f"{SCRIPTS}/postgres.sh", tmp_path, PG_DATA=str(tmp_path / "cleaned-away"))
+    assert done.returncode == 1
+    assert "is gone; refusing to start MLflow on an empty store" in done.stderr
+    assert not (tmp_path / "cleaned-away").exists()
+
+
+def test_postgres_refuses_to_initialise_over_other_files(tmp_path: Path) -> None:
+    data = tmp_path / "pg"
+    data.mkdir()
+    (data / "notes.txt").write_text("not a database")
+    done = bash(f"{SCRIPTS}/postgres.sh", tmp_path, PG_DATA=str(data))
+    assert done.returncode == 1 and "refusing to initialise over it" in done.stderr
+    assert [p.name for p in data.iterdir()] == ["notes.txt"]
+
+
+@pytest.mark.parametrize("script", ["postgres.sh", "start-mlflow.sh", "start-ray.sh"])
+def test_no_script_keeps_state_under_tmp_or_passes_a_password_as_an_argument(script: str) -> None:
+    text = (SCRIPTS / script).read_text()
+    assert '"/tmp/metasweep' not in text
+    assert "--backend-store-uri" not in text  # the URI holds the database password
+    assert "PASSWORD '$(cat" not in text
