@@ -22,7 +22,7 @@ from pydantic.fields import FieldInfo
 
 from metasweep.algorithms import ALGORITHMS, Capabilities, learner_class
 from metasweep.orchestrator.errors import UserError
-from metasweep.orchestrator.learner import BACKBONE_TASKS, BACKBONES, LearnerSpec
+from metasweep.orchestrator.learner import BACKBONE_TASKS, BACKBONES, LearnerSpec, check_input
 from metasweep.orchestrator.problem import Mode, Problem, mode_of
 from metasweep.orchestrator.redact import redact
 
@@ -66,8 +66,12 @@ def fields_that_do_not_apply(capabilities: Capabilities) -> tuple[str, ...]:
     )
 
 
+SEED_MAX = 2**63 - 1  # torch.Generator.manual_seed and numpy take seeds up to this
+
+
 class _Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    # Non-finite floats validate as numbers (inf > 0) but cannot run: refused everywhere.
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
 
 class ModelConfig(_Section):
@@ -127,7 +131,12 @@ class EvalConfig(_Section):
         None, ge=1, description="query examples of held-out tasks (default: data.queries)"
     )
     batch_size: int = Field(50, ge=1, description="held-out tasks adapted at once")
-    seed: int = Field(1234, description="seed of the held-out task sets, independent of the training seed")
+    seed: int = Field(
+        1234,
+        ge=0,
+        le=SEED_MAX,
+        description="seed of the held-out task sets, independent of the training seed",
+    )
 
 
 class RunConfig(_Section):
@@ -141,7 +150,7 @@ class RunConfig(_Section):
     data: DataConfig = Field(DataConfig(), description="where episodes come from")
     train: TrainConfig = Field(TrainConfig(), description="meta-training hyperparameters")
     eval: EvalConfig = Field(EvalConfig(), description="held-out evaluation")
-    seed: int = Field(0, description="seed of model initialisation and training episodes")
+    seed: int = Field(0, ge=0, le=SEED_MAX, description="seed of model initialisation and training episodes")
     device: Literal["auto", "cpu", "cuda"] = Field(
         "auto", description="'auto' uses a GPU when one is visible"
     )
@@ -189,7 +198,7 @@ class RunConfig(_Section):
         sinusoids); computed once where a command starts and handed down from there.
 
         Raises:
-            UserError: an image dataset without its metadata.
+            UserError: an image dataset without its metadata, or images the backbone cannot take.
         """
         if self.task_kind == "regression":
             return Problem("regression", (1,), None, False, SINUSOID, SINUSOID)
@@ -197,10 +206,12 @@ class RunConfig(_Section):
             raise UserError(f"dataset {self.data.dataset} needs its metadata to describe the problem")
         h, w, c = metadata["image_shape"]
         fingerprint = hashlib.sha256(json.dumps(dict(metadata), sort_keys=True).encode()).hexdigest()[:16]
-        return Problem(
+        problem = Problem(
             "classification", (c, h, w), self.data.ways, bool(metadata.get("invert", False)),
             self.data.dataset, fingerprint,
         )  # fmt: skip
+        check_input(self.learner_spec(), problem)
+        return problem
 
     def learner_spec(self) -> LearnerSpec:
         """The settings that build this run's learner."""
@@ -472,7 +483,7 @@ class SearchConfig(_Section):
     cpus_per_trial: float = Field(1.0, gt=0, description="CPUs reserved per trial")
     gpus_per_trial: float = Field(0.0, ge=0, description="GPUs per trial; fractions share one GPU")
     max_failures: int = Field(2, ge=0, description="restarts of a failed trial from its checkpoint")
-    seed: int = Field(0, description="seed of the Optuna sampler")
+    seed: int = Field(0, ge=0, le=SEED_MAX, description="seed of the Optuna sampler")
 
 
 class TrackingConfig(_Section):
@@ -508,10 +519,19 @@ class SweepConfig(RunConfig):
                 raise ValueError(
                     f"search.space.{key}: {self.algorithm} {_why(capabilities)}; drop it from the space"
                 )
-        for point in self.search.initial_points:
+        for i, point in enumerate(self.search.initial_points):
             unknown = sorted(set(point) - set(self.search.space))
             if unknown:
                 raise ValueError(f"search.initial_points: {', '.join(unknown)} not in search.space")
+            try:
+                self.run_config(point)
+            except (ValidationError, ValueError, TypeError) as exc:
+                first = exc.errors()[0] if isinstance(exc, ValidationError) else {"msg": str(exc), "loc": ()}
+                where = ".".join(str(part) for part in first["loc"])
+                raise ValueError(
+                    f"search.initial_points[{i}] {point} gives an invalid run"
+                    f"{f' ({where})' if where else ''}: {first['msg']}"
+                ) from None
         # Every value the space can produce must make a valid run config.
         for key, spec in self.search.space.items():
             for algorithm in (a for a in algorithms if applies(key, a)):

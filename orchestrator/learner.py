@@ -18,6 +18,7 @@ from torch import nn
 
 from metasweep.algorithms import MLP, Conv4, MetaLearner, learner_class
 from metasweep.algorithms.functional import Strategy
+from metasweep.orchestrator.errors import UserError
 from metasweep.orchestrator.problem import Problem
 
 
@@ -104,3 +105,25 @@ def build_learner(
         model = BACKBONES[spec.backbone](spec, problem, outputs if capabilities.head else None)
     # On its device before it is wrapped: Meta-SGD creates its learned rates beside the weights.
     return cls(model.to(device or torch.device("cpu")), **options)  # type: ignore[call-arg]
+
+
+def check_input(spec: LearnerSpec, problem: Problem) -> None:
+    """Refuse inputs the backbone cannot take (Conv-4 on images too small for its four poolings,
+    a head sized for square images given others), by building it and pushing two blank inputs
+    through it: whatever the backbone's limits are, they are found before any training starts.
+
+    Raises:
+        UserError: the backbone fails on inputs of the problem's shape.
+    """
+    capabilities = learner_class(spec.algorithm).capabilities
+    outputs = problem.ways if problem.task_kind == "classification" else 1
+    try:
+        with torch.random.fork_rng(devices=[]), torch.no_grad():
+            model = BACKBONES[spec.backbone](spec, problem, outputs if capabilities.head else None)
+            model(torch.zeros(2, *problem.input_shape))
+    except (ValueError, RuntimeError) as exc:
+        raise UserError(
+            f"model.name={spec.backbone} cannot take inputs of shape {problem.input_shape} "
+            f"(channels, height, width): {str(exc).splitlines()[0][:200]}; import the dataset with "
+            "another --image-size or choose another model"
+        ) from None

@@ -31,6 +31,7 @@ from metasweep.orchestrator.data.format import EpisodicDataset, load_dataset
 from metasweep.orchestrator.data.sampler import EpisodeSampler
 from metasweep.orchestrator.errors import TrainingDiverged, UserError
 from metasweep.orchestrator.learner import build_learner
+from metasweep.orchestrator.outputs import check_output
 from metasweep.orchestrator.problem import Problem
 
 log = logging.getLogger(__name__)
@@ -38,6 +39,7 @@ log = logging.getLogger(__name__)
 CHECKPOINT = "checkpoint.pt"
 METRICS = "metrics.jsonl"
 LOCK = ".lock"
+CHECKPOINT_KEYS = ("config", "learner", "optimizer", "iteration")
 RUN_FILES = (CHECKPOINT, METRICS, "config.yaml")
 EvalCallback = Callable[[int, dict[str, float]], None]
 """``on_eval(iteration, metrics)``: after every meta-validation."""
@@ -133,11 +135,18 @@ class RunState:
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        """Restore what :meth:`state_dict` saved."""
-        self.iteration = int(state["iteration"])
-        self.learner.load_state_dict(state["learner"])
-        self.optimizer.load_state_dict(state["optimizer"])
-        self.generator.set_state(state["generator"])
+        """Restore what :meth:`state_dict` saved.
+
+        Raises:
+            UserError: a state that does not fit this run's learner (another model's checkpoint).
+        """
+        try:
+            self.iteration = int(state["iteration"])
+            self.learner.load_state_dict(state["learner"])
+            self.optimizer.load_state_dict(state["optimizer"])
+            self.generator.set_state(state["generator"])
+        except (RuntimeError, KeyError, ValueError, TypeError) as exc:
+            raise UserError(f"the checkpoint does not fit the run's learner: {str(exc)[:300]}") from None
 
 
 def new_state(config: RunConfig, problem: Problem, device: torch.device) -> RunState:
@@ -187,6 +196,8 @@ def check_run_dir(config: RunConfig, resume: bool = False, overwrite: bool = Fal
     run_dir = config.run_dir
     if resume and overwrite:
         raise UserError("give either --resume (continue the run) or --overwrite (start it over), not both")
+    if config.output_dir:
+        check_output(config.output_dir, "output_dir", folder=True)
     if run_dir.exists() and not run_dir.is_dir():
         raise UserError(f"the run directory {str(run_dir)!r} is a file; set output_dir or name elsewhere")
     if resume or overwrite:
@@ -243,9 +254,16 @@ def load_checkpoint(path: Path) -> dict[str, Any]:
     if not path.is_file():
         raise UserError(f"no checkpoint at {str(path)!r}; train a run first (metasweep train CONFIG)")
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
+        saved = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # torch raises many types for a damaged file
         raise UserError(f"checkpoint {str(path)!r} cannot be read: {exc}") from None
+    missing = [key for key in CHECKPOINT_KEYS if not isinstance(saved, dict) or key not in saved]
+    if missing or not isinstance(saved["config"], dict):
+        raise UserError(
+            f"{str(path)!r} is not a metasweep checkpoint (it lacks {', '.join(missing) or 'a config'}); "
+            "give the run directory 'metasweep train' wrote"
+        )
+    return saved
 
 
 @dataclass(frozen=True)

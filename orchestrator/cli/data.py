@@ -13,6 +13,7 @@ from rich.table import Table
 from metasweep.orchestrator.cli.app import app
 from metasweep.orchestrator.cli.console import say, track
 from metasweep.orchestrator.errors import UserError
+from metasweep.orchestrator.outputs import check_output
 
 if TYPE_CHECKING:
     from metasweep.orchestrator.data.images import ClassImages
@@ -70,6 +71,11 @@ def data_import(
     """
     from metasweep.orchestrator.data import importers
 
+    check_output(out, "--out")
+    for source in sources:
+        if not source.exists():
+            raise UserError(f"{source} does not exist")
+
     def reading(classes: Iterable[ClassImages]) -> Iterable[ClassImages]:
         return track(classes, "reading classes", enabled=progress)
 
@@ -108,6 +114,8 @@ def data_info(
     """Show a dataset's schema, classes per split, images per class, image shape and size."""
     from metasweep.orchestrator.data import format
 
+    if preview is not None:
+        check_output(preview, "--preview")
     meta, schema, size = format.read_metadata(path)
     table = Table(title=path, show_header=False)
     table.add_row("schema", ", ".join(f"{f.name}: {f.type}" for f in schema))

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import csv
 import os
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -17,6 +18,7 @@ from rich.table import Table
 from metasweep.orchestrator.cli.app import TrackingOpt, app
 from metasweep.orchestrator.cli.console import say
 from metasweep.orchestrator.errors import UserError
+from metasweep.orchestrator.outputs import check_output
 
 models_app = typer.Typer(help="Registered meta-learners: list and pull.", no_args_is_help=True)
 app.add_typer(models_app, name="models")
@@ -51,6 +53,7 @@ def models_pull(
     from metasweep.orchestrator.tracking.registry import pull_model
     from metasweep.orchestrator.tracking.store import tracking_uri as resolve
 
+    check_output(out, "--out", folder=True, empty=True)
     path = pull_model(resolve(tracking_uri), reference, out)
     say(
         f"pulled {reference} to {path}; use it with `metasweep adapt {path} ...`, or serve it with "
@@ -79,6 +82,8 @@ def adapt(
         raise UserError(f"{support} does not exist")
     if not query.exists():
         raise UserError(f"{query} does not exist")
+    if out is not None:
+        check_output(out, "--out")
     loaded = load_model(resolve(tracking_uri), model)  # rebuilt by this metasweep; no model code runs
     spec = loaded.spec
     if spec.problem.task_kind != "classification":
@@ -107,7 +112,7 @@ def adapt(
 @app.command()
 def ui(
     tracking_uri: TrackingOpt = None,
-    port: Annotated[int, typer.Option(help="Port on 127.0.0.1.")] = 5000,
+    port: Annotated[int, typer.Option(help="Port on 127.0.0.1.", min=1, max=65535)] = 5000,
 ) -> None:
     """Start the MLflow UI on the configured store, on 127.0.0.1."""
     from metasweep.orchestrator.tracking.store import tracking_uri as resolve
@@ -116,6 +121,13 @@ def ui(
     if uri.startswith(("http://", "https://")):
         say(f"{uri} is a tracking server: open it in a browser")
         return
+    with socket.socket() as probe:
+        try:
+            probe.bind(("127.0.0.1", port))
+        except OSError as exc:
+            raise UserError(
+                f"port {port} on 127.0.0.1 is taken ({exc.strerror}); pick another with --port"
+            ) from None
     say(f"MLflow UI for {uri} at http://127.0.0.1:{port} (Ctrl-C to stop)")
     # One worker and no GenAI job runner: a single-user UI over a file store needs neither, and
     # the job runner would write to the same SQLite file a running sweep writes to.

@@ -201,11 +201,25 @@ def read_metadata(uri: str) -> tuple[dict[str, Any], pa.Schema, int]:
             f"{uri} is a Parquet file but not a metasweep dataset (no '{METADATA_KEY.decode()}' metadata); "
             "create one with 'metasweep data import'"
         )
-    metadata = json.loads(raw)
+    try:
+        metadata = json.loads(raw)
+    except ValueError:
+        metadata = None
+    if not isinstance(metadata, dict):
+        raise UserError(
+            f"{uri}: its metasweep metadata is not a JSON object; re-create it with 'metasweep data import'"
+        )
     if metadata.get("format_version") != FORMAT_VERSION:
         raise UserError(
             f"{uri} has dataset format {metadata.get('format_version')}, this version reads {FORMAT_VERSION}"
         )
+    shape = metadata.get("image_shape")
+    if not (
+        isinstance(shape, list)
+        and len(shape) == 3
+        and all(isinstance(n, int) and not isinstance(n, bool) and n > 0 for n in shape)
+    ):
+        raise UserError(f"{uri}: metadata image_shape {shape!r} is not [height, width, channels]")
     return metadata, schema, info.size
 
 
@@ -228,6 +242,20 @@ def load_dataset(uri: str) -> EpisodicDataset:
         raise UserError(f"cannot read dataset {uri}: {exc}") from None
     h, w, c = metadata["image_shape"]
     image = table.column("image").combine_chunks()
+    if (
+        not pa.types.is_fixed_size_binary(image.type)
+        or image.type.byte_width != h * w * c
+        or image.null_count
+    ):
+        raise UserError(
+            f"{uri}: its images are {image.type}, but its metadata says {h}x{w}x{c} pixels each "
+            f"(fixed_size_binary[{h * w * c}]); re-create it with 'metasweep data import'"
+        )
+    if metadata.get("images", len(image)) != len(image):
+        raise UserError(
+            f"{uri}: its metadata counts {metadata.get('images')} images but the file holds {len(image)}; "
+            "re-create it with 'metasweep data import'"
+        )
     pixels = np.frombuffer(
         image.buffers()[1], dtype=np.uint8, count=len(image) * h * w * c, offset=image.offset * h * w * c
     ).reshape(len(image), h, w, c)
@@ -239,6 +267,9 @@ def load_dataset(uri: str) -> EpisodicDataset:
     first_rows = starts[:-1]
     names = table.column("class_name").take(pa.array(first_rows)).to_pylist()
     splits = table.column("split").take(pa.array(first_rows)).to_pylist()
+    unknown = sorted({str(split) for split in splits} - set(SPLITS))
+    if unknown:
+        raise UserError(f"{uri}: classes in unknown splits {unknown}; splits are {', '.join(SPLITS)}")
     return EpisodicDataset(uri, metadata, pixels, tuple(names), tuple(splits), starts)
 
 

@@ -7,6 +7,9 @@ Imports PIL, numpy and torch only: the served model uses it.
 from __future__ import annotations
 
 import io
+import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -17,6 +20,39 @@ from PIL import Image, UnidentifiedImageError
 from metasweep.orchestrator.errors import UserError
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp")
+MAX_IMAGE_BYTES = 64 * 2**20  # an image file larger than this is refused unread
+MAX_IMAGE_PIXELS = Image.MAX_IMAGE_PIXELS or 89_478_485  # PIL's decompression-bomb limit
+
+
+@contextmanager
+def _pil_errors(where: str) -> Iterator[None]:
+    """PIL's failures as one UserError naming ``where``; an image over PIL's pixel limit (a
+    decompression bomb, which PIL only warns about below twice the limit) is refused too."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            yield
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning):
+        raise UserError(
+            f"{where} is larger than {MAX_IMAGE_PIXELS:,} pixels, PIL's decompression-bomb limit; "
+            "resize it first"
+        ) from None
+    except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as exc:
+        raise UserError(f"{where} is not a readable image ({exc}); remove it or fix the source") from None
+
+
+def check_image_file(path: Path) -> None:
+    """Refuse, before reading it, an image file too large to be one.
+
+    Raises:
+        UserError: a file over ``MAX_IMAGE_BYTES``.
+    """
+    size = path.stat().st_size
+    if size > MAX_IMAGE_BYTES:
+        raise UserError(
+            f"{path} is {size / 2**20:.0f} MiB, more than the {MAX_IMAGE_BYTES // 2**20} MiB an image "
+            "file may be; remove it from the folder"
+        )
 
 
 @dataclass
@@ -45,11 +81,10 @@ def decode(data: bytes, where: str, size: int | None, mode: str) -> np.ndarray:
     Raises:
         UserError: the bytes are not an image PIL reads (``where`` names it in the message).
     """
-    try:
-        with Image.open(io.BytesIO(data)) as image:
-            return to_array(image, size, mode)
-    except (UnidentifiedImageError, OSError, ValueError) as exc:
-        raise UserError(f"{where} is not a readable image ({exc}); remove it or fix the source") from None
+    if len(data) > MAX_IMAGE_BYTES:
+        raise UserError(f"{where} is {len(data) / 2**20:.0f} MiB, too large to be an image file")
+    with _pil_errors(where), Image.open(io.BytesIO(data)) as image:
+        return to_array(image, size, mode)
 
 
 def stack_class(name: str, arrays: list[np.ndarray], where: str) -> np.ndarray:
@@ -171,11 +206,9 @@ def read_image_files(path: Path, input_shape: tuple[int, ...]) -> ImageFiles:
     mode = "L" if c == 1 else "RGB"
     opened = []
     for f in files:
-        try:
-            with Image.open(f) as image:
-                opened.append(image.copy())
-        except OSError as exc:
-            raise UserError(f"{f} is not a readable image ({exc})") from None
+        check_image_file(f)
+        with _pil_errors(str(f)), Image.open(f) as image:
+            opened.append(image.copy())
     if len({image.size for image in opened}) > 1:
         opened = [image.resize((w, h)) for image in opened]
     return ImageFiles(

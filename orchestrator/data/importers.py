@@ -16,11 +16,22 @@ import numpy as np
 from PIL import Image
 
 from metasweep.orchestrator.data.format import SPLITS, write_dataset
-from metasweep.orchestrator.data.images import ClassImages, decode, stack_class, to_array
+from metasweep.orchestrator.data.images import (
+    IMAGE_SUFFIXES,
+    ClassImages,
+    check_image_file,
+    decode,
+    stack_class,
+    to_array,
+)
 from metasweep.orchestrator.errors import UserError
 
 OMNIGLOT_BACKGROUND_CLASSES = 964
 OMNIGLOT_PIXELS = "white background (255), black ink (0)"
+# What an archive may hold, checked from its directory before anything is decompressed.
+MAX_MEMBER_BYTES = 2**30  # one member (Omniglot's largest, an npz array, is 213 MB)
+MAX_ARCHIVE_BYTES = 4 * 2**30  # all members together
+MAX_RATIO = 200  # uncompressed / compressed size of a member (Omniglot's npz: 71)
 Progress = Callable[[Iterable[ClassImages]], Iterable[ClassImages]]
 """Wraps the stream of classes being read, e.g. in a progress bar; the identity by default."""
 
@@ -30,6 +41,43 @@ def _quietly(classes: Iterable[ClassImages]) -> Iterable[ClassImages]:
 
 
 _OMNIGLOT_CHAR = re.compile(r"(?:^|/)(images_(background|evaluation)[^/]*)/([^/]+)/(character\d+)/([^/]+)$")
+
+
+def open_zip(path: Path) -> zipfile.ZipFile:
+    """A zip archive whose directory passed the checks, before any member is decompressed.
+
+    Raises:
+        UserError: not a zip, duplicate member names, or a member or total size or compression
+            ratio over the limits (a zip bomb).
+    """
+    try:
+        archive = zipfile.ZipFile(path)
+    except (zipfile.BadZipFile, OSError, EOFError, ValueError) as exc:
+        raise UserError(f"{path} is not a readable zip archive ({exc})") from None
+    infos = archive.infolist()
+    names = [info.filename for info in infos]
+    if len(set(names)) != len(names):
+        twice = sorted({n for n in names if names.count(n) > 1})[:3]
+        archive.close()
+        raise UserError(
+            f"{path} holds members of the same name twice ({', '.join(twice)}); it is not a sound archive"
+        )
+    total = 0
+    for info in infos:
+        total += info.file_size
+        ratio = info.file_size / max(info.compress_size, 1)
+        if (
+            info.file_size > MAX_MEMBER_BYTES
+            or total > MAX_ARCHIVE_BYTES
+            or (info.file_size > 2**20 and ratio > MAX_RATIO)
+        ):
+            archive.close()
+            raise UserError(
+                f"{path} would inflate past the limits ({info.filename!r}: {info.file_size:,} bytes, "
+                f"{ratio:.0f}x compressed; limits {MAX_MEMBER_BYTES:,} bytes a member, "
+                f"{MAX_ARCHIVE_BYTES:,} in all, {MAX_RATIO}x); refusing to read it"
+            )
+    return archive
 
 
 def read_omniglot_archive(path: Path, size: int | None) -> Iterator[ClassImages]:
@@ -46,20 +94,21 @@ def read_omniglot_archive(path: Path, size: int | None) -> Iterator[ClassImages]
         for file in sorted(path.rglob("*")):
             rel = file.relative_to(path.parent).as_posix()
             match = _OMNIGLOT_CHAR.search(rel)
-            if match and file.is_file():
+            if match and file.suffix.lower() in IMAGE_SUFFIXES and file.is_file():
+                check_image_file(file)
                 key = (match.group(2), f"{match.group(3)}/{match.group(4)}")
                 entries.setdefault(key, []).append((rel, file.read_bytes))
     else:
+        archive = open_zip(path)
         try:
-            archive = zipfile.ZipFile(path)
             bad = archive.testzip()
-        except (zipfile.BadZipFile, OSError, EOFError) as exc:
+        except (zipfile.BadZipFile, OSError, EOFError, ValueError) as exc:
             raise UserError(f"{path} is not a readable zip archive ({exc})") from None
         if bad is not None:
             raise UserError(f"{path} is corrupt: member {bad!r} fails its CRC check")
         for info in sorted(archive.infolist(), key=lambda i: i.filename):
             match = _OMNIGLOT_CHAR.search(info.filename)
-            if match and not info.is_dir():
+            if match and not info.is_dir() and Path(info.filename).suffix.lower() in IMAGE_SUFFIXES:
                 key = (match.group(2), f"{match.group(3)}/{match.group(4)}")
                 entries.setdefault(key, []).append((info.filename, partial(archive.read, info.filename)))
     if not entries:
@@ -81,13 +130,20 @@ def read_omniglot_npz(path: Path, size: int | None) -> Iterator[ClassImages]:
     """
     group = "evaluation" if "evaluation" in path.name else "background"
     offset = OMNIGLOT_BACKGROUND_CLASSES + 1 if group == "evaluation" else 1
+    if zipfile.is_zipfile(path):  # an npz is a zip: its sizes are checked before numpy inflates it
+        open_zip(path).close()
     try:
-        with np.load(path) as archive:
+        with np.load(path, allow_pickle=False) as archive:
             images = archive["images"]
     except (OSError, ValueError, KeyError, zipfile.BadZipFile, EOFError) as exc:
         raise UserError(f"{path} is not a readable Omniglot npz (needs an 'images' array): {exc}") from None
     if images.ndim != 4:
         raise UserError(f"{path}: 'images' must be (characters, drawings, H, W), got shape {images.shape}")
+    if images.dtype != np.bool_:
+        raise UserError(
+            f"{path}: 'images' holds {images.dtype} values, but Omniglot's npz holds booleans (True = "
+            "white); an image array of another kind would import as corrupted pixels"
+        )
     for i, drawings in enumerate(images):
         pixels = drawings.astype(np.uint8) * 255
         arrays = [to_array(Image.fromarray(p, mode="L"), size, "L") for p in pixels]
@@ -108,9 +164,17 @@ def read_image_folder(root: Path, size: int | None, mode: str) -> Iterator[Class
         raise UserError(f"{root} has no class subfolders; expected root/<class name>/<images>")
     shapes: set[tuple[int, ...]] = set()
     for folder in classes:
-        files = sorted(f for f in folder.iterdir() if f.is_file() and not f.name.startswith("."))
+        files = sorted(
+            f
+            for f in folder.iterdir()
+            if f.suffix.lower() in IMAGE_SUFFIXES and f.is_file() and not f.name.startswith(".")
+        )
         if not files:
-            raise UserError(f"class folder {folder} holds no images")
+            raise UserError(
+                f"class folder {folder} holds no images ({' '.join(IMAGE_SUFFIXES)}); other files are ignored"
+            )
+        for f in files:
+            check_image_file(f)
         arrays = [decode(f.read_bytes(), str(f), size, mode) for f in files]
         stacked = stack_class(folder.name, arrays, str(folder))
         shapes.add(stacked.shape[1:])

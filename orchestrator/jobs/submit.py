@@ -209,7 +209,7 @@ def submit(
     cluster = Cluster(address)
     nodes = cluster.nodes()
     local = is_this_machine(nodes)
-    uri = check_tracking(tracking or tracking_uri(config.tracking.uri), local, cluster)
+    uri = check_tracking(tracking_uri(tracking or config.tracking.uri), local, cluster)
     dataset = check_dataset(config, local)
     if storage is None and not local:
         raise UserError(

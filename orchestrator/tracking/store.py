@@ -5,13 +5,35 @@ from __future__ import annotations
 import os
 
 from metasweep.orchestrator.errors import UserError
+from metasweep.orchestrator.redact import redact
 
 DEFAULT_URI = "sqlite:///mlflow.db"
 
 
+# Stores MLflow 3.17 tracks and registers models in (a plain folder is refused since 3.13).
+SCHEMES = ("http", "https", "sqlite", "postgresql", "mysql", "mssql", "databricks", "databricks-uc")
+
+
 def tracking_uri(configured: str | None) -> str:
-    """The tracking URI: the config's, else ``$MLFLOW_TRACKING_URI``, else a local SQLite file."""
-    return configured or os.environ.get("MLFLOW_TRACKING_URI") or DEFAULT_URI
+    """The tracking URI: the config's, else ``$MLFLOW_TRACKING_URI``, else a local SQLite file.
+
+    Raises:
+        UserError: a URI with no scheme MLflow stores runs and models in (``localhost:5000``,
+            a folder path).
+    """
+    uri = configured or os.environ.get("MLFLOW_TRACKING_URI") or DEFAULT_URI
+    scheme = uri.partition("://")[0].split("+")[0].lower() if "://" in uri else ""
+    if scheme == "databricks" or uri in ("databricks", "databricks-uc") or scheme in SCHEMES:
+        return uri
+    if scheme == "file" or (not scheme and "://" not in uri and ("/" in uri or uri.startswith("."))):
+        hint = "a plain folder cannot hold the registry (MLflow 3.13+); use sqlite:///PATH/mlflow.db"
+    elif ":" in uri:
+        hint = f"did you mean http://{uri}?"
+    else:
+        hint = "e.g. http://HOST:5000 or sqlite:///mlflow.db"
+    raise UserError(
+        f"tracking URI {redact(uri)!r} has no scheme MLflow can store runs in ({', '.join(SCHEMES)}); {hint}"
+    )
 
 
 def check_reachable(uri: str, timeout: float = 10.0) -> None:

@@ -313,3 +313,84 @@ def test_parquet_that_is_not_a_dataset(tmp_path: Path) -> None:
         load_dataset(str(tmp_path / "other.parquet"))
     with pytest.raises(UserError, match="does not exist"):
         load_dataset(str(tmp_path / "absent.parquet"))
+
+
+# ---- hostile archives and images (issue 10): refused before they are read ----------------------
+
+OMNIGLOT_MEMBER = "images_background/Alpha/character01/0001_{:02d}.png"
+
+
+def png_bytes(size: tuple[int, int] = (8, 8), mode: str = "L") -> bytes:
+    import io
+
+    buffer = io.BytesIO()
+    Image.new(mode, size).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def test_a_zip_bomb_is_refused_from_its_directory(tmp_path: Path) -> None:
+    bomb = tmp_path / "images_background.zip"
+    with zipfile.ZipFile(bomb, "w", zipfile.ZIP_DEFLATED) as z:
+        z.writestr(OMNIGLOT_MEMBER.format(0), png_bytes())
+        z.writestr(OMNIGLOT_MEMBER.format(1), b"\0" * (64 * 2**20))  # 64 MiB in ~64 KiB
+    assert bomb.stat().st_size < 2**20
+    with pytest.raises(UserError, match="would inflate past the limits"):
+        importers.import_omniglot([bomb], str(tmp_path / "o.parquet"))
+    assert_nothing_left(tmp_path, {"images_background.zip"})
+
+
+def test_an_npz_bomb_is_refused_before_numpy_inflates_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    npz = tmp_path / "images_background.npz"
+    np.savez_compressed(npz, images=np.zeros((20, 20, 105, 105), dtype=bool))  # 4.4 MB, 1000x
+    monkeypatch.setattr(importers, "MAX_RATIO", 50)
+    with pytest.raises(UserError, match="would inflate past the limits"):
+        importers.import_omniglot([npz], str(tmp_path / "o.parquet"))
+
+
+def test_duplicate_member_names_are_refused(tmp_path: Path) -> None:
+    twice = tmp_path / "images_background.zip"
+    with zipfile.ZipFile(twice, "w") as z, pytest.warns(UserWarning, match="Duplicate name"):
+        z.writestr(OMNIGLOT_MEMBER.format(0), png_bytes())
+        z.writestr(OMNIGLOT_MEMBER.format(0), png_bytes((9, 9)))
+    with pytest.raises(UserError, match="members of the same name twice"):
+        importers.import_omniglot([twice], str(tmp_path / "o.parquet"))
+
+
+def test_an_8_bit_npz_is_refused_not_imported_as_corrupted_pixels(tmp_path: Path) -> None:
+    npz = tmp_path / "images_background.npz"
+    np.savez(npz, images=np.full((2, 3, 10, 10), 200, dtype=np.uint8))
+    with pytest.raises(UserError, match="holds uint8 values, but Omniglot's npz holds booleans"):
+        importers.import_omniglot([npz], str(tmp_path / "o.parquet"))
+    assert_nothing_left(tmp_path, {"images_background.npz"})
+
+
+def test_stray_files_in_an_image_folder_are_skipped_and_huge_images_refused(
+    make_folder, tmp_path: Path
+) -> None:
+    root = make_folder(tmp_path / "p", classes=5, per_class=3)
+    with (root / "class_01" / "dataset.tar").open("wb") as f:  # a stray 8 GiB file, never read
+        f.truncate(8 * 2**30)
+    (root / "class_02" / "README.txt").write_text("notes")
+    meta = importers.import_image_folder(root, str(tmp_path / "o.parquet"))
+    assert meta["images"] == 15
+
+    with (root / "class_03" / "huge.png").open("wb") as f:
+        f.truncate(100 * 2**20)
+    with pytest.raises(UserError, match=r"huge\.png is 100 MiB, more than the 64 MiB"):
+        importers.import_image_folder(root, str(tmp_path / "o2.parquet"))
+    assert not (tmp_path / "o2.parquet").exists()
+
+
+def test_an_image_over_pils_pixel_limit_is_refused_on_import_and_adapt(make_folder, tmp_path: Path) -> None:
+    from metasweep.orchestrator.data.images import MAX_IMAGE_PIXELS, read_image_files
+
+    root = make_folder(tmp_path / "p", classes=5, per_class=3)
+    side = int((MAX_IMAGE_PIXELS * 1.2) ** 0.5)  # over the limit, under twice it: PIL only warns
+    Image.new("1", (side, side)).save(root / "class_01" / "bomb.png")
+    assert (root / "class_01" / "bomb.png").stat().st_size < 5 * 2**20
+    with pytest.raises(UserError, match="decompression-bomb limit"):
+        importers.import_image_folder(root, str(tmp_path / "o.parquet"))
+    with pytest.raises(UserError, match="decompression-bomb limit"):
+        read_image_files(root / "class_01", (1, 28, 28))
