@@ -86,7 +86,11 @@ def sweep(
         typer.Option("--resume", help="Continue the sweep of this name; finished trials are kept."),
     ] = None,
     address: Annotated[
-        str | None, typer.Option(help="Ray cluster address (default: start a local Ray on this machine).")
+        str | None,
+        typer.Option(
+            help="Ray cluster to run on: HOST:PORT of its head, or 'auto' for the one running on "
+            "this machine (default: 'local', a new Ray of its own, even when a cluster runs here).",
+        ),
     ] = None,
     storage: StorageOpt = None,
     resource_check: ResourceCheckOpt = True,
@@ -97,7 +101,7 @@ def sweep(
     resources) and a 'tracking' section (MLflow URI, experiment). Ends with the best trial, its
     validation and meta-test metrics, and how to open the sweep in the MLflow UI.
     """
-    if address:
+    if address and address != "local":
         from metasweep.orchestrator.jobs.client import use_token_auth
 
         use_token_auth()  # before Ray is imported
@@ -108,7 +112,12 @@ def sweep(
         overrides.append(f"name={resume}")
     cfg = load_config(config, overrides, SweepConfig)
     result = run_sweep(
-        cfg, address=address, resume=resume is not None, storage=storage, resource_check=resource_check
+        cfg,
+        address=address,
+        resume=resume is not None,
+        storage=storage,
+        resource_check=resource_check,
+        tell=say,
     )
     trials = Table(title=f"sweep {result.name}: {result.trials} trials, best first")
     keys = sorted({k for row in result.table for k in row.params})

@@ -48,14 +48,14 @@ def foreign_checkpoint() -> None:
 
 
 def square_breaker() -> None:
-    """An image dataset of 20x12 images (non-square, too small for four poolings across)."""
+    """An image dataset of 16x40 images: non-square, so Conv-4's head (sized for 16x16) does not fit."""
     from PIL import Image
 
     for c in range(10):
         folder = Path("wide") / f"c{c}"
         folder.mkdir(parents=True)
         for j in range(4):
-            Image.fromarray(np.full((12, 20), 10 * c + j, dtype=np.uint8)).save(folder / f"{j}.png")
+            Image.fromarray(np.full((16, 40), 10 * c + j, dtype=np.uint8)).save(folder / f"{j}.png")
 
 
 CASES: dict[str, tuple[list[str], str]] = {
@@ -105,7 +105,11 @@ CASES: dict[str, tuple[list[str], str]] = {
             "--set",
             "data.shots=1",
         ],
-        "cannot take inputs of shape (1, 12, 20)",
+        "cannot take inputs of shape (1, 16, 40)",
+    ),
+    "conv4 on images too small for its poolings": (
+        ["train", IMAGES, "--set", "data.dataset=d.parquet", "--set", "data.rotations=false"],
+        "cannot take inputs of shape (1, 12, 12)",
     ),
     # -- inputs from other tools
     "a checkpoint that is not metasweep's": (["evaluate", "foreign"], "is not a metasweep checkpoint"),

@@ -63,7 +63,7 @@ def test_bad_data_input_exits_2_and_leaves_nothing(
 
 
 def test_impossible_episode_is_refused_before_training(make_folder, root, run_cli, tmp_path: Path) -> None:
-    make_folder(Path("p"), classes=10, per_class=4)
+    make_folder(Path("p"), classes=10, per_class=4, size=16)  # Conv-4 takes 16x16 and up
     assert run_cli("data", "import", "p", "--out", "d.parquet").returncode == 0
     config = str(root / "examples" / "omniglot_protonet_5w1s.yaml")
     result = run_cli(
@@ -119,7 +119,7 @@ def test_protonet_on_real_omniglot_beats_chance(omniglot, root, run_cli) -> None
 
 
 def test_training_split_is_configurable(make_folder, root, run_cli, tmp_path: Path) -> None:
-    make_folder(Path("p"), classes=10, per_class=4)
+    make_folder(Path("p"), classes=10, per_class=4, size=16)  # Conv-4 takes 16x16 and up
     assert (
         run_cli("data", "import", "p", "--out", "d.parquet", "--split-ratios", "0.3,0.3,0.4").returncode == 0
     )
