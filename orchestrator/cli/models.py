@@ -5,9 +5,11 @@ from __future__ import annotations
 
 import csv
 import os
+import signal
 import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Annotated
 
@@ -27,16 +29,16 @@ app.add_typer(models_app, name="models")
 @models_app.command("list")
 def models_list(
     name: Annotated[str | None, typer.Argument(help="Only this registered model.")] = None,
-    tracking_uri: TrackingOpt = None,
+    uri: TrackingOpt = None,
 ) -> None:
     """Registered models, versions, aliases and meta-test metrics."""
     from metasweep.orchestrator.tracking.registry import list_models
-    from metasweep.orchestrator.tracking.store import tracking_uri as resolve
+    from metasweep.orchestrator.tracking.store import existing_store, tracking_uri
 
     table = Table(title="registered models")
     for column in ("name", "version", "aliases", "metric", "value", "protocol"):
         table.add_column(column)
-    for row in list_models(resolve(tracking_uri), name):
+    for row in list_models(existing_store(tracking_uri(uri)), name):
         table.add_row(*(str(row[c]) for c in ("name", "version", "aliases", "metric", "value", "protocol")))
     Console().print(table)
 
@@ -47,14 +49,14 @@ def models_pull(
         str, typer.Argument(help="NAME, NAME@alias or NAME/version (default alias: champion).")
     ],
     out: Annotated[Path, typer.Option("--out", "-o", help="Folder to create (must be new or empty).")],
-    tracking_uri: TrackingOpt = None,
+    uri: TrackingOpt = None,
 ) -> None:
     """Download a registered model as a self-contained folder (loads with no tracking server)."""
     from metasweep.orchestrator.tracking.registry import pull_model
-    from metasweep.orchestrator.tracking.store import tracking_uri as resolve
+    from metasweep.orchestrator.tracking.store import existing_store, tracking_uri
 
     check_output(out, "--out", folder=True, empty=True)
-    path = pull_model(resolve(tracking_uri), reference, out)
+    path = pull_model(existing_store(tracking_uri(uri)), reference, out)
     say(
         f"pulled {reference} to {path}; use it with `metasweep adapt {path} ...`, or serve it with "
         f"mlflow.pyfunc.load_model({str(path)!r}), which runs the code inside the folder"
@@ -69,14 +71,14 @@ def adapt(
     ],
     query: Annotated[Path, typer.Option(help="An image or a folder of images to label.")],
     out: Annotated[Path | None, typer.Option(help="Also write predictions to this CSV.")] = None,
-    tracking_uri: TrackingOpt = None,
+    uri: TrackingOpt = None,
 ) -> None:
     """Adapt a meta-learned model to a support set and label the query images."""
     import numpy as np
 
     from metasweep.orchestrator.data.images import read_image_files
     from metasweep.orchestrator.tracking.registry import load_model
-    from metasweep.orchestrator.tracking.store import tracking_uri as resolve
+    from metasweep.orchestrator.tracking.store import existing_store, tracking_uri
 
     if not support.exists():
         raise UserError(f"{support} does not exist")
@@ -84,7 +86,8 @@ def adapt(
         raise UserError(f"{query} does not exist")
     if out is not None:
         check_output(out, "--out")
-    loaded = load_model(resolve(tracking_uri), model)  # rebuilt by this metasweep; no model code runs
+    store = tracking_uri(uri) if Path(model).is_dir() else existing_store(tracking_uri(uri))
+    loaded = load_model(store, model)  # rebuilt by this metasweep; no model code runs
     spec = loaded.spec
     if spec.problem.task_kind != "classification":
         raise UserError("adapt labels images; this model is a regression model")
@@ -111,13 +114,13 @@ def adapt(
 
 @app.command()
 def ui(
-    tracking_uri: TrackingOpt = None,
+    uri: TrackingOpt = None,
     port: Annotated[int, typer.Option(help="Port on 127.0.0.1.", min=1, max=65535)] = 5000,
 ) -> None:
     """Start the MLflow UI on the configured store, on 127.0.0.1."""
-    from metasweep.orchestrator.tracking.store import tracking_uri as resolve
+    from metasweep.orchestrator.tracking.store import existing_store, tracking_uri
 
-    uri = resolve(tracking_uri)
+    uri = tracking_uri(uri)
     if uri.startswith(("http://", "https://")):
         say(f"{uri} is a tracking server: open it in a browser")
         return
@@ -128,13 +131,43 @@ def ui(
             raise UserError(
                 f"port {port} on 127.0.0.1 is taken ({exc.strerror}); pick another with --port"
             ) from None
+    existing_store(uri)
     say(f"MLflow UI for {uri} at http://127.0.0.1:{port} (Ctrl-C to stop)")
     # One worker and no GenAI job runner: a single-user UI over a file store needs neither, and
     # the job runner would write to the same SQLite file a running sweep writes to.
     env = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
-    subprocess.run(
+    # Its own process group: MLflow's server forks uvicorn workers that outlive it when only its
+    # own process is signalled; stopping the group stops them all.
+    server = subprocess.Popen(
         [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", uri,
          "--host", "127.0.0.1", "--port", str(port), "--workers", "1"],
-        check=False,
         env=env,
+        start_new_session=True,
     )  # fmt: skip
+    previous = signal.signal(signal.SIGTERM, _interrupt)
+    try:
+        server.wait()
+    except KeyboardInterrupt:
+        say("stopping the MLflow UI")
+    finally:
+        _stop_group(server)
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
+
+
+def _stop_group(process: subprocess.Popen[bytes], grace_s: float = 10.0) -> None:
+    """SIGTERM every process of ``process``'s group, SIGKILL what is left after ``grace_s``."""
+    try:
+        os.killpg(process.pid, signal.SIGTERM)
+        deadline = time.monotonic() + grace_s
+        while time.monotonic() < deadline:
+            process.poll()
+            os.killpg(process.pid, 0)  # raises once no process of the group is left
+            time.sleep(0.2)
+        os.killpg(process.pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+    process.wait()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 from metasweep.orchestrator.errors import UserError
 from metasweep.orchestrator.redact import redact
@@ -34,6 +35,25 @@ def tracking_uri(configured: str | None) -> str:
     raise UserError(
         f"tracking URI {redact(uri)!r} has no scheme MLflow can store runs in ({', '.join(SCHEMES)}); {hint}"
     )
+
+
+def existing_store(uri: str) -> str:
+    """``uri`` for a command that only reads (``models list``/``pull``, ``adapt``, ``ui``): a
+    SQLite store must exist already, because MLflow would create an empty one and the command
+    would show nothing, as if the sweep had never run.
+
+    Raises:
+        UserError: a ``sqlite:`` URI whose file does not exist.
+    """
+    if uri.startswith("sqlite:///"):
+        path = Path(uri.removeprefix("sqlite:///"))
+        if not path.is_file():
+            raise UserError(
+                f"no MLflow store at {path.absolute()} ({uri}): nothing was tracked there. Run this "
+                "from the folder you ran the sweep in, or point to the store with --tracking-uri or "
+                "$MLFLOW_TRACKING_URI"
+            )
+    return uri
 
 
 def check_reachable(uri: str, timeout: float = 10.0) -> None:

@@ -98,6 +98,9 @@ def test_unreachable_tracking_server_fails_before_any_trial(free_port, run_cli) 
 def test_metasweep_ui_serves_the_store_on_loopback(free_port, wait_for_port, tmp_path: Path) -> None:
     import urllib.request
 
+    from mlflow.tracking import MlflowClient
+
+    MlflowClient(f"sqlite:///{tmp_path / 'ui.db'}").search_experiments()  # ui never creates a store
     port = free_port()
     ui = subprocess.Popen(
         [sys.executable, "-m", "metasweep", "ui", "--port", str(port),

@@ -167,3 +167,24 @@ def test_the_loader_checks_hold_for_a_dataset_with_consistent_metadata(make_fold
     setup_images(make_folder)
     dataset = load_dataset("d.parquet")
     assert dataset.pixels.shape == (40, 12, 12, 1) and pa.__version__
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["models", "list"],
+        ["models", "pull", "m@champion", "--out", "m"],
+        ["adapt", "m@champion", "--support", "p", "--query", "p/class_00"],
+        ["ui", "--port", "PORT"],
+    ],
+    ids=["models list", "models pull", "adapt", "ui"],
+)
+def test_a_read_only_command_in_the_wrong_folder_creates_no_store(
+    args: list[str], make_folder, free_port, run_cli
+) -> None:
+    """Run from a folder without ./mlflow.db, they used to create an empty one and show nothing."""
+    make_folder(Path("p"), classes=2, per_class=1)
+    result = run_cli(*[str(free_port()) if a == "PORT" else a for a in args])
+    assert result.returncode == 2, result.stderr[-2000:]
+    assert "no MLflow store at" in result.stderr and "--tracking-uri" in result.stderr
+    assert not Path("mlflow.db").exists()
