@@ -137,8 +137,11 @@ def read_omniglot_npz(path: Path, size: int | None) -> Iterator[ClassImages]:
             images = archive["images"]
     except (OSError, ValueError, KeyError, zipfile.BadZipFile, EOFError) as exc:
         raise UserError(f"{path} is not a readable Omniglot npz (needs an 'images' array): {exc}") from None
-    if images.ndim != 4:
-        raise UserError(f"{path}: 'images' must be (characters, drawings, H, W), got shape {images.shape}")
+    if images.ndim != 4 or 0 in images.shape:
+        raise UserError(
+            f"{path}: 'images' must be (characters, drawings, H, W) with none of them 0, "
+            f"got shape {images.shape}"
+        )
     if images.dtype != np.bool_:
         raise UserError(
             f"{path}: 'images' holds {images.dtype} values, but Omniglot's npz holds booleans (True = "

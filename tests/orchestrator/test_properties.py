@@ -1,10 +1,15 @@
 """Property-based tests of the two places users' inputs enter: the config schema (YAML files and
 ``--set``) and the dataset importers (archives). Whatever they are given, they either load it or
-raise :class:`UserError`; any other exception would reach the user as a traceback (issue 10)."""
+raise :class:`UserError`; any other exception would reach the user as a traceback (issue 10).
+
+The suite runs a fixed set of examples (``derandomize``), so CI is reproducible; cases that once
+failed stay pinned with ``@example``. To explore fresh inputs, run with
+``HYPOTHESIS_EXPLORE=1000`` (the number of examples per test, drawn at random)."""
 
 from __future__ import annotations
 
 import io
+import os
 import tempfile
 import warnings
 import zipfile
@@ -13,7 +18,7 @@ from typing import Any
 
 import numpy as np
 import yaml
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
@@ -21,7 +26,13 @@ from metasweep.orchestrator.config import RunConfig, SweepConfig, load_config, l
 from metasweep.orchestrator.data import importers
 from metasweep.orchestrator.errors import UserError
 
-SETTINGS = settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+EXPLORE = int(os.environ.get("HYPOTHESIS_EXPLORE", "0"))
+SETTINGS = settings(
+    max_examples=EXPLORE or 60,
+    derandomize=not EXPLORE,
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow],
+)
 
 # Keys users write: the schema's own (so deep structures get explored), and typos.
 RUN_KEYS = ["name", "algorithm", "model", "data", "train", "eval", "seed", "device", "output_dir"]
@@ -112,7 +123,8 @@ members = st.lists(
                 st.integers(1, 4),
                 st.sampled_from([".png", ".PNG", ".txt", ""]),
             ),
-            st.text(min_size=1, max_size=30),
+            # zipfile cuts a name at NUL (and cannot write one that starts with it), so no NUL
+            st.text(st.characters(exclude_characters="\x00"), min_size=1, max_size=30),
         ),
         st.one_of(
             st.builds(_png, st.integers(1, 20), st.sampled_from(["L", "RGB", "1"])),
@@ -145,6 +157,7 @@ def test_any_small_zip_imports_or_is_refused(entries: list[tuple[str, bytes]]) -
     dtype=st.sampled_from([np.bool_, np.uint8, np.float32, np.int64]),
     key=st.sampled_from(["images", "pixels"]),
 )
+@example(shape=[1, 0, 0, 0], dtype=np.bool_, key="images")  # no drawings: once crashed np.stack
 def test_any_small_npz_imports_or_is_refused(shape: list[int], dtype: Any, key: str) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         npz = Path(tmp) / "images_background.npz"
