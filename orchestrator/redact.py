@@ -24,11 +24,6 @@ def redact(text: str) -> str:
     return _LOGIN.sub(lambda m: f"{m['scheme']}{MASK}@", text)
 
 
-def redact_uri(uri: str) -> str:
-    """One URI with its userinfo, if any, replaced by ``***``."""
-    return redact(uri)
-
-
 def has_login(uri: str) -> bool:
     """Whether ``uri`` carries a user name or password in its userinfo part."""
     try:

@@ -7,6 +7,7 @@ message on stderr and exit code 2; usage errors get click's message and exit cod
 from __future__ import annotations
 
 import logging
+import os
 import sys
 from pathlib import Path
 from typing import Annotated
@@ -58,6 +59,9 @@ def _root(
     verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Log debug messages.")] = False,
 ) -> None:
     redact_log_records()
+    # MLflow draws a tqdm bar per artifact download (several per registration or pull); the
+    # commands show their own progress instead.
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     logging.basicConfig(
         level=logging.DEBUG if verbose else logging.WARNING,
         format="%(levelname)s %(name)s: %(message)s",

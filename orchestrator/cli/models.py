@@ -18,7 +18,7 @@ from rich.console import Console
 from rich.table import Table
 
 from metasweep.orchestrator.cli.app import TrackingOpt, app
-from metasweep.orchestrator.cli.console import say
+from metasweep.orchestrator.cli.console import say, stderr
 from metasweep.orchestrator.errors import UserError
 from metasweep.orchestrator.outputs import check_output
 
@@ -39,8 +39,17 @@ def models_list(
     for column in ("name", "version", "aliases", "metric", "value", "protocol"):
         table.add_column(column)
     for row in list_models(existing_store(tracking_uri(uri)), name):
-        table.add_row(*(str(row[c]) for c in ("name", "version", "aliases", "metric", "value", "protocol")))
+        cells = {**row, "value": _rounded(row["value"])}
+        table.add_row(*(str(cells[c]) for c in ("name", "version", "aliases", "metric", "value", "protocol")))
     Console().print(table)
+
+
+def _rounded(value: str) -> str:
+    """A metric as recorded (``repr`` of a float), to four significant digits."""
+    try:
+        return f"{float(value):.4g}"
+    except ValueError:
+        return value
 
 
 @models_app.command("pull")
@@ -56,7 +65,9 @@ def models_pull(
     from metasweep.orchestrator.tracking.store import existing_store, tracking_uri
 
     check_output(out, "--out", folder=True, empty=True)
-    path = pull_model(existing_store(tracking_uri(uri)), reference, out)
+    store = existing_store(tracking_uri(uri))
+    with stderr.status(f"pulling {reference} and checking that it loads"):
+        path = pull_model(store, reference, out)
     say(
         f"pulled {reference} to {path}; use it with `metasweep adapt {path} ...`, or serve it with "
         f"mlflow.pyfunc.load_model({str(path)!r}), which runs the code inside the folder"
@@ -118,11 +129,11 @@ def ui(
     port: Annotated[int, typer.Option(help="Port on 127.0.0.1.", min=1, max=65535)] = 5000,
 ) -> None:
     """Start the MLflow UI on the configured store, on 127.0.0.1."""
-    from metasweep.orchestrator.tracking.store import existing_store, tracking_uri
+    from metasweep.orchestrator.tracking.store import existing_store, tracking_uri, ui_url
 
     uri = tracking_uri(uri)
     if uri.startswith(("http://", "https://")):
-        say(f"{uri} is a tracking server: open it in a browser")
+        say(f"{uri} is a tracking server with its own UI: open {ui_url(uri, 'experiments')}")
         return
     with socket.socket() as probe:
         try:
@@ -132,7 +143,7 @@ def ui(
                 f"port {port} on 127.0.0.1 is taken ({exc.strerror}); pick another with --port"
             ) from None
     existing_store(uri)
-    say(f"MLflow UI for {uri} at http://127.0.0.1:{port} (Ctrl-C to stop)")
+    say(f"MLflow UI for {uri} at {ui_url(uri, 'experiments', port)} (Ctrl-C to stop)")
     # One worker and no GenAI job runner: a single-user UI over a file store needs neither, and
     # the job runner would write to the same SQLite file a running sweep writes to.
     env = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}

@@ -3,16 +3,21 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
+from rich import box
 from rich.table import Table
 
 from metasweep.orchestrator.cli.app import ConfigArg, ResourceCheckOpt, SetOpt, StorageOpt, app
 from metasweep.orchestrator.cli.console import metrics_table, say, stderr, training_bar
 from metasweep.orchestrator.config import SweepConfig, load_config
 from metasweep.orchestrator.errors import UserError
+
+if TYPE_CHECKING:
+    from metasweep.orchestrator.sweep.driver import SweepResult
 
 
 @app.command()
@@ -77,6 +82,86 @@ def _short(value: Any) -> str:
     return f"{value:.4g}" if isinstance(value, float) else str(value)
 
 
+def column_names(keys: Sequence[str]) -> dict[str, str]:
+    """Each dotted config key by its last part (``train.inner_lr`` as ``inner_lr``), or by as many
+    parts as tell it apart from the others; 80 columns do not fit the full keys."""
+    names = {}
+    for key in keys:
+        parts = key.split(".")
+        for n in range(1, len(parts) + 1):
+            name = ".".join(parts[-n:])
+            if sum(k == name or k.endswith("." + name) for k in keys) == 1:
+                break
+        names[key] = name
+    return names
+
+
+def trial_table(result: SweepResult) -> Table:
+    """Every trial, best first: its parameters (short names), objective, meta-iterations, outcome.
+    Cells wrap rather than cut, so the table reads at 80 columns."""
+    table = Table(
+        title=f"sweep {result.name}: {result.trials} trials, best first (iters: meta-iterations done)",
+        box=box.SIMPLE_HEAD,
+        pad_edge=False,
+        collapse_padding=True,
+    )
+    keys = sorted({k for row in result.table for k in row.params})
+    names = column_names(keys)
+    table.add_column("trial", no_wrap=True)
+    for key in keys:  # a long name takes a line per part: "eval." over "inner_steps"
+        parts = names[key].split(".")
+        table.add_column(".\n".join(parts), min_width=max(map(len, parts)), overflow="fold")
+    table.add_column(result.objective, min_width=len(result.objective), overflow="fold")
+    table.add_column("iters", no_wrap=True)
+    table.add_column("outcome", min_width=len("completed"))  # "stopped early" wraps between its words
+    for row in result.table:
+        table.add_row(
+            row.trial_id,
+            *(_short(row.params.get(k, "")) for k in keys),
+            "" if row.metric is None else f"{row.metric:.4f}",
+            str(row.iteration),
+            row.outcome,
+        )
+    return table
+
+
+def sweep_links(result: SweepResult, cwd: Path | None = None) -> str:
+    """Where to look next: the sweep's links in the MLflow UI (its trials, its run with the plots,
+    the registered model) and how to pull the model into a folder that does not exist yet."""
+    from metasweep.orchestrator.redact import redact
+    from metasweep.orchestrator.tracking.store import ui_url
+
+    uri, experiment, run = result.tracking_uri, result.experiment_id, result.parent_run_id
+    lines = []
+    if result.registration is not None:
+        r = result.registration
+        out = free_folder(r.name, cwd or Path.cwd())
+        lines += [
+            f"registered {r.name} v{r.version} as @{r.alias}: {r.reason}",
+            f"  pull it with: metasweep models pull {r.name}@{r.alias} --out {out}",
+        ]
+    lines += [
+        f"MLflow: the sweep is run {run} in {redact(uri)}",
+        f"  trials: {ui_url(uri, f'experiments/{experiment}/runs')}",
+        f"  sweep:  {ui_url(uri, f'experiments/{experiment}/runs/{run}')}",
+        f"  plots:  {ui_url(uri, f'experiments/{experiment}/runs/{run}/artifacts')} (plots/)",
+    ]
+    if result.registration is not None:
+        lines.append(f"  model:  {ui_url(uri, f'models/{result.registration.name}')}")
+    if not uri.startswith(("http://", "https://")):
+        lines.append(f"  (start the UI first: metasweep ui --tracking-uri {uri})")
+    return "\n".join(lines)
+
+
+def free_folder(name: str, cwd: Path) -> str:
+    """``name``, or ``name-2``, ``name-3``... : the first that does not exist under ``cwd``."""
+    candidate, n = name, 1
+    while (cwd / candidate).exists():
+        n += 1
+        candidate = f"{name}-{n}"
+    return candidate
+
+
 @app.command()
 def sweep(
     config: ConfigArg,
@@ -119,19 +204,7 @@ def sweep(
         resource_check=resource_check,
         tell=say,
     )
-    trials = Table(title=f"sweep {result.name}: {result.trials} trials, best first")
-    keys = sorted({k for row in result.table for k in row.params})
-    for column in ("trial", *keys, result.objective, "iterations", "outcome"):
-        trials.add_column(column)
-    for row in result.table:
-        trials.add_row(
-            row.trial_id,
-            *(_short(row.params.get(k, "")) for k in keys),
-            "" if row.metric is None else f"{row.metric:.4f}",
-            str(row.iteration),
-            row.outcome,
-        )
-    stderr.print(trials)
+    stderr.print(trial_table(result))
     table = Table(title=f"sweep {result.name}: best of {result.trials} trials ({result.best_trial})")
     table.add_column("")
     table.add_column("value", justify="right")
@@ -140,17 +213,7 @@ def sweep(
     for key, value in {**result.best_metrics, **result.test_metrics}.items():
         table.add_row(key, f"{value:.4f}")
     stderr.print(table)
-    if result.registration is not None:
-        r = result.registration
-        say(
-            f"registered {r.name} v{r.version} as @{r.alias}: {r.reason}\n"
-            f"  pull it with: metasweep models pull {r.name}@{r.alias} --out model/"
-        )
-    say(
-        f"MLflow: parent run {result.parent_run_id} in {result.tracking_uri}\n"
-        f"  open it with: metasweep ui --tracking-uri {result.tracking_uri}  (http://127.0.0.1:5000), or "
-        f"mlflow ui --backend-store-uri {result.tracking_uri} --host 127.0.0.1"
-    )
+    say(sweep_links(result))
     print(
         json.dumps(
             {

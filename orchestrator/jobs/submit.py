@@ -38,7 +38,7 @@ from metasweep.orchestrator.config import SWEEP_STORAGE, RunConfig, SweepConfig,
 from metasweep.orchestrator.data.storage import SHARED_FILESYSTEMS, absolute, filesystem_type
 from metasweep.orchestrator.errors import UserError
 from metasweep.orchestrator.jobs.client import Cluster
-from metasweep.orchestrator.redact import has_login, redact_uri
+from metasweep.orchestrator.redact import has_login, redact
 from metasweep.orchestrator.tracking.store import check_reachable, tracking_uri
 
 SWEEP_FILE = "sweep.yaml"
@@ -83,7 +83,7 @@ def check_dataset(config: RunConfig, local_cluster: bool) -> str:
     dataset = config.data.dataset
     if has_login(dataset):
         raise UserError(
-            f"data.dataset {redact_uri(dataset)} holds a login, which would travel in the job's "
+            f"data.dataset {redact(dataset)} holds a login, which would travel in the job's "
             "files; give the URI without it and let the cluster's nodes supply the credentials "
             "(docs/cluster.md, 'Credentials')"
         )
@@ -249,7 +249,7 @@ def job_env(tracking: str, forward: Sequence[str] = ()) -> dict[str, str]:
     """
     if has_login(tracking):
         raise UserError(
-            f"the tracking URI {redact_uri(tracking)} holds a login, which Ray would record in "
+            f"the tracking URI {redact(tracking)} holds a login, which Ray would record in "
             "the job's metadata and logs. Give the URI without it and let the cluster supply the "
             "login: MLFLOW_TRACKING_USERNAME/MLFLOW_TRACKING_PASSWORD (http), PGPASSWORD or "
             "~/.pgpass (postgresql) in the cluster nodes' environment (docs/cluster.md, "

@@ -20,8 +20,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import optuna
 import ray
 from ray import tune
+from ray.tune.logger import CSVLoggerCallback, JsonLoggerCallback
 from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
 from ray.tune.search.optuna import OptunaSearch
 
@@ -34,7 +36,7 @@ from metasweep.orchestrator.sweep.plots import sweep_plots
 from metasweep.orchestrator.sweep.space import OptunaSpace, distributions, make_sampler
 from metasweep.orchestrator.sweep.trial import ITERATION, trial
 from metasweep.orchestrator.tracking.model import ModelSpec
-from metasweep.orchestrator.tracking.registry import Candidate, Registration, register
+from metasweep.orchestrator.tracking.registry import Candidate, Registration, register, scoring_protocol
 from metasweep.orchestrator.tracking.runs import SweepTracker
 from metasweep.orchestrator.tracking.store import tracking_uri
 from metasweep.orchestrator.training import (
@@ -75,6 +77,7 @@ class SweepResult:
     trials: int
     parent_run_id: str
     tracking_uri: str
+    experiment_id: str = ""
     registration: Registration | None = None
     table: list[TrialRow] = field(default_factory=list)
 
@@ -133,6 +136,11 @@ def run_sweep(
     """
     # Tune warns when checkpoints at every evaluation snapshot its state often; that is intended.
     os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
+    # Tune's automatic loggers include TensorBoard's, and a hint to run TensorBoard on its files;
+    # the trials' curves are in MLflow, so only the CSV and JSON loggers are added (below).
+    os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")
+    # Optuna logs each in-memory study it creates (the search's, the plots') at INFO.
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
     storage = absolute(str(storage or SWEEP_STORAGE))
     sweep_dir = f"{storage}/{config.name}"
     exists = path_exists(sweep_dir)
@@ -172,7 +180,11 @@ def run_sweep(
             storage_path=storage,
             failure_config=tune.FailureConfig(max_failures=config.search.max_failures),
             checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
-            callbacks=[TrackingCallback(config.train.iterations, config.seed)],
+            callbacks=[
+                TrackingCallback(config.train.iterations, config.seed),
+                CSVLoggerCallback(),
+                JsonLoggerCallback(),
+            ],
             verbose=verbose,
         )
         if resume:
@@ -206,16 +218,23 @@ def run_sweep(
         with best.checkpoint.as_directory() as saved_dir:
             saved = read_run(Path(saved_dir) / CHECKPOINT)
         inputs = Inputs(problem, build_sources(saved.config, dataset))
+        steps = saved.config.eval_inner_steps
+        tell(
+            f"scoring trial {best.metrics.get('trial_id')} on {saved.config.eval.test_tasks} meta-test tasks"
+            + (f", {steps} inner steps each" if steps is not None else "")
+        )
         test_metrics = evaluate_run(saved, inputs)
         tracker.outbox.drain()  # trial records buffered through a tracking-server outage
         best_id = str(best.metrics.get("trial_id"))
         val_metrics = {k: float(v) for k, v in best.metrics.items() if k.startswith("val/")}
         tracker.log_best(best_id, best_params, {**val_metrics, **test_metrics})
+        tell("drawing the sweep's plots and logging them to its MLflow run")
         with tempfile.TemporaryDirectory() as tmp:
             for plot in sweep_plots(results, config, problem, Path(tmp)):
                 tracker.log_artifact(plot, "plots")
         registration = None
         if config.tracking.registered_model:
+            tell(f"registering the best model as {config.tracking.registered_model}")
             registration = _register(
                 tracker, config.tracking.registered_model, saved.config, saved.weights, inputs, test_metrics
             )
@@ -230,6 +249,7 @@ def run_sweep(
             trials=len(results),
             parent_run_id=tracker.parent_id,
             tracking_uri=uri,
+            experiment_id=tracker.experiment_id,
             registration=registration,
             table=trial_rows(results, metric, mode, config.train.iterations),
         )
@@ -299,6 +319,9 @@ def _start_ray(address: str | None) -> bool:
     address = address or os.environ.get("RAY_ADDRESS") or LOCAL_RAY
     try:
         if address == LOCAL_RAY:
+            # Ray turns token authentication on for a new local instance, and says so on every
+            # start; the notice is about Ray's default, not about anything the user did.
+            logging.getLogger(RAY_AUTH_LOGGER).addFilter(_token_auth_notice)
             ray.init(address=LOCAL_RAY, include_dashboard=False, log_to_driver=False, configure_logging=False)
             return True
         ray.init(address=address, log_to_driver=False)
@@ -308,6 +331,14 @@ def _start_ray(address: str | None) -> bool:
             f"cannot connect to a Ray cluster at {address}: {exc}. If the cluster uses token "
             "authentication, set RAY_AUTH_TOKEN or copy the head node's ~/.ray/auth_token here"
         ) from None
+
+
+RAY_AUTH_LOGGER = "ray._private.authentication.authentication_token_setup"
+
+
+def _token_auth_notice(record: logging.LogRecord) -> bool:
+    """A log filter: drops Ray's "token authentication is enabled" notice, keeps the rest."""
+    return not record.getMessage().startswith("Token authentication is enabled for this Ray cluster")
 
 
 def _cluster_summary(owned: bool) -> str:
@@ -359,17 +390,13 @@ def _register(
 ) -> Registration:
     """Hand the best trial's model to the registry with the facts that make versions comparable."""
     problem: Problem = inputs.problem
-    d, e = best.data, best.eval
     metric = f"test/{problem.metric}"
     candidate = Candidate(
         metric=metric,
         value=test_metrics[metric],
         mode=problem.mode,
         fingerprint=problem.fingerprint,
-        protocol=(
-            f"ways={d.ways} shots={d.shots} queries={e.queries or d.queries} rotations={d.rotations} "
-            f"test_tasks={e.test_tasks} eval_seed={e.seed}"
-        ),
+        protocol=scoring_protocol(problem, best.data, best.eval),
     )
     spec = ModelSpec(problem, best.learner_spec(), best.eval_inner_steps)
     return register(

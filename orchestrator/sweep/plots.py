@@ -4,6 +4,7 @@ parallel coordinates, as PNG files for the parent run."""
 from __future__ import annotations
 
 import logging
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -74,7 +75,9 @@ def sweep_plots(results: Any, config: SweepConfig, problem: Problem, folder: Pat
             ("parallel_coordinate.png", optuna_plots.plot_parallel_coordinate),
         ):
             try:
-                draw(study)
+                with warnings.catch_warnings():  # "experimental since v2.2": a plot, not a concern
+                    warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+                    draw(study)
             except (ValueError, RuntimeError) as exc:  # e.g. importance needs varied parameters
                 log.info("skipping %s: %s", name, exc)
                 continue

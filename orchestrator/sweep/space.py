@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -69,7 +70,11 @@ class OptunaSpace:
 def make_sampler(search: SearchConfig) -> optuna.samplers.BaseSampler:
     """The configured, seeded Optuna sampler."""
     if search.sampler == "tpe":
-        return optuna.samplers.TPESampler(seed=search.seed, multivariate=True, group=True)
+        # multivariate and group are "experimental" since Optuna 2.2/2.8 and what makes TPE model
+        # the inner-loop parameters jointly; the warning says nothing a user can act on.
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            return optuna.samplers.TPESampler(seed=search.seed, multivariate=True, group=True)
     if search.sampler == "random":
         return optuna.samplers.RandomSampler(seed=search.seed)
     if search.sampler == "cmaes":

@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 import shutil
 import tempfile
+import time
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +21,8 @@ from metasweep.orchestrator.training import CHECKPOINT, Inputs, build_sources, t
 ITERATION = "iteration"
 """The result key of the meta-iteration a result was measured at: ASHA's time axis."""
 NODE = "node_id"
+RATE = "train/it_per_s"
+"""Meta-iterations per second since the trial's previous report (or its start)."""
 DIVERGED = "diverged"
 """Present in a trial's last result when its training diverged, with the reason."""
 
@@ -48,20 +51,32 @@ def trial(
     node = ray.get_runtime_context().get_node_id()  # node IPs repeat when nodes share a machine
     worst = math.inf if mode == "min" else -math.inf
 
+    last: dict[str, Any] = {"at": time.monotonic(), "iteration": None}  # the previous report's
+
+    def started(iteration: int, loss: float) -> None:
+        if last["iteration"] is None:  # called first with the iteration training starts from
+            last.update(at=time.monotonic(), iteration=iteration)
+
     def report(iteration: int, metrics: dict[str, float]) -> None:
         # Optuna refuses NaN objectives: a diverged evaluation scores the worst possible value.
         score = metrics.get(metric, math.nan)
+        now = time.monotonic()
+        rate = (iteration - (last["iteration"] or 0)) / max(now - last["at"], 1e-9)
+        last.update(at=now, iteration=iteration)
+        # Tune's live table shows the first four metrics of a result: meta-iterations done (its
+        # own "iter" counts reports), their rate, the objective, then the training loss.
         result: dict[str, Any] = {
-            **metrics,
-            metric: score if math.isfinite(score) else worst,
             ITERATION: iteration,
+            RATE: rate,
+            metric: score if math.isfinite(score) else worst,
+            **{k: v for k, v in metrics.items() if k != metric},
             NODE: node,
         }
         tune.report(result, checkpoint=tune.Checkpoint.from_directory(str(work)))
 
     try:
         inputs = Inputs(problem, build_sources(config, dataset))
-        train(config, inputs, resume=checkpoint is not None, on_eval=report, test=False)
+        train(config, inputs, resume=checkpoint is not None, on_eval=report, on_step=started, test=False)
     except TrainingDiverged as exc:
         # The worst possible score ends the trial (ASHA and Optuna learn from it); retrying
         # would diverge again.

@@ -12,8 +12,8 @@ in the source dataset's pixel convention; the model resizes, scales and inverts 
 dataset recorded. ``support_y`` holds integer or string labels, ``(n,)``, any values (e.g.
 ``[7, 42, 3]`` or ``["Alef", "Bet", "Gimel"]``); predictions come back as those labels, in the same
 dtype. Which label names a class never changes a prediction: classes are numbered in order of first
-appearance in ``support_y``. Regression: float ``(n, 1)`` inputs and targets, float ``(n, 1)``
-predictions.
+appearance in ``support_y``. Regression: ``(n, 1)`` or ``(n,)`` inputs and targets of any int or
+float dtype (NumPy's default float64 included), cast to float32; float32 ``(n, 1)`` predictions.
 
 Imports MLflow, torch, numpy, metasweep's core and the image helpers (PIL) only: nothing of the
 sweep, the CLI or the config schema (tests/orchestrator/test_served_model.py checks the closure).
@@ -92,6 +92,11 @@ def rebuild(spec: ModelSpec, weights: dict[str, Any]) -> MetaLearner[Any]:
 class MetaLearnerModel(PythonModel):
     """Adapts the meta-learned model to each call's support set, then predicts its queries."""
 
+    # MLflow's type-hint validation takes list[...] inputs only; this model takes one dict of arrays
+    # that its signature checks, so predict is untyped on purpose. This flag (MLflow's own, for its
+    # ChatModel) skips the hint check and its "add type hints" warning at every class definition.
+    _skip_type_hint_validation = True
+
     def load_context(self, context: Any) -> None:
         """Rebuild the learner from JSON and tensors only."""
         self.spec = ModelSpec.from_json(json.loads(Path(context.artifacts[SPEC]).read_text()))
@@ -104,6 +109,24 @@ class MetaLearnerModel(PythonModel):
         Deliberately without type hints: MLflow would read them as an input schema.
         """
         return predict_with(self.learner, self.spec, model_input)
+
+
+def real_points(value: Any, name: str) -> torch.Tensor:
+    """``value`` (an array or list of real numbers of any int or float dtype, ``(n,)`` or
+    ``(n, 1)``) as a float32 ``(1, n, 1)`` task.
+
+    Raises:
+        ValueError: values that are not real numbers.
+    """
+    array = np.asarray(value)
+    if array.dtype.kind == "O":  # JSON lists, and lists of Python numbers
+        try:
+            array = array.astype(np.float64)
+        except (TypeError, ValueError):
+            array = np.asarray([], dtype=np.str_)
+    if array.dtype.kind not in "iuf":
+        raise ValueError(f"{name} must hold real numbers (any int or float dtype), got {array.dtype}")
+    return torch.as_tensor(array.astype(np.float32)).reshape(1, -1, 1)
 
 
 def predict_with(learner: MetaLearner[Any], spec: ModelSpec, model_input: Any) -> np.ndarray:
@@ -134,9 +157,7 @@ def predict_with(learner: MetaLearner[Any], spec: ModelSpec, model_input: Any) -
         return inner.adapt(sx, sy, inner_steps=spec.eval_inner_steps)
 
     if problem.task_kind == "regression":
-        sx = torch.as_tensor(np.asarray(model_input["support_x"], dtype=np.float32)).reshape(1, -1, 1)
-        sy = torch.as_tensor(np.asarray(model_input["support_y"], dtype=np.float32)).reshape(1, -1, 1)
-        qx = torch.as_tensor(np.asarray(model_input["query_x"], dtype=np.float32)).reshape(1, -1, 1)
+        sx, sy, qx = (real_points(model_input[key], key) for key in ("support_x", "support_y", "query_x"))
         _check_one_label_each(sy.shape[1], sx.shape[1], "inputs")
         adapted = adapt(sx, sy)
         with torch.no_grad():

@@ -28,7 +28,9 @@ from mlflow.tracking import MlflowClient
 
 import metasweep.algorithms as core
 from metasweep.algorithms import MetaLearner
+from metasweep.orchestrator.config import DataConfig, EvalConfig
 from metasweep.orchestrator.errors import UserError
+from metasweep.orchestrator.problem import Problem
 from metasweep.orchestrator.tracking import model as served
 from metasweep.orchestrator.tracking.runs import SweepTracker
 from metasweep.orchestrator.tracking.store import check_reachable, filter_value, use_store
@@ -89,6 +91,28 @@ class Candidate:
         }  # fmt: skip
 
 
+def scoring_protocol(problem: Problem, data: DataConfig, evaluation: EvalConfig) -> str:
+    """How a model was scored, as ``key=value`` words; ways and rotations only where they apply
+    (classification)."""
+    facts = {"shots": data.shots, "queries": evaluation.queries or data.queries}
+    if problem.task_kind == "classification":
+        facts = {"ways": data.ways, **facts, "rotations": data.rotations}
+    facts |= {"test_tasks": evaluation.test_tasks, "eval_seed": evaluation.seed}
+    return " ".join(f"{key}={value}" for key, value in facts.items())
+
+
+def same_protocol(champion: str, candidate: str) -> bool:
+    """Whether two versions were scored the same way. A champion registered before regression
+    protocols left out ways and rotations still compares equal on the rest."""
+
+    def facts(text: str) -> dict[str, str]:
+        return dict(word.partition("=")[::2] for word in text.split())
+
+    old, new = facts(champion), facts(candidate)
+    legacy = {"ways", "rotations"} - new.keys()
+    return {k: v for k, v in old.items() if k not in legacy} == new
+
+
 def choose_alias(
     candidate: Candidate, champion: Mapping[str, str] | None, champion_version: str = ""
 ) -> tuple[str, str]:
@@ -97,9 +121,8 @@ def choose_alias(
     ``challenger``."""
     if champion is None:
         return CHAMPION, "first registered version"
-    if (
-        champion.get("metasweep.fingerprint") != candidate.fingerprint
-        or champion.get("metasweep.protocol") != candidate.protocol
+    if champion.get("metasweep.fingerprint") != candidate.fingerprint or not same_protocol(
+        champion.get("metasweep.protocol", ""), candidate.protocol
     ):
         return CHALLENGER, f"champion v{champion_version} was scored on another dataset or protocol"
     old = float(champion.get("metasweep.test_value", "nan"))
@@ -185,28 +208,20 @@ def _stage_code(folder: Path) -> Path:
 
 
 def _signature(example: dict[str, np.ndarray], predictions: np.ndarray, task_kind: str) -> Any:
-    """Inputs of any count and image size (the model resizes), in the example's dtypes; for
-    classification, ``support_y`` and the predictions are labels of any integer or string dtype.
+    """Every input declared ``object`` ``(-1,)``, which MLflow's enforcement passes through
+    unchanged (any dtype and rank, and JSON lists when served); the model's code checks them.
 
-    A TensorSpec holds one dtype and MLflow casts nothing, so an ``int64`` ``support_y`` would
-    refuse string labels (and ``int32`` ones). Labels are declared ``object`` ``(-1,)`` instead,
-    the one tensor spec MLflow's enforcement passes through unchanged (an int64, ``<U`` or object
-    array alike, and JSON lists when served); ``model.encode_labels`` then checks them. Images are
-    declared the same way, because one tensor spec has one rank and a user may hand a grayscale
-    model RGB images or the reverse; ``data.images.model_images`` checks them.
+    A TensorSpec holds one dtype and one rank, and MLflow casts nothing: an ``int64``
+    ``support_y`` would refuse string labels, an image spec would refuse RGB images for a
+    grayscale model (``data.images.model_images`` converts them), and a float32 regression spec
+    would refuse NumPy's default float64 with a dump of the arrays (``model.real_points`` casts
+    any real dtype). Predictions: labels (``object``) or float32 ``(n, 1)``.
     """
     from mlflow.models import ModelSignature
     from mlflow.types.schema import Schema, TensorSpec
 
-    classification = task_kind == "classification"
-
-    def spec(name: str, array: np.ndarray) -> TensorSpec:
-        if classification:
-            return TensorSpec(np.dtype(object), (-1,), name)
-        return TensorSpec(array.dtype, (-1, *([-1] * (array.ndim - 1))), name)
-
-    inputs = Schema([spec(name, np.asarray(array)) for name, array in example.items()])
-    if classification:
+    inputs = Schema([TensorSpec(np.dtype(object), (-1,), name) for name in example])
+    if task_kind == "classification":
         output = TensorSpec(np.dtype(object), (-1,))
     else:
         output = TensorSpec(predictions.dtype, (-1, *predictions.shape[1:]))

@@ -25,7 +25,7 @@ from mlflow.tracking import MlflowClient
 
 from metasweep.orchestrator.errors import UserError
 from metasweep.orchestrator.redact import redact
-from metasweep.orchestrator.tracking.store import check_reachable, filter_value
+from metasweep.orchestrator.tracking.store import KIND_TAG, MODEL_TRAINING, check_reachable, filter_value
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -226,6 +226,7 @@ class SweepTracker:
             self.experiment_id = (
                 found.experiment_id if found is not None else self.client.create_experiment(experiment)
             )
+            self._kindless = found is None or KIND_TAG not in found.tags
             of_sweep = f"tags.`{SWEEP_TAG}` = {filter_value(sweep)}"
             # The parent by its own query (it is named after the sweep), so the newest-first
             # pages of thousands of child runs never hide it; then every child, page by page.
@@ -252,6 +253,11 @@ class SweepTracker:
 
     def open(self, resume: bool) -> str:
         """Start the sweep's parent run, or continue it with ``resume``; returns its id."""
+        if self._kindless:  # the UI opens it on runs and models, not on GenAI traces
+            self.write(
+                "the experiment's kind",
+                lambda: self.client.set_experiment_tag(self.experiment_id, KIND_TAG, MODEL_TRAINING),
+            )
         if resume:
             self.parent_id = self._parents[0]
             self.write("the sweep's run", lambda: self.client.update_run(self.parent_id, status="RUNNING"))

@@ -9,6 +9,13 @@ from metasweep.orchestrator.errors import UserError
 from metasweep.orchestrator.redact import redact
 
 DEFAULT_URI = "sqlite:///mlflow.db"
+UI_PORT = 5000  # where `metasweep ui` serves a database store by default
+
+# MLflow 3.17's UI shows every experiment as its kind of the moment, chosen by a global switch
+# (GenAI by default) that a link can set with this query; the experiment's own kind tag is what
+# earlier 3.x UIs read.
+UI_VIEW = "workflowType=machine_learning"
+KIND_TAG, MODEL_TRAINING = "mlflow.experimentKind", "custom_model_development"
 
 
 # Stores MLflow 3.17 tracks and registers models in (a plain folder is refused since 3.13).
@@ -101,6 +108,16 @@ def check_reachable(uri: str, timeout: float = 10.0) -> None:
             ) from None
     except (urllib.error.URLError, OSError):
         pass  # /health answered; let the client report anything else in context
+
+
+def ui_url(uri: str, page: str = "", port: int = UI_PORT) -> str:
+    """The MLflow UI's link to ``page`` (``experiments/1/runs``, ``models/NAME``, or the start
+    page) of the store ``uri``, open on the model-training view: a tracking server serves its own
+    UI, a database store is served by ``metasweep ui`` on 127.0.0.1."""
+    from urllib.parse import quote
+
+    base = redact(uri).rstrip("/") if uri.startswith(("http://", "https://")) else f"http://127.0.0.1:{port}"
+    return f"{base}/#/{quote(page)}?{UI_VIEW}"
 
 
 def use_store(uri: str) -> None:

@@ -41,10 +41,10 @@ CHROMIUM_FLAGS = [
     "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
     "--disable-background-networking", "--disable-component-update", "--disable-sync",
 ]  # fmt: skip
-# The UI opens on its GenAI view with an assistant panel over a third of the page; a metasweep user
-# is in "Model training". These are the keys the UI's own toggles write.
+# A fresh profile opens an assistant panel over a third of the page; these are the keys its close
+# button writes. Which view the UI shows (GenAI or model training) is left to the links the sweep
+# prints: that is what the test is about.
 UI_PREFERENCES = """
-localStorage.setItem("mlflow.workflowType_v1", '"machine_learning"');
 localStorage.setItem("mlflow.assistant.panelOpen_v1", "false");
 localStorage.setItem("mlflow.assistant.fab.autoOpenedOnFirstLoad_v1", "true");
 """
@@ -89,9 +89,10 @@ def stop_group(process: subprocess.Popen) -> None:
 @pytest.fixture
 def swept_ui(
     free_port, run_cli, wait_for_port, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> Iterator[tuple[str, str]]:
+) -> Iterator[tuple[str, str, dict[str, str]]]:
     """``metasweep ui`` on 127.0.0.1 (its URL) on a SQLite store (its URI) that holds one finished
-    sweep with two trials and a registered champion.
+    sweep with two trials and a registered champion, and the links the sweep printed (by name:
+    trials, sweep, plots, model), pointed at this UI's port.
 
     The UI starts while the sweep runs: on a busy 2-core machine each takes half a minute or more.
     The store is created first, so that neither process races the other's schema migration, and
@@ -117,7 +118,12 @@ def swept_ui(
         # uvicorn listens before its workers are up; /health answers once one serves requests.
         with urllib.request.urlopen(f"{url}/health", timeout=60) as response:
             assert response.read() == b"OK"
-        yield url, uri
+        links = {
+            name: link.replace("http://127.0.0.1:5000/", f"{url}/")
+            for name, link in re.findall(r"^  (trials|sweep|plots|model): +(\S+)", result.stderr, re.M)
+        }
+        assert set(links) == {"trials", "sweep", "plots", "model"}, result.stderr[-3000:]
+        yield url, uri, links
     finally:
         stop_group(ui)
 
@@ -152,9 +158,9 @@ def screenshot(page: Page, tmp_path: Path, name: str) -> None:
 
 
 def test_mlflow_ui_shows_the_sweep_its_trials_their_curves_and_the_champion(
-    swept_ui: tuple[str, str], browser_page: Page, tmp_path: Path
+    swept_ui: tuple[str, str, dict[str, str]], browser_page: Page, tmp_path: Path
 ) -> None:
-    ui_url, store_uri = swept_ui
+    ui_url, store_uri, links = swept_ui
     page = browser_page
     expect = sync_api.expect
     client = MlflowClient(store_uri)
@@ -172,8 +178,10 @@ def test_mlflow_ui_shows_the_sweep_its_trials_their_curves_and_the_champion(
         expect(page.get_by_role("link", name=EXPERIMENT, exact=True)).to_be_visible(timeout=WAIT_MS)
         screenshot(page, tmp_path, "1-experiments")
 
-        # The sweep is one top-level row; its trials appear under it only once it is expanded.
-        page.goto(f"{ui_url}/#/experiments/{experiment_id}/runs")
+        # The summary's link opens on the runs: the sweep is one top-level row; its trials appear
+        # under it only once it is expanded.
+        assert links["trials"] == f"{ui_url}/#/experiments/{experiment_id}/runs?workflowType=machine_learning"
+        page.goto(links["trials"])
         expect(page.get_by_text(f"{1 + len(trials)} matching runs")).to_be_visible(timeout=WAIT_MS)
         sweep_link = page.get_by_role("link", name=SWEEP_NAME, exact=True)
         expect(sweep_link).to_be_visible(timeout=WAIT_MS)
@@ -199,11 +207,21 @@ def test_mlflow_ui_shows_the_sweep_its_trials_their_curves_and_the_champion(
         chart.scroll_into_view_if_needed()
         screenshot(page, tmp_path, "4-trial-model-metrics")
 
-        page.goto(f"{ui_url}/#/models/{MODEL}")
+        # The sweep's own run, its plots and the registered model, each from its printed link.
+        page.goto(links["sweep"])
+        expect(page.get_by_role("heading", name=SWEEP_NAME)).to_be_visible(timeout=WAIT_MS)
+        screenshot(page, tmp_path, "5-sweep-run")
+        page.goto(links["plots"])
+        page.get_by_text("plots", exact=True).first.click(timeout=WAIT_MS)
+        page.get_by_text("learning_curves.png").first.click(timeout=WAIT_MS)
+        expect(page.get_by_text("Select a file to preview")).to_have_count(0, timeout=WAIT_MS)
+        screenshot(page, tmp_path, "6-sweep-plots")
+
+        page.goto(links["model"])
         expect(page.get_by_role("heading", name=MODEL, exact=True)).to_be_visible(timeout=WAIT_MS)
         version_row = page.get_by_role("row").filter(has=page.get_by_role("link", name="Version 1"))
         expect(version_row).to_contain_text("champion", timeout=WAIT_MS)
-        screenshot(page, tmp_path, "5-registered-model")
+        screenshot(page, tmp_path, "7-registered-model")
     except Exception:
         screenshot(page, tmp_path, "failure")
         raise

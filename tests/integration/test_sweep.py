@@ -59,16 +59,23 @@ def test_sweep_tracks_every_trial_as_a_child_run(run_cli, tmp_path: Path) -> Non
     assert result.returncode == 0, result.stderr[-3000:]
     summary = json.loads(result.stdout.strip().splitlines()[-1])
     assert {"best_trial", "train.inner_lr", "val/mse", "test/mse", "test/mse_ci95"} <= set(summary)
-    assert "mlflow ui --backend-store-uri sqlite:///mlflow.db" in result.stderr
     assert "s1: 4 trials, best first" in result.stderr  # the per-trial summary
+    assert "scoring trial " in result.stderr and " on 30 meta-test tasks, 3 inner steps each" in result.stderr
 
     client = store()
     experiment = client.get_experiment_by_name("it")
+    assert experiment.tags["mlflow.experimentKind"] == "custom_model_development"
     runs = client.search_runs([experiment.experiment_id])
     parents = [r for r in runs if "mlflow.parentRunId" not in r.data.tags]
     children = [r for r in runs if "mlflow.parentRunId" in r.data.tags]
     assert len(parents) == 1 and len(children) == 4
     parent = parents[0]
+    # Links straight to the sweep's pages, in the UI's model-training view.
+    page = f"http://127.0.0.1:5000/#/experiments/{experiment.experiment_id}/runs"
+    view = "?workflowType=machine_learning"
+    assert f"trials: {page}{view}" in result.stderr
+    assert f"sweep:  {page}/{parent.info.run_id}{view}" in result.stderr
+    assert "metasweep ui --tracking-uri sqlite:///mlflow.db" in result.stderr
     assert parent.info.status == "FINISHED"
     assert parent.data.tags["metasweep.best_trial"] == summary["best_trial"]
     assert parent.data.metrics["test/mse"] == pytest.approx(summary["test/mse"])

@@ -109,3 +109,32 @@ def test_a_spec_round_trips_through_json_and_refuses_the_old_format(served_spec)
         assert ModelSpec.from_json(json.loads(json.dumps(spec.to_json()))) == spec
     with pytest.raises(ValueError, match="format 1, this metasweep reads format 2"):
         ModelSpec.from_json({"config": {}, "task_kind": "classification"})
+
+
+def test_regression_points_of_any_real_dtype_predict_alike(served_spec) -> None:
+    spec = served_spec("sinusoid")
+    learner = fresh(spec)
+    rng = np.random.default_rng(0)
+    x, y, q = (rng.uniform(-5, 5, (5, 1)) for _ in range(3))  # float64, NumPy's default
+    want = predict_with(learner, spec, {"support_x": x.astype(np.float32), "support_y": y.astype(np.float32),
+                                        "query_x": q.astype(np.float32)})  # fmt: skip
+    assert want.shape == (5, 1) and want.dtype == np.float32
+    for given in (
+        {"support_x": x, "support_y": y, "query_x": q},
+        {"support_x": x.ravel().tolist(), "support_y": y.ravel().tolist(), "query_x": q.ravel().tolist()},
+        {"support_x": x.ravel().astype(object), "support_y": y, "query_x": q},
+    ):
+        np.testing.assert_array_equal(predict_with(learner, spec, given), want)
+    ints = predict_with(
+        learner, spec, {"support_x": np.arange(5), "support_y": np.arange(5), "query_x": np.arange(5)}
+    )
+    assert ints.shape == (5, 1) and np.isfinite(ints).all()
+    for bad, dtype in (
+        (np.array(["1", "2"]), "<U1"),
+        (np.array([1 + 2j]), "complex128"),
+        (["a", 1.0], "<U32"),
+    ):
+        with pytest.raises(
+            ValueError, match=rf"^support_x must hold real numbers \(any int or float dtype\), got {dtype}$"
+        ):
+            predict_with(learner, spec, {"support_x": bad, "support_y": y, "query_x": q})

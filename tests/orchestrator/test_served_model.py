@@ -11,6 +11,7 @@ import subprocess
 import sys
 import sysconfig
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -36,29 +37,35 @@ print(json.dumps({"modules": sorted(sys.modules), "files": files, "labels": labe
 """
 
 
-@pytest.fixture(scope="module")
-def pulled(served_spec, five_images, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    folder = tmp_path_factory.mktemp("served")
+def register_and_pull(folder: Path, name: str, spec: Any, example: dict[str, Any], metric: str) -> Path:
+    """Register an untrained learner of ``spec`` to a SQLite store in ``folder`` and pull it."""
+    import mlflow
+
     uri = f"sqlite:///{folder / 'mlflow.db'}"
+    mode = "max" if metric == "test/accuracy" else "min"
     with pytest.MonkeyPatch.context() as env:
         env.setenv("MLFLOW_TRACKING_URI", uri)
         env.setenv("MLFLOW_REGISTRY_URI", uri)
         env.chdir(folder)
-        tracker = SweepTracker(uri, "served", "served")
+        tracker = SweepTracker(uri, "served", name)
         tracker.open(resume=False)
-        spec = served_spec("protonet")
-        support, order = five_images()
         register(
-            tracker, name="served", spec=spec, weights=build_learner(spec.learner, spec.problem).state_dict(),
-            input_example={"support_x": support, "support_y": np.arange(5), "query_x": support[order]},
-            candidate=Candidate("test/accuracy", 0.5, "max", spec.problem.fingerprint, "p"),
+            tracker, name=name, spec=spec, weights=build_learner(spec.learner, spec.problem).state_dict(),
+            input_example=example, candidate=Candidate(metric, 0.5, mode, spec.problem.fingerprint, "p"),
         )  # fmt: skip
-        model = pull_model(uri, "served@champion", folder / "model")
-        import mlflow
-
+        model = pull_model(uri, f"{name}@champion", folder / "model")
         mlflow.set_tracking_uri(None)
         mlflow.set_registry_uri(None)
     return model
+
+
+@pytest.fixture(scope="module")
+def pulled(served_spec, five_images, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    support, order = five_images()
+    example = {"support_x": support, "support_y": np.arange(5), "query_x": support[order]}
+    return register_and_pull(
+        tmp_path_factory.mktemp("served"), "served", served_spec("protonet"), example, "test/accuracy"
+    )
 
 
 def test_the_served_model_runs_its_own_code_and_imports_no_sweep_or_cli(pulled: Path) -> None:
@@ -155,3 +162,27 @@ def test_a_folder_that_is_not_a_model_of_this_version_is_refused(pulled: Path, t
     with pytest.raises(UserError, match="format 1, this metasweep reads format 2"):
         read_model(old)
     assert read_model(pulled).spec.problem.task_kind == "classification"
+
+
+def test_a_regression_model_takes_numpys_default_float64_through_mlflow(served_spec, tmp_path: Path) -> None:
+    """MLflow enforces the registered signature before the model's code sees the input: float64
+    and int points must pass it (a float32 spec refused them with a dump of the arrays)."""
+    import mlflow
+
+    rng = np.random.default_rng(0)
+    x, y, q = (rng.uniform(-5, 5, (5, 1)) for _ in range(3))
+    points32 = {
+        "support_x": x.astype(np.float32),
+        "support_y": y.astype(np.float32),
+        "query_x": q.astype(np.float32),
+    }
+    folder = register_and_pull(tmp_path, "sine", served_spec("sinusoid"), points32, "test/mse")
+    model = mlflow.pyfunc.load_model(str(folder))
+    want = model.predict(points32)
+    np.testing.assert_array_equal(model.predict({"support_x": x, "support_y": y, "query_x": q}), want)
+    ints = model.predict({"support_x": np.arange(5), "support_y": np.arange(5), "query_x": np.arange(5)})
+    assert ints.shape == (5, 1) and ints.dtype == np.float32
+    with pytest.raises(
+        Exception, match=r"support_x must hold real numbers \(any int or float dtype\), got <U1"
+    ):
+        model.predict({"support_x": np.array(["1", "2"]), "support_y": y, "query_x": q})

@@ -17,10 +17,19 @@ import pytest
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
+from metasweep.orchestrator.config import DataConfig, EvalConfig
 from metasweep.orchestrator.errors import UserError
+from metasweep.orchestrator.problem import Problem
 from metasweep.orchestrator.sweep.callback import RUN_STATUS, TrackingCallback, outcome, tracking_to
 from metasweep.orchestrator.sweep.trial import DIVERGED, ITERATION, NODE
-from metasweep.orchestrator.tracking.registry import CHALLENGER, CHAMPION, Candidate, choose_alias
+from metasweep.orchestrator.tracking.registry import (
+    CHALLENGER,
+    CHAMPION,
+    Candidate,
+    choose_alias,
+    same_protocol,
+    scoring_protocol,
+)
 from metasweep.orchestrator.tracking.runs import Outbox, SweepTracker
 
 
@@ -255,6 +264,39 @@ def test_champion_moves_only_to_a_better_model_on_the_same_data_and_protocol(
     candidate = Candidate("test/x", value, mode, "f", "p")
     chosen, why = choose_alias(candidate, current, "3")
     assert chosen == alias and reason in why
+
+
+SINE = Problem("regression", (1,), None, False, "sinusoid", "sinusoid")
+IMAGES = Problem("classification", (1, 28, 28), 5, True, "o.parquet", "f")
+
+
+def test_a_protocol_names_only_what_applies_to_its_task() -> None:
+    data, evaluation = DataConfig(shots=5, queries=7), EvalConfig(test_tasks=30, seed=4)
+    assert scoring_protocol(SINE, data, evaluation) == "shots=5 queries=7 test_tasks=30 eval_seed=4"
+    assert scoring_protocol(IMAGES, data, evaluation) == (
+        "ways=5 shots=5 queries=7 rotations=False test_tasks=30 eval_seed=4"
+    )
+
+
+def test_a_regression_champion_of_the_old_protocol_is_still_compared_on_the_rest() -> None:
+    old = "ways=5 shots=5 queries=7 rotations=False test_tasks=30 eval_seed=4"
+    assert same_protocol(old, "shots=5 queries=7 test_tasks=30 eval_seed=4")
+    assert not same_protocol(old, "shots=10 queries=7 test_tasks=30 eval_seed=4")
+    assert not same_protocol(old, "ways=20 shots=5 queries=7 rotations=False test_tasks=30 eval_seed=4")
+    assert not same_protocol("shots=5 queries=7 test_tasks=30 eval_seed=4", old)
+    candidate = Candidate("test/mse", 0.1, "min", "f", "shots=5 queries=7 test_tasks=30 eval_seed=4")
+    assert choose_alias(candidate, champion(0.2, protocol=old), "1")[0] == CHAMPION
+
+
+def test_the_experiment_opens_in_the_ui_as_model_training(tracker: SweepTracker, store: Path) -> None:
+    client = MlflowClient(f"sqlite:///{store}")
+    assert client.get_experiment(tracker.experiment_id).tags["mlflow.experimentKind"] == (
+        "custom_model_development"
+    )
+    # An experiment whose kind someone chose keeps it.
+    chosen = client.create_experiment("chosen", tags={"mlflow.experimentKind": "genai_development"})
+    SweepTracker(f"sqlite:///{store}", "chosen", "other", retry_s=0.0).open(resume=False)
+    assert client.get_experiment(chosen).tags["mlflow.experimentKind"] == "genai_development"
 
 
 def test_filter_values_with_quotes_search_instead_of_breaking_the_query(tracker: SweepTracker) -> None:
