@@ -483,6 +483,11 @@ class SearchConfig(_Section):
     cpus_per_trial: float = Field(1.0, gt=0, description="CPUs reserved per trial")
     gpus_per_trial: float = Field(0.0, ge=0, description="GPUs per trial; fractions share one GPU")
     max_failures: int = Field(2, ge=0, description="restarts of a failed trial from its checkpoint")
+    progress_every_s: float = Field(
+        15.0,
+        gt=0,
+        description="seconds between a trial's progress reports while it trains between evaluations",
+    )
     seed: int = Field(0, ge=0, le=SEED_MAX, description="seed of the Optuna sampler")
 
 

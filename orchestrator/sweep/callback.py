@@ -15,7 +15,7 @@ from typing import Any
 
 from ray import tune
 
-from metasweep.orchestrator.sweep.trial import DIVERGED, ITERATION, NODE
+from metasweep.orchestrator.sweep.trial import DIVERGED, EVALUATED, ITERATION, NODE
 from metasweep.orchestrator.tracking.runs import SweepTracker
 
 _TRACKER: ContextVar[SweepTracker] = ContextVar("metasweep_sweep_tracker")
@@ -76,6 +76,8 @@ class TrackingCallback(tune.Callback):
     def on_trial_result(
         self, iteration: int, trials: list[Any], trial: Any, result: dict[str, Any], **info: Any
     ) -> None:
+        if EVALUATED not in result and DIVERGED not in result:
+            return  # a progress report between evaluations: for Tune's live table only
         step = int(result.get(ITERATION, 0))
         logged = self.last_iteration.get(trial.trial_id, 0)
         self.last_iteration[trial.trial_id] = max(step, logged)

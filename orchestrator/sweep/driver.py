@@ -34,7 +34,7 @@ from metasweep.orchestrator.problem import Problem
 from metasweep.orchestrator.sweep.callback import TrackingCallback, outcome, tracking_to
 from metasweep.orchestrator.sweep.plots import sweep_plots
 from metasweep.orchestrator.sweep.space import OptunaSpace, distributions, make_sampler
-from metasweep.orchestrator.sweep.trial import ITERATION, trial
+from metasweep.orchestrator.sweep.trial import EVALUATED, ITERATION, trial
 from metasweep.orchestrator.tracking.model import ModelSpec
 from metasweep.orchestrator.tracking.registry import Candidate, Registration, register, scoring_protocol
 from metasweep.orchestrator.tracking.runs import SweepTracker
@@ -280,7 +280,7 @@ def _scheduler(config: SweepConfig, metric: str, mode: str) -> Any:
     if config.search.scheduler == "fifo":
         return FIFOScheduler()
     return ASHAScheduler(
-        time_attr=ITERATION,
+        time_attr=EVALUATED,  # progress reports between evaluations carry no new score
         metric=metric,
         mode=mode,
         max_t=config.train.iterations,

@@ -13,7 +13,7 @@ import optuna
 from metasweep.orchestrator.config import SweepConfig
 from metasweep.orchestrator.problem import Problem
 from metasweep.orchestrator.sweep.space import distribution
-from metasweep.orchestrator.sweep.trial import ITERATION
+from metasweep.orchestrator.sweep.trial import EVALUATED, ITERATION
 
 log = logging.getLogger(__name__)
 
@@ -38,6 +38,8 @@ def sweep_plots(results: Any, config: SweepConfig, problem: Problem, folder: Pat
         frame = result.metrics_dataframe
         if frame is None or metric not in frame or ITERATION not in frame:
             continue
+        if EVALUATED in frame:  # evaluations only, not the progress reports between them
+            frame = frame[frame[EVALUATED].notna()]
         ax.plot(
             frame[ITERATION],
             frame[metric],

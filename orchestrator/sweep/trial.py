@@ -23,6 +23,9 @@ ITERATION = "iteration"
 NODE = "node_id"
 RATE = "train/it_per_s"
 """Meta-iterations per second since the trial's previous report (or its start)."""
+EVALUATED = "evaluated_at"
+"""The meta-iteration of an evaluation: only results that carry it hold new validation metrics
+(ASHA's time axis). The others are progress reports between evaluations."""
 DIVERGED = "diverged"
 """Present in a trial's last result when its training diverged, with the reason."""
 
@@ -51,35 +54,58 @@ def trial(
     node = ray.get_runtime_context().get_node_id()  # node IPs repeat when nodes share a machine
     worst = math.inf if mode == "min" else -math.inf
 
-    last: dict[str, Any] = {"at": time.monotonic(), "iteration": None}  # the previous report's
+    # The previous report: when, at which meta-iteration, with which score; the training losses
+    # since the last evaluation.
+    last: dict[str, Any] = {"at": time.monotonic(), "iteration": None, "score": worst}
+    losses: list[float] = []
 
-    def started(iteration: int, loss: float) -> None:
+    def rate(iteration: int) -> float:
+        now = time.monotonic()
+        done = iteration - (last["iteration"] or 0)
+        per_s = done / max(now - last["at"], 1e-9)
+        last.update(at=now, iteration=iteration)
+        return per_s
+
+    def step(iteration: int, loss: float) -> None:
         if last["iteration"] is None:  # called first with the iteration training starts from
             last.update(at=time.monotonic(), iteration=iteration)
+            return
+        losses.append(loss)
+        evaluates_now = iteration % config.train.eval_every == 0 or iteration == config.train.iterations
+        if evaluates_now or time.monotonic() - last["at"] < sweep.search.progress_every_s:
+            return
+        # Between evaluations, so a long first evaluation interval still shows progress: the
+        # last score is repeated (Optuna's searcher reads it from every result), without
+        # EVALUATED, so ASHA, MLflow and the plots skip it.
+        tune.report(
+            {ITERATION: iteration, RATE: rate(iteration), metric: last["score"],
+             "train/loss": sum(losses) / len(losses), NODE: node}
+        )  # fmt: skip
 
     def report(iteration: int, metrics: dict[str, float]) -> None:
         # Optuna refuses NaN objectives: a diverged evaluation scores the worst possible value.
         score = metrics.get(metric, math.nan)
-        now = time.monotonic()
-        rate = (iteration - (last["iteration"] or 0)) / max(now - last["at"], 1e-9)
-        last.update(at=now, iteration=iteration)
+        last["score"] = score if math.isfinite(score) else worst
+        losses.clear()
         # Tune's live table shows the first four metrics of a result: meta-iterations done (its
         # own "iter" counts reports), their rate, the objective, then the training loss.
         result: dict[str, Any] = {
             ITERATION: iteration,
-            RATE: rate,
-            metric: score if math.isfinite(score) else worst,
+            RATE: rate(iteration),
+            metric: last["score"],
             **{k: v for k, v in metrics.items() if k != metric},
             NODE: node,
+            EVALUATED: iteration,
         }
         tune.report(result, checkpoint=tune.Checkpoint.from_directory(str(work)))
 
     try:
         inputs = Inputs(problem, build_sources(config, dataset))
-        train(config, inputs, resume=checkpoint is not None, on_eval=report, on_step=started, test=False)
+        train(config, inputs, resume=checkpoint is not None, on_eval=report, on_step=step, test=False)
     except TrainingDiverged as exc:
         # The worst possible score ends the trial (ASHA and Optuna learn from it); retrying
         # would diverge again.
-        tune.report({metric: worst, DIVERGED: str(exc), ITERATION: config.train.iterations})
+        done = config.train.iterations
+        tune.report({metric: worst, DIVERGED: str(exc), ITERATION: done, EVALUATED: done})
     finally:
         shutil.rmtree(work, ignore_errors=True)

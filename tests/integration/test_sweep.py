@@ -30,6 +30,7 @@ search:
   reduction_factor: 2
   initial_points: [{{train.inner_lr: 0.01, train.inner_steps: 1}}]
   cpus_per_trial: 1
+  progress_every_s: 0.5  # progress reports between evaluations, which nothing may take for one
 tracking: {{experiment: it}}
 """
 
@@ -61,6 +62,11 @@ def test_sweep_tracks_every_trial_as_a_child_run(run_cli, tmp_path: Path) -> Non
     assert {"best_trial", "train.inner_lr", "val/mse", "test/mse", "test/mse_ci95"} <= set(summary)
     assert "s1: 4 trials, best first" in result.stderr  # the per-trial summary
     assert "scoring trial " in result.stderr and " on 30 meta-test tasks, 3 inner steps each" in result.stderr
+    # Trials reported progress between evaluations (Tune's result files hold those reports too);
+    # the checks below show that neither MLflow's histories nor ASHA took them for evaluations.
+    results = [json.loads(line) for f in Path("runs/sweeps/s1").glob("*/result.json") for line in f.open()]
+    between = [r for r in results if "evaluated_at" not in r]
+    assert between and all(r["iteration"] % 20 for r in between), len(results)
 
     client = store()
     experiment = client.get_experiment_by_name("it")

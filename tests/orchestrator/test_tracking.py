@@ -21,7 +21,7 @@ from metasweep.orchestrator.config import DataConfig, EvalConfig
 from metasweep.orchestrator.errors import UserError
 from metasweep.orchestrator.problem import Problem
 from metasweep.orchestrator.sweep.callback import RUN_STATUS, TrackingCallback, outcome, tracking_to
-from metasweep.orchestrator.sweep.trial import DIVERGED, ITERATION, NODE
+from metasweep.orchestrator.sweep.trial import DIVERGED, EVALUATED, ITERATION, NODE
 from metasweep.orchestrator.tracking.registry import (
     CHALLENGER,
     CHAMPION,
@@ -168,7 +168,7 @@ class Trial:
 
 
 def report(callback: TrackingCallback, trial: Trial, step: int, value: float, node: str = "n1") -> None:
-    result = {ITERATION: step, "val/mse": value, NODE: node, "node_ip": "127.0.0.1"}
+    result = {ITERATION: step, "val/mse": value, NODE: node, "node_ip": "127.0.0.1", EVALUATED: step}
     trial.last_result = result
     callback.on_trial_result(0, [], trial, result)
 
@@ -179,6 +179,8 @@ def test_a_trial_restarted_from_an_older_checkpoint_logs_each_step_once(tracker:
     with tracking_to(tracker):
         callback.on_trial_start(0, [], trial)
         report(callback, trial, 20, 3.0)
+        # A progress report between evaluations repeats the last score: not a measurement.
+        callback.on_trial_result(0, [], trial, {ITERATION: 31, "val/mse": 3.0, "train/loss": 2.5, NODE: "n1"})
         report(callback, trial, 40, 2.0)
         callback.on_trial_recover(0, [], trial)
         callback.on_trial_restore(0, [], trial)
@@ -187,6 +189,7 @@ def test_a_trial_restarted_from_an_older_checkpoint_logs_each_step_once(tracker:
         report(callback, trial, 60, 1.0, node="n2")
         callback.on_trial_complete(0, [], trial)
     assert history(tracker, "t5") == [(20, 3.0), (40, 2.0), (60, 1.0)]
+    assert [step for step, _ in history(tracker, "t5", "train/loss")] == []
     run = MlflowClient(tracking_uri=tracker.uri).get_run(tracker.children["t5"])
     assert run.info.status == "FINISHED" and run.data.tags["metasweep.status"] == "finished"
     assert run.data.tags["metasweep.nodes"] == "n1,n2"  # it moved to another node
