@@ -12,7 +12,6 @@ from rich.table import Table
 
 from metasweep.orchestrator.cli.app import ConfigArg, ResourceCheckOpt, SetOpt, StorageOpt, app
 from metasweep.orchestrator.cli.console import say
-from metasweep.orchestrator.config import SweepConfig, load_config
 
 AddressOpt = Annotated[
     str,
@@ -70,6 +69,8 @@ def submit(
     overrides = list(set_ or [])
     if resume:
         overrides.append(f"name={resume}")
+    from metasweep.orchestrator.config import SweepConfig, load_config
+
     cfg = load_config(config, overrides, SweepConfig)
     for name in forward_env or []:
         say(

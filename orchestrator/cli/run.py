@@ -13,7 +13,6 @@ from rich.table import Table
 
 from metasweep.orchestrator.cli.app import ConfigArg, ResourceCheckOpt, SetOpt, StorageOpt, app
 from metasweep.orchestrator.cli.console import metrics_table, say, stderr, training_bar
-from metasweep.orchestrator.config import SweepConfig, load_config
 from metasweep.orchestrator.errors import UserError
 
 if TYPE_CHECKING:
@@ -40,6 +39,7 @@ def train(
     name is never touched unless --resume or --overwrite says what to do with it.
     """
     from metasweep.orchestrator import training
+    from metasweep.orchestrator.config import load_config
 
     cfg = load_config(config, set_ or [])
     training.check_run_dir(cfg, resume, overwrite)  # before the dataset is read
@@ -190,6 +190,7 @@ def sweep(
         from metasweep.orchestrator.jobs.client import use_token_auth
 
         use_token_auth()  # before Ray is imported
+    from metasweep.orchestrator.config import SweepConfig, load_config
     from metasweep.orchestrator.sweep.driver import run_sweep
 
     overrides = list(set_ or [])
