@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import time
 from pathlib import Path
 
@@ -144,7 +143,6 @@ def test_sweep_resumes_after_the_driver_is_killed(edit_config, run_cli, tmp_path
     import signal
     import subprocess
     import sys
-    import time
 
     path = Path("sweep.yaml")
     path.write_text(SWEEP.format(name="r1"))
@@ -213,7 +211,6 @@ def test_a_crashed_trial_continues_from_its_checkpoint(edit_config, tmp_path: Pa
     import signal
     import subprocess
     import sys
-    import time
 
     path = Path("sweep.yaml")
     path.write_text(SWEEP.format(name=f"crash-{tmp_path.name}"))
@@ -272,52 +269,3 @@ def test_a_diverging_trial_scores_worst_and_the_sweep_goes_on(edit_config, run_c
     result = run_cli("sweep", "sweep.yaml", timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
     assert json.loads(result.stdout.strip().splitlines()[-1])["train.inner_lr"] == 0.01
-
-
-def test_a_sweep_starts_its_own_ray_unless_told_to_attach(free_port, run_cli, tmp_path: Path) -> None:
-    """A one-CPU Ray cluster already runs on the machine (as a test cluster of someone else's
-    might): a plain sweep ignores it and says it runs on a new local Ray; `--address auto`
-    attaches, says to which cluster, and is refused there with that cluster's size."""
-    import shutil
-    import signal
-    import subprocess
-    import sys
-
-    port = free_port()
-    ray = shutil.which("ray", path=str(Path(sys.executable).parent))
-    assert ray is not None
-    head = subprocess.Popen(
-        [ray, "start", "--head", "--block", "--disable-usage-stats", "--num-cpus", "1",
-         "--port", str(port), "--node-ip-address", "127.0.0.1", "--include-dashboard", "false"],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
-    )  # fmt: skip
-    try:
-        deadline = time.time() + 90
-        while not (Path("/tmp/ray/ray_current_cluster").exists() and _answers(port)):
-            assert head.poll() is None and time.time() < deadline, "the one-CPU Ray cluster did not start"
-            time.sleep(0.5)
-        Path("sweep.yaml").write_text(SWEEP.format(name="own").replace("num_samples: 4", "num_samples: 2"))
-        own = run_cli("sweep", "sweep.yaml", "--set", "train.iterations=20", timeout=600)
-        assert own.returncode == 0, own.stderr[-3000:]
-        said = r"Ray: a new local instance, 1 node, \d+ CPUs, 0 GPUs"
-        assert re.search(said, own.stderr), own.stderr[:3000]
-
-        attached = run_cli("sweep", "sweep.yaml", "--set", "name=attached", "--address", "auto", timeout=300)
-        assert attached.returncode == 2, attached.stderr[-3000:]
-        # Ray names the head by the machine's primary address, whatever --node-ip-address said.
-        cluster = rf"the cluster at [\d.]+:{port}, 1 node, 1 CPUs, 0 GPUs"
-        assert re.search(f"Ray: {cluster}", attached.stderr), attached.stderr[-2000:]
-        assert re.search(rf"fits at most 1 trials at once \({cluster}\)", attached.stderr)
-    finally:
-        os.killpg(head.pid, signal.SIGTERM)
-        head.wait(timeout=60)
-
-
-def _answers(port: int) -> bool:
-    import socket
-
-    try:
-        socket.create_connection(("127.0.0.1", port), timeout=1).close()
-        return True
-    except OSError:
-        return False
