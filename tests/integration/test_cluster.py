@@ -251,13 +251,16 @@ def test_a_sweep_starts_its_own_ray_unless_told_to_attach(run_cli, cluster: Clus
     runs on a new local Ray; `--address auto` attaches (this process is the driver, trials run on
     the nodes), says to which cluster, and is refused there with that cluster's size when it asks
     for more than the cluster fits."""
-    own = run_cli("sweep", str(sweep_file("own", iterations=20, trials=1, concurrent=1)))
+    unregistered = ["--set", "tracking.registered_model=null"]  # the registry is tested above
+    own = run_cli("sweep", str(sweep_file("own", iterations=20, trials=1, concurrent=1)), *unregistered)
     assert own.returncode == 0, own.stderr[-3000:]
     assert re.search(r"Ray: a new local instance, 1 node, \d+ CPUs, 0 GPUs", own.stderr), own.stderr[:3000]
 
     # Ray names the head by the machine's primary address, whatever --node-ip-address said.
     there = rf"the cluster at [\d.]+:{cluster.env['RAY_PORT']}, 3 nodes, 2 CPUs, 0 GPUs"
-    direct = run_cli("sweep", str(sweep_file("direct", iterations=60, trials=2)), "--address", "auto")
+    direct = run_cli(
+        "sweep", str(sweep_file("direct", iterations=60, trials=2)), "--address", "auto", *unregistered
+    )
     assert direct.returncode == 0, direct.stderr[-3000:]
     assert re.search(f"Ray: {there}", direct.stderr), direct.stderr[:3000]
     runs = assert_complete(cluster.client(), "direct", trials=2, iterations=60)
@@ -309,7 +312,7 @@ def test_a_killed_worker_node_and_a_restarted_tracking_server_lose_nothing(run_c
 
 
 def test_stopped_driver_resumes_without_rerunning_finished_trials(run_cli, cluster: Cluster) -> None:
-    config = sweep_file("resume", iterations=200, trials=3, concurrent=1)
+    config = sweep_file("resume", iterations=100, trials=3, concurrent=1)
     job = cluster.submit(config)
     client = cluster.client()
 
@@ -326,7 +329,7 @@ def test_stopped_driver_resumes_without_rerunning_finished_trials(run_cli, clust
 
     resumed = cluster.submit(config, "--resume", "resume")
     assert "SUCCEEDED" in cluster.wait(resumed)
-    runs = assert_complete(client, "resume", trials=3, iterations=200)
+    runs = assert_complete(client, "resume", trials=3, iterations=100)
     for run in runs:
         if run.info.run_id in finished:  # not run again: same run, one value per step
             assert run.info.start_time == finished[run.info.run_id]
