@@ -77,6 +77,14 @@ BACKBONE_TASKS = {"mlp": "regression", "conv4": "classification"}
 """The task kind each backbone is built for."""
 
 
+def _backbone(spec: LearnerSpec, problem: Problem) -> torch.nn.Module:
+    """The backbone ``spec`` names, with an output head (one unit per way, or one for regression)
+    only for learners that have one."""
+    outputs = problem.ways if problem.task_kind == "classification" else 1
+    head = learner_class(spec.algorithm).capabilities.head
+    return BACKBONES[spec.backbone](spec, problem, outputs if head else None)
+
+
 def build_learner(
     spec: LearnerSpec, problem: Problem, device: torch.device | None = None
 ) -> MetaLearner[Any]:
@@ -89,7 +97,6 @@ def build_learner(
     capabilities = cls.capabilities
     if spec.backbone not in BACKBONES:
         raise ValueError(f"unknown backbone {spec.backbone!r}; valid backbones: {', '.join(BACKBONES)}")
-    outputs = problem.ways if problem.task_kind == "classification" else 1
     options: dict[str, Any] = {
         "loss_fn": F.mse_loss if problem.task_kind == "regression" else F.cross_entropy,
         "strategy": spec.strategy,
@@ -102,7 +109,7 @@ def build_learner(
     # callers' RNG streams are left alone.
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(spec.seed)
-        model = BACKBONES[spec.backbone](spec, problem, outputs if capabilities.head else None)
+        model = _backbone(spec, problem)
     # On its device before it is wrapped: Meta-SGD creates its learned rates beside the weights.
     return cls(model.to(device or torch.device("cpu")), **options)  # type: ignore[call-arg]
 
@@ -115,12 +122,9 @@ def check_input(spec: LearnerSpec, problem: Problem) -> None:
     Raises:
         UserError: the backbone fails on inputs of the problem's shape.
     """
-    capabilities = learner_class(spec.algorithm).capabilities
-    outputs = problem.ways if problem.task_kind == "classification" else 1
     try:
         with torch.random.fork_rng(devices=[]), torch.no_grad():
-            model = BACKBONES[spec.backbone](spec, problem, outputs if capabilities.head else None)
-            model(torch.zeros(2, *problem.input_shape))
+            _backbone(spec, problem)(torch.zeros(2, *problem.input_shape))
     except (ValueError, RuntimeError) as exc:
         raise UserError(
             f"model.name={spec.backbone} cannot take inputs of shape {problem.input_shape} "

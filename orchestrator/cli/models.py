@@ -161,7 +161,7 @@ def ui(
     except KeyboardInterrupt:
         say("stopping the MLflow UI")
     finally:
-        _stop_group(server)
+        stop_group(server)
         signal.signal(signal.SIGTERM, previous)
 
 
@@ -169,7 +169,7 @@ def _interrupt(signum: int, frame: object) -> None:
     raise KeyboardInterrupt
 
 
-def _stop_group(process: subprocess.Popen[bytes], grace_s: float = 10.0) -> None:
+def stop_group(process: subprocess.Popen[bytes], grace_s: float = 10.0) -> None:
     """SIGTERM every process of ``process``'s group, SIGKILL what is left after ``grace_s``."""
     try:
         os.killpg(process.pid, signal.SIGTERM)

@@ -24,7 +24,7 @@ import shlex
 import shutil
 import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -201,11 +201,11 @@ def submit(
             then records in its logs and job metadata (see :func:`job_env`).
 
     Raises:
-        UserError: anything :func:`job_env`, :func:`check_dataset`, :func:`check_tracking` or
-            :func:`check_fits` refuses, a missing storage for a remote cluster, or an unreachable
-            or refusing cluster. Nothing is submitted then.
+        UserError: anything :func:`forwarded_env`, :func:`job_env`, :func:`check_dataset`,
+            :func:`check_tracking` or :func:`check_fits` refuses, a missing storage for a remote
+            cluster, or an unreachable or refusing cluster. Nothing is submitted then.
     """
-    job_env("", forward)  # a misspelt name fails before the cluster is asked anything
+    forwarded = forwarded_env(forward)  # a misspelt name fails before the cluster is asked anything
     cluster = Cluster(address)
     nodes = cluster.nodes()
     local = is_this_machine(nodes)
@@ -225,7 +225,7 @@ def submit(
             "tracking": config.tracking.model_copy(update={"uri": None}),
         }
     )
-    env = job_env(uri, forward)
+    env = job_env(uri, forwarded)
     entrypoint = sweep_command(storage, config.name if resume else None, resource_check)
     job_id = f"metasweep-{config.name}-{time.strftime('%Y%m%d-%H%M%S')}"
     with tempfile.TemporaryDirectory(prefix="metasweep-job-") as tmp:
@@ -237,15 +237,30 @@ def submit(
     return Submission(job_id=job_id, sweep=config.name, dashboard=cluster.url)
 
 
-def job_env(tracking: str, forward: Sequence[str] = ()) -> dict[str, str]:
+def forwarded_env(forward: Sequence[str]) -> dict[str, str]:
+    """The variables named in ``forward`` (``--forward-env``), from this process's environment.
+
+    Raises:
+        UserError: a name that is not a variable name or is not set here.
+    """
+    env: dict[str, str] = {}
+    for name in forward:
+        if not ENV_NAME.fullmatch(name):
+            raise UserError(f"--forward-env {name!r} is not an environment variable name")
+        if name not in os.environ:
+            raise UserError(f"--forward-env {name}: ${name} is not set on this machine")
+        env[name] = os.environ[name]
+    return env
+
+
+def job_env(tracking: str, forwarded: Mapping[str, str] | None = None) -> dict[str, str]:
     """The job's ``runtime_env.env_vars``: the tracking URI, a stop timeout, and the variables
-    named in ``forward``, taken from this process's environment. Nothing else: Ray writes these
-    to ``runtime_env_agent.log`` and returns them from ``GET /api/jobs/``, so no credential is
+    the user chose to forward (:func:`forwarded_env`). Nothing else: Ray writes these to
+    ``runtime_env_agent.log`` and returns them from ``GET /api/jobs/``, so no credential is
     sent unless the user names it.
 
     Raises:
-        UserError: a tracking URI with a login in it, or a forwarded name that is not a
-            variable name or is not set here.
+        UserError: a tracking URI with a login in it.
     """
     if has_login(tracking):
         raise UserError(
@@ -255,13 +270,7 @@ def job_env(tracking: str, forward: Sequence[str] = ()) -> dict[str, str]:
             "~/.pgpass (postgresql) in the cluster nodes' environment (docs/cluster.md, "
             "'Credentials')"
         )
-    env: dict[str, str] = {}
-    for name in forward:
-        if not ENV_NAME.fullmatch(name):
-            raise UserError(f"--forward-env {name!r} is not an environment variable name")
-        if name not in os.environ:
-            raise UserError(f"--forward-env {name}: ${name} is not set on this machine")
-        env[name] = os.environ[name]
+    env = dict(forwarded or {})
     env["MLFLOW_TRACKING_URI"] = tracking
     # `jobs stop` sends SIGTERM, which the driver turns into Tune's graceful stop (the sweep's
     # state is saved for --resume); Ray's default 3 s before SIGKILL can cut that short.

@@ -9,10 +9,8 @@ from __future__ import annotations
 import os
 import re
 import shutil
-import signal
 import subprocess
 import sys
-import time
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
@@ -20,6 +18,8 @@ from typing import TYPE_CHECKING
 
 import pytest
 from mlflow.tracking import MlflowClient
+
+from metasweep.orchestrator.cli.models import stop_group
 
 if TYPE_CHECKING:
     from playwright.sync_api import Page
@@ -70,22 +70,6 @@ tracking: {{experiment: {EXPERIMENT}, registered_model: {MODEL}}}
 """
 
 
-def stop_group(process: subprocess.Popen) -> None:
-    """Stop a server started with ``start_new_session`` and everything it forked (MLflow's UI
-    leaves uvicorn workers and huey job consumers behind its own process)."""
-    try:
-        os.killpg(process.pid, signal.SIGTERM)
-        deadline = time.time() + 15
-        while time.time() < deadline:
-            process.poll()
-            os.killpg(process.pid, 0)  # raises once every process of the group has exited
-            time.sleep(0.5)
-        os.killpg(process.pid, signal.SIGKILL)
-    except ProcessLookupError:
-        pass
-    process.wait(timeout=30)
-
-
 @pytest.fixture
 def swept_ui(
     free_port, run_cli, wait_for_port, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
@@ -125,7 +109,7 @@ def swept_ui(
         assert set(links) == {"trials", "sweep", "plots", "model"}, result.stderr[-3000:]
         yield url, uri, links
     finally:
-        stop_group(ui)
+        stop_group(ui, grace_s=15)  # the CLI's own: MLflow's workers go with it
 
 
 @pytest.fixture

@@ -193,13 +193,13 @@ def test_the_job_environment_forwards_no_credential_by_default(monkeypatch: pyte
 def test_a_variable_is_forwarded_only_when_named(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("AWS_DEFAULT_REGION", "eu-west-1")
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "canary")
-    env = submit.job_env("http://mlflow:5000", ["AWS_DEFAULT_REGION"])
+    env = submit.job_env("http://mlflow:5000", submit.forwarded_env(["AWS_DEFAULT_REGION"]))
     assert env["AWS_DEFAULT_REGION"] == "eu-west-1" and "AWS_SECRET_ACCESS_KEY" not in env
     monkeypatch.delenv("NOT_SET_HERE", raising=False)
     with pytest.raises(UserError, match=r"\$NOT_SET_HERE is not set"):
-        submit.job_env("http://mlflow:5000", ["NOT_SET_HERE"])
+        submit.forwarded_env(["NOT_SET_HERE"])
     with pytest.raises(UserError, match="not an environment variable name"):
-        submit.job_env("http://mlflow:5000", ["A=B;rm"])
+        submit.forwarded_env(["A=B;rm"])
 
 
 @pytest.mark.parametrize(
