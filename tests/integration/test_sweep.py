@@ -29,7 +29,7 @@ search:
   reduction_factor: 2
   initial_points: [{{train.inner_lr: 0.01, train.inner_steps: 1}}]
   cpus_per_trial: 1
-  progress_every_s: 0.5  # progress reports between evaluations, which nothing may take for one
+  progress_every_s: 0.001  # a progress report at almost every meta-iteration between evaluations
 tracking: {{experiment: it}}
 """
 
