@@ -120,6 +120,11 @@ class TrainConfig(_Section):
     )
     eval_every: int = Field(500, ge=1, description="meta-iterations between meta-validation runs")
 
+    def evaluates_at(self, iteration: int) -> bool:
+        """Whether meta-validation runs after meta-iteration ``iteration`` (every ``eval_every``,
+        and after the last one)."""
+        return iteration % self.eval_every == 0 or iteration == self.iterations
+
 
 class EvalConfig(_Section):
     """Meta-validation and meta-test on fixed, seeded held-out tasks."""

@@ -396,7 +396,7 @@ def _train(
         window.append(value)
         if on_step is not None:
             on_step(state.iteration, value)
-        if state.iteration % t.eval_every == 0 or state.iteration == t.iterations:
+        if t.evaluates_at(state.iteration):
             metrics = {"train/loss": sum(window) / len(window)}
             window.clear()
             metrics.update(evaluate_split(state.learner, held_out.val, problem, config, "val"))

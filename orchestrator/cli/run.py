@@ -113,7 +113,8 @@ def trial_table(result: SweepResult) -> Table:
         table.add_column(".\n".join(parts), min_width=max(map(len, parts)), overflow="fold")
     table.add_column(result.objective, min_width=len(result.objective), overflow="fold")
     table.add_column("iters", no_wrap=True)
-    table.add_column("outcome", min_width=len("completed"))  # "stopped early" wraps between its words
+    # Outcomes: finished, stopped early, diverged, failed; "stopped early" wraps between its words.
+    table.add_column("outcome", min_width=len("finished"))
     for row in result.table:
         table.add_row(
             row.trial_id,

@@ -218,14 +218,14 @@ def run_sweep(
         with best.checkpoint.as_directory() as saved_dir:
             saved = read_run(Path(saved_dir) / CHECKPOINT)
         inputs = Inputs(problem, build_sources(saved.config, dataset))
+        best_id = str(best.metrics.get("trial_id"))
         steps = saved.config.eval_inner_steps
         tell(
-            f"scoring trial {best.metrics.get('trial_id')} on {saved.config.eval.test_tasks} meta-test tasks"
+            f"scoring trial {best_id} on {saved.config.eval.test_tasks} meta-test tasks"
             + (f", {steps} inner steps each" if steps is not None else "")
         )
         test_metrics = evaluate_run(saved, inputs)
         tracker.outbox.drain()  # trial records buffered through a tracking-server outage
-        best_id = str(best.metrics.get("trial_id"))
         val_metrics = {k: float(v) for k, v in best.metrics.items() if k.startswith("val/")}
         tracker.log_best(best_id, best_params, {**val_metrics, **test_metrics})
         tell("drawing the sweep's plots and logging them to its MLflow run")

@@ -71,8 +71,10 @@ def trial(
             last.update(at=time.monotonic(), iteration=iteration)
             return
         losses.append(loss)
-        evaluates_now = iteration % config.train.eval_every == 0 or iteration == config.train.iterations
-        if evaluates_now or time.monotonic() - last["at"] < sweep.search.progress_every_s:
+        if (
+            config.train.evaluates_at(iteration)
+            or time.monotonic() - last["at"] < sweep.search.progress_every_s
+        ):
             return
         # Between evaluations, so a long first evaluation interval still shows progress: the
         # last score is repeated (Optuna's searcher reads it from every result), without

@@ -21,6 +21,7 @@ sweep, the CLI or the config schema (tests/orchestrator/test_served_model.py che
 
 from __future__ import annotations
 
+import contextlib
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -119,11 +120,9 @@ def real_points(value: Any, name: str) -> torch.Tensor:
         ValueError: values that are not real numbers.
     """
     array = np.asarray(value)
-    if array.dtype.kind == "O":  # JSON lists, and lists of Python numbers
-        try:
+    if array.dtype.kind == "O":  # JSON lists, and lists of Python numbers; else refused below
+        with contextlib.suppress(TypeError, ValueError):
             array = array.astype(np.float64)
-        except (TypeError, ValueError):
-            array = np.asarray([], dtype=np.str_)
     if array.dtype.kind not in "iuf":
         raise ValueError(f"{name} must hold real numbers (any int or float dtype), got {array.dtype}")
     return torch.as_tensor(array.astype(np.float32)).reshape(1, -1, 1)

@@ -43,7 +43,7 @@ def result(
         if registered
         else None,
         table=[
-            TrialRow("a1b2c3d4", params, 0.5, 600, "completed"),
+            TrialRow("a1b2c3d4", params, 0.5, 600, "finished"),
             TrialRow("e5f6a7b8", {**params, "train.inner_lr": 0.5}, None, 100, "stopped early"),
         ],
     )
@@ -72,7 +72,7 @@ def test_the_trial_table_reads_at_80_columns(params: dict[str, Any], objective: 
     assert max(len(line) for line in text.splitlines()) <= 80
     words = set(text.split())
     expected = {"trial", "inner_lr", "inner_steps", objective, "iters", "outcome", "a1b2c3d4", "e5f6a7b8"}
-    expected |= {"0.01235", "completed", "stopped", "early", "600", "100", "0.5000"}
+    expected |= {"0.01235", "finished", "stopped", "early", "600", "100", "0.5000"}
     expected |= {"meta_lr"} if "train.meta_lr" in params else {"eval.", "train."}
     assert expected <= words, (expected - words, text)  # whole: nothing cut or folded
 
