@@ -17,10 +17,11 @@ $(VENV)/.installed: pyproject.toml
 ## install: create .venv with PyTorch (CPU build) and metasweep
 install: $(VENV)/.installed
 
-## train-demo: install, then meta-train MAML on sinusoid regression (no Ray, no servers)
+## train-demo: install, then meta-train MAML on sinusoid regression (no Ray, no servers) into a
+## new runs/demo-DATE-TIME; earlier demos are kept
 train-demo: install
 	$(VENV)/bin/metasweep train examples/sinusoid_maml.yaml \
-		--set name=demo --set train.iterations=$(DEMO_ITERATIONS) --set train.eval_every=1000
+		--set name=demo-$$(date +%Y%m%d-%H%M%S) --set train.iterations=$(DEMO_ITERATIONS) --set train.eval_every=1000
 
 ## demo: install, then a small sweep on local Ray, tracked in ./mlflow.db, best model registered
 demo: install

@@ -1,30 +1,97 @@
 """Shared helpers of the whole suite, handed out as fixtures (test modules never import each other).
 
 - ``run_cli(*args)``: the ``metasweep`` command line as a user runs it (``python -m metasweep``);
+- ``cli(*args)``: the same entry point called in this process, for commands that end before any
+  work (refusals), without the 3 s of a fresh interpreter importing PyTorch;
 - ``free_port()`` and ``wait_for_port(port, server, what, timeout)``: servers on 127.0.0.1;
 - ``make_folder(root, ...)``: an image folder of class subfolders;
 - ``omniglot``: the real Omniglot folder; tests marked ``data`` are skipped, saying why, when it
   is absent;
 - ``edit_config(path, old, new)``: a config edit that fails when the text it replaces is not there.
+
+Every temporary file of the suite and of the processes it starts (Ray's session folders, trial
+folders, PostgreSQL's and MLflow's locks) goes to one private folder that the end of the session
+removes; a process still running there then, or anything new in the system's temporary folder
+beside it, fails the session.
 """
 
 from __future__ import annotations
 
+import contextlib
+import io
+import logging
 import os
+import shutil
 import socket
 import subprocess
 import sys
+import tempfile
 import time
+import traceback
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+import psutil
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 OMNIGLOT = ROOT.parent / "shared" / "data" / "omniglot"
 OMNIGLOT_MISSING = f"Omniglot data not found at {OMNIGLOT} (see shared/data/omniglot/README.md)"
+
+
+_SYSTEM_TMP = pytest.StashKey[tuple[Path, set[str]]]()
+_SUITE_TMP = pytest.StashKey[Path]()
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    system = Path(tempfile.gettempdir())
+    os.environ.setdefault("PYTEST_DEBUG_TEMPROOT", str(system))  # tmp_path stays pytest's own
+    # Short: Ray's socket paths live under it, and Unix socket paths end at 107 bytes.
+    private = Path(tempfile.mkdtemp(prefix="mst-", dir=system))
+    private.chmod(0o1777)  # PostgreSQL runs as its own user
+    config.stash[_SYSTEM_TMP] = system, set(os.listdir(system))
+    config.stash[_SUITE_TMP] = private
+    os.environ["TMPDIR"] = str(private)  # Ray honours it too
+    tempfile.tempdir = None
+
+
+def _still_running(private: Path, grace: float = 15) -> list[psutil.Process]:
+    """Processes other than this one whose TMPDIR is the suite's, after up to ``grace`` seconds."""
+    deadline = time.time() + grace
+    while True:
+        found = []
+        for process in psutil.process_iter():
+            try:
+                if process.pid != os.getpid() and process.environ().get("TMPDIR") == str(private):
+                    found.append(process)
+            except (psutil.Error, OSError):
+                continue
+        if not found or time.time() > deadline:
+            return found
+        time.sleep(1)
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    """Fail a session whose tests left a process running or a file in the system's temp folder."""
+    private = session.config.stash[_SUITE_TMP]
+    system, before = session.config.stash[_SYSTEM_TMP]
+    leaks = []
+    for process in _still_running(private):
+        with contextlib.suppress(psutil.Error):
+            leaks.append(f"process {process.pid}: {' '.join(process.cmdline())[:160]}")
+    for process in psutil.Process().children(recursive=True) + _still_running(private, grace=0):
+        with contextlib.suppress(psutil.Error):
+            process.kill()
+    shutil.rmtree(private, ignore_errors=True)
+    new = set(os.listdir(system)) - before - {private.name}
+    leaks += [f"{system / name}" for name in sorted(new) if not name.startswith(("pytest-of-", "mst-"))]
+    if leaks:
+        reporter = session.config.pluginmanager.get_plugin("terminalreporter")
+        if reporter is not None:
+            reporter.write_line("the tests left behind:\n  " + "\n  ".join(leaks), red=True)
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED
 
 
 def pytest_runtest_setup(item: pytest.Item) -> None:
@@ -62,6 +129,40 @@ def _run_cli(*args: str, timeout: float = 300) -> subprocess.CompletedProcess[st
 def run_cli() -> Callable[..., subprocess.CompletedProcess[str]]:
     """``run_cli(*args, timeout=300)``: ``python -m metasweep ARGS`` in the test's directory."""
     return _run_cli
+
+
+def _cli(*args: str) -> subprocess.CompletedProcess[str]:
+    from metasweep.orchestrator.cli.app import main
+
+    out, err = io.StringIO(), io.StringIO()
+    environ, factory, level = dict(os.environ), logging.getLogRecordFactory(), logging.root.level
+    argv, sys.argv = sys.argv, ["metasweep", *args]
+    code: int = 0
+    try:
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            try:
+                main()
+            except SystemExit as exc:
+                code = exc.code if isinstance(exc.code, int) else int(exc.code is not None)
+            except Exception:  # what a user would see as a traceback
+                traceback.print_exc()
+                code = 1
+    finally:  # what the command set for its own process
+        sys.argv = argv
+        os.environ.clear()
+        os.environ.update(environ)
+        logging.setLogRecordFactory(factory)
+        logging.root.setLevel(level)
+    return subprocess.CompletedProcess(["metasweep", *args], code, out.getvalue(), err.getvalue())
+
+
+@pytest.fixture(scope="session")
+def cli() -> Callable[..., subprocess.CompletedProcess[str]]:
+    """``cli(*args)``: ``metasweep ARGS`` through its entry point in this process, with what it
+    printed and its exit code as ``run_cli`` returns them (a traceback on stderr, exit code 1, for
+    an exception that escapes it). For commands that end before any work: a command that works
+    would start its Ray, servers or training inside the test process."""
+    return _cli
 
 
 def _free_port() -> int:

@@ -5,6 +5,9 @@ Every ``bash`` and ``python`` block carries a marker on the line before it:
 - ``<!-- snippet: run -->``: executed (bash with ``-e``, python as a script) in a fresh folder that
   sees the repository's ``examples/`` and ``../shared`` as the repository root does;
 - ``<!-- snippet: run, needs Omniglot -->``: the same, skipped, saying why, without the data;
+- ``<!-- snippet: run, scaled -->`` (optionally ``, needs Omniglot``): the same, with every
+  ``metasweep train`` and ``sweep`` line given ``--set`` overrides that shrink its training to
+  seconds (:data:`SCALED`): the commands and their order are the reader's, the budget is not;
 - ``<!-- snippet: pytest -->``: a test file, run with pytest, which must pass;
 - ``<!-- snippet: not run: REASON -->``: not executed, and the reason is required.
 
@@ -35,7 +38,13 @@ from metasweep.orchestrator.config import SweepConfig, load_config, reference
 ROOT = Path(__file__).resolve().parents[1]
 DOCS = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
 FENCE = re.compile(r"^```(\w*)\s*$")
-MARKER = re.compile(r"^<!-- snippet: (run, needs Omniglot|run|pytest|not run: .+) -->\s*$")
+MARKER = re.compile(r"^<!-- snippet: (run(?:, scaled)?(?:, needs Omniglot)?|pytest|not run: .+) -->\s*$")
+_SHORT_TRAINING = ["train.iterations=20", "train.eval_every=10", "eval.val_tasks=5", "eval.test_tasks=10"]
+SCALED = {
+    "train": _SHORT_TRAINING,
+    "sweep": [*_SHORT_TRAINING, "search.num_samples=2", "search.grace_period=10"],
+}
+"""The overrides a ``scaled`` snippet's ``metasweep COMMAND`` lines get, after the reader's own."""
 
 
 @dataclass(frozen=True)
@@ -87,6 +96,30 @@ def test_every_code_snippet_says_whether_it_runs() -> None:
     unmarked = [s.id for s in CODE if not s.marker]
     assert not unmarked, f"add <!-- snippet: run --> or <!-- snippet: not run: REASON --> before {unmarked}"
     assert RUN, "no snippet runs at all"
+
+
+def scaled(text: str) -> str:
+    """``text`` with :data:`SCALED`'s overrides appended to its ``metasweep train``/``sweep`` lines
+    (continuations joined, comments dropped); every other line as it is."""
+    lines = []
+    for line in re.sub(r"\\\n\s*", " ", text).splitlines():
+        words = shlex.split(line, comments=True)
+        if words[:1] == ["metasweep"] and len(words) > 1 and words[1] in SCALED:
+            line = shlex.join([*words, *(a for o in SCALED[words[1]] for a in ("--set", o))])
+        lines.append(line)
+    return "\n".join(lines)
+
+
+def test_scaling_a_snippet_appends_the_overrides_to_training_commands_only() -> None:
+    text = (
+        "mkdir -p data   # a folder\n"
+        "metasweep train a.yaml \\\n    --set seed=3  # one run\n"
+        "metasweep models list\n"
+    )
+    lines = scaled(text).splitlines()
+    assert lines[0] == "mkdir -p data   # a folder" and lines[2] == "metasweep models list"
+    assert lines[1].startswith("metasweep train a.yaml --set seed=3 --set train.iterations=20 --set")
+    assert shlex.split(lines[1])[-1] == "eval.test_tasks=10"
 
 
 def commands(text: str) -> list[list[str]]:
@@ -151,7 +184,7 @@ def test_runnable_snippets_run(snippet: Snippet, tmp_path: Path) -> None:
     elif snippet.language == "python":
         argv = [sys.executable, "-c", snippet.text]
     else:
-        argv = ["bash", "-e", "-c", snippet.text]
+        argv = ["bash", "-e", "-c", scaled(snippet.text) if "scaled" in snippet.marker else snippet.text]
     done = subprocess.run(argv, cwd=work, env=env, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, f"{snippet.id} failed:\n{done.stdout[-2000:]}\n{done.stderr[-3000:]}"
 

@@ -11,7 +11,7 @@ base=$((22000 + i * 1000))
 # let one node re-extract a package under another node's running processes.
 # --block keeps `ray start` in the foreground; its pid is the node's handle for stop-node.sh.
 nohup "$PYTHON_BIN/ray" start --block --disable-usage-stats \
-    --address "$BIND_HOST:$RAY_PORT" --node-ip-address "$BIND_HOST" --temp-dir "/tmp/ray-node-$i" \
+    --address "$BIND_HOST:$RAY_PORT" --node-ip-address "$BIND_HOST" --temp-dir "${TMPDIR:-/tmp}/ray-node-$i" \
     --num-cpus "$RAY_WORKER_CPUS" --num-gpus "$RAY_WORKER_GPUS" --resources "{\"node_$i\": 1}" \
     --node-manager-port "$base" --object-manager-port $((base + 1)) \
     --dashboard-agent-grpc-port $((base + 2)) --dashboard-agent-listen-port $((base + 3)) \

@@ -1,4 +1,4 @@
-"""The ``metasweep`` typer application, its shared options and the entry point.
+"""The ``metasweep`` typer application, its command class, its shared options and the entry point.
 
 User errors (:class:`~metasweep.orchestrator.errors.UserError`) end the program with one readable
 message on stderr and exit code 2; usage errors get click's message and exit code 2 too.
@@ -10,12 +10,16 @@ import logging
 import os
 import sys
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
+from typer.core import TyperCommand
 
 from metasweep.orchestrator.errors import UserError
 from metasweep.orchestrator.redact import redact, redact_log_records
+
+if TYPE_CHECKING:
+    from typer._click import Context, HelpFormatter, Parameter
 
 app = typer.Typer(
     name="metasweep",
@@ -26,7 +30,47 @@ app = typer.Typer(
     rich_markup_mode=None,
 )
 
-ConfigArg = Annotated[Path, typer.Argument(help="YAML config file (see examples/).", show_default=False)]
+
+def _argument_name(param: Parameter) -> str:
+    name = param.metavar or str(param.name).upper()
+    return f"{name}..." if param.nargs != 1 else name
+
+
+class Command(TyperCommand):
+    """A command whose arguments read as click writes them, ``CONFIG``, ``[NAME]``,
+    ``SOURCE...``, in its usage line and its list of arguments, where typer writes ``{config}``
+    and ``config <path>``. Every command of the app takes ``cls=Command``."""
+
+    def collect_usage_pieces(self, ctx: Context) -> list[str]:
+        pieces = [self.options_metavar] if self.options_metavar else []
+        for param in self.get_params(ctx):
+            if param.param_type_name != "argument":
+                pieces += param.get_usage_pieces(ctx)
+            elif param.required:
+                pieces.append(_argument_name(param))
+            else:
+                pieces.append(f"[{_argument_name(param)}]")
+        return pieces
+
+    def format_options(self, ctx: Context, formatter: HelpFormatter) -> None:
+        arguments, options = [], []
+        for param in self.get_params(ctx):
+            record = param.get_help_record(ctx)
+            if record is None:
+                continue
+            if param.param_type_name == "argument":
+                arguments.append((_argument_name(param), record[1]))
+            else:
+                options.append(record)
+        for title, records in (("Arguments", arguments), ("Options", options)):
+            if records:
+                with formatter.section(title):
+                    formatter.write_dl(records)
+
+
+ConfigArg = Annotated[
+    Path, typer.Argument(metavar="CONFIG", help="YAML config file (see examples/).", show_default=False)
+]
 SetOpt = Annotated[
     list[str] | None,
     typer.Option(
@@ -38,18 +82,24 @@ SetOpt = Annotated[
 StorageOpt = Annotated[
     str | None,
     typer.Option(
-        help="Where trial checkpoints live, reachable from every node: a path or s3://... "
-        "(default: ./runs/sweeps)."
+        metavar="PATH",
+        help="Where trial checkpoints live: a path or s3://... URI that every node reaches "
+        "(default: ./runs/sweeps, which only a cluster on this machine reaches).",
     ),
 ]
 ResourceCheckOpt = Annotated[
     bool,
-    typer.Option(help="Refuse resources no running node has (turn off for autoscaling clusters)."),
+    typer.Option(
+        help="Refuse a sweep whose trials need more CPUs or GPUs than any running node has "
+        "(turn off for autoscaling clusters)."
+    ),
 ]
 TrackingOpt = Annotated[
     str | None,
     typer.Option(
-        "--tracking-uri", help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI or sqlite:///mlflow.db)."
+        "--tracking-uri",
+        metavar="URI",
+        help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI or sqlite:///mlflow.db).",
     ),
 ]
 

@@ -10,7 +10,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from metasweep.orchestrator.cli.app import app
+from metasweep.orchestrator.cli.app import Command, app
 from metasweep.orchestrator.cli.console import say, track
 from metasweep.orchestrator.errors import UserError
 from metasweep.orchestrator.outputs import check_output
@@ -34,40 +34,80 @@ def _read_list(path: Path | None) -> set[str]:
     return {line.strip() for line in path.read_text().splitlines() if line.strip()}
 
 
-@data_app.command("import")
+@data_app.command("import", cls=Command)
 def data_import(
     sources: Annotated[
         list[Path],
         typer.Argument(
-            help="Omniglot .npz files / official zips / folders, or one image folder root/<class>/*."
+            metavar="SOURCE",
+            help="Omniglot .npz files, official zips or folders; or one folder with a subfolder "
+            "of images per class.",
         ),
     ],
-    out: Annotated[str, typer.Option("--out", "-o", help="Destination .parquet path or s3:// URI.")],
+    out: Annotated[
+        str, typer.Option("--out", "-o", metavar="PATH", help="Where to write: a .parquet path or s3:// URI.")
+    ],
     kind: Annotated[
-        str, typer.Option("--kind", help="omniglot, folder, or auto (omniglot for .npz and images_* names).")
+        str,
+        typer.Option(
+            "--kind",
+            metavar="KIND",
+            help="omniglot, folder, or auto: omniglot when every source is a .npz or is named "
+            "images_background or images_evaluation.",
+        ),
     ] = "auto",
-    protocol: Annotated[str, typer.Option(help="Omniglot split protocol: vinyals or lake.")] = "vinyals",
-    seed: Annotated[int, typer.Option(help="Seed of the class shuffle.")] = 0,
+    protocol: Annotated[
+        str, typer.Option(metavar="NAME", help="Omniglot split protocol: vinyals or lake.")
+    ] = "vinyals",
+    seed: Annotated[int, typer.Option(metavar="N", help="Seed of the class shuffle.")] = 0,
     image_size: Annotated[
-        int, typer.Option(help="Resize images to N x N; 0 keeps the original size. Default: 28 for Omniglot.")
-    ] = -1,
+        int,
+        typer.Option(
+            metavar="N",
+            help="Resize images to N x N, or 0 to keep their size (default: 28 for Omniglot, 0 for "
+            "image folders).",
+            show_default=False,
+        ),
+    ] = -1,  # -1: the kind's default
     train_classes: Annotated[
-        int, typer.Option(help="vinyals: classes for meta-training incl. validation.")
+        int,
+        typer.Option(
+            metavar="N", help="Omniglot, vinyals: classes for meta-training, meta-validation included."
+        ),
     ] = 1200,
-    val_classes: Annotated[int, typer.Option(help="Classes of the meta-validation slice.")] = 100,
-    mode: Annotated[str, typer.Option(help="Image folders: L (grayscale) or RGB.")] = "L",
+    val_classes: Annotated[
+        int, typer.Option(metavar="N", help="Omniglot: classes set aside for meta-validation.")
+    ] = 100,
+    mode: Annotated[str, typer.Option(metavar="MODE", help="Image folders: L (grayscale) or RGB.")] = "L",
     split_ratios: Annotated[
-        str, typer.Option(help="Image folders: train,val,test fractions of the classes.")
+        str,
+        typer.Option(
+            metavar="TRAIN,VAL,TEST",
+            help="Image folders: the fractions of the classes for meta-training, "
+            "meta-validation and meta-test.",
+        ),
     ] = "0.64,0.16,0.2",
-    train_list: Annotated[Path | None, typer.Option(help="Image folders: file of train class names.")] = None,
-    val_list: Annotated[Path | None, typer.Option(help="Image folders: file of val class names.")] = None,
-    test_list: Annotated[Path | None, typer.Option(help="Image folders: file of test class names.")] = None,
+    train_list: Annotated[
+        Path | None,
+        typer.Option(
+            metavar="FILE",
+            help="Image folders: meta-training class names, one per line; with --val-list and "
+            "--test-list, instead of --split-ratios.",
+        ),
+    ] = None,
+    val_list: Annotated[
+        Path | None, typer.Option(metavar="FILE", help="Image folders: meta-validation class names.")
+    ] = None,
+    test_list: Annotated[
+        Path | None, typer.Option(metavar="FILE", help="Image folders: meta-test class names.")
+    ] = None,
     progress: Annotated[bool, typer.Option(help="Show a progress bar on stderr.")] = True,
 ) -> None:
-    """Convert Omniglot or a folder of class subfolders into one Parquet dataset.
+    """Import Omniglot or a folder of images as one Parquet dataset.
 
-    The import is deterministic (same inputs and seed give a byte-identical file) and atomic
-    (written under a temporary name, renamed at the end).
+    An image folder holds a subfolder of images per class; its classes are split by
+    --split-ratios or by class lists. The import is deterministic (same inputs and seed give a
+    byte-identical file) and atomic (written under a temporary name, renamed at the end).
     """
     from metasweep.orchestrator.data import importers
 
@@ -106,12 +146,21 @@ def data_import(
     say(f"wrote {out}: {meta['classes']} classes, {meta['images']} images of shape {meta['image_shape']}")
 
 
-@data_app.command("info")
+@data_app.command("info", cls=Command)
 def data_info(
-    path: Annotated[str, typer.Argument(help="A metasweep dataset: path or URI.")],
-    preview: Annotated[Path | None, typer.Option(help="Save a PNG grid of a few classes here.")] = None,
+    path: Annotated[
+        str,
+        typer.Argument(metavar="DATASET", help="A dataset 'metasweep data import' wrote: path or URI."),
+    ],
+    preview: Annotated[
+        Path | None, typer.Option(metavar="FILE", help="Also save a PNG grid of a few classes here.")
+    ] = None,
 ) -> None:
-    """Show a dataset's schema, classes per split, images per class, image shape and size."""
+    """Show a dataset's splits, image shape and size.
+
+    Prints its schema, where it came from, the classes per split, the images per class, the
+    image shape and the size on disk.
+    """
     from metasweep.orchestrator.data import format
 
     if preview is not None:

@@ -10,20 +10,21 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from metasweep.orchestrator.cli.app import ConfigArg, ResourceCheckOpt, SetOpt, StorageOpt, app
+from metasweep.orchestrator.cli.app import Command, ConfigArg, ResourceCheckOpt, SetOpt, StorageOpt, app
 from metasweep.orchestrator.cli.console import say
 
 AddressOpt = Annotated[
     str,
     typer.Option(
         envvar="RAY_API_SERVER_ADDRESS",
-        help="The Ray cluster's dashboard, e.g. http://HEAD:8265 ($RAY_API_SERVER_ADDRESS).",
+        metavar="URL",
+        help="The Ray cluster's dashboard, e.g. http://HEAD:8265.",
         show_default=False,
     ),
 ]
 
 
-@app.command()
+@app.command(cls=Command)
 def submit(
     config: ConfigArg,
     address: AddressOpt,
@@ -33,16 +34,20 @@ def submit(
         str | None,
         typer.Option(
             "--tracking-uri",
+            metavar="URI",
             help="MLflow tracking URI as the cluster sees it (default: the config's, "
             "$MLFLOW_TRACKING_URI, or ./mlflow.db for a cluster on this machine).",
         ),
     ] = None,
     resume: Annotated[
-        str | None, typer.Option("--resume", help="Continue the sweep of this name from --storage.")
+        str | None,
+        typer.Option("--resume", metavar="NAME", help="Continue the sweep of this name from --storage."),
     ] = None,
     pip: Annotated[
         list[str] | None,
-        typer.Option(help="A package to pip-install into the job's environment (repeatable)."),
+        typer.Option(
+            metavar="PACKAGE", help="A package to pip-install into the job's environment (repeatable)."
+        ),
     ] = None,
     resource_check: ResourceCheckOpt = True,
     forward_env: Annotated[
@@ -109,10 +114,13 @@ def _follow(cluster: Any, job_id: str) -> None:
 
 jobs_app = typer.Typer(help="Sweeps running as Ray jobs: list, status, logs, stop.", no_args_is_help=True)
 app.add_typer(jobs_app, name="jobs")
-JobArg = Annotated[str, typer.Argument(help="Job id, as `metasweep submit` printed it.", show_default=False)]
+JobArg = Annotated[
+    str,
+    typer.Argument(metavar="JOB_ID", help="Job id, as `metasweep submit` printed it.", show_default=False),
+]
 
 
-@jobs_app.command("list")
+@jobs_app.command("list", cls=Command)
 def jobs_list(address: AddressOpt) -> None:
     """List the cluster's jobs, oldest first."""
     from metasweep.orchestrator.jobs import client
@@ -137,7 +145,7 @@ def jobs_list(address: AddressOpt) -> None:
     Console(width=None if sys.stdout.isatty() else 200).print(table)
 
 
-@jobs_app.command("status")
+@jobs_app.command("status", cls=Command)
 def jobs_status(job_id: JobArg, address: AddressOpt) -> None:
     """Show one job's status and message."""
     from metasweep.orchestrator.jobs import client
@@ -146,7 +154,7 @@ def jobs_status(job_id: JobArg, address: AddressOpt) -> None:
     print(f"{job_id}: {info.status}" + (f" ({info.message})" if info.message else ""))
 
 
-@jobs_app.command("logs")
+@jobs_app.command("logs", cls=Command)
 def jobs_logs(
     job_id: JobArg,
     address: AddressOpt,
@@ -162,7 +170,7 @@ def jobs_logs(
         sys.stdout.write(cluster.logs(job_id))
 
 
-@jobs_app.command("stop")
+@jobs_app.command("stop", cls=Command)
 def jobs_stop(job_id: JobArg, address: AddressOpt) -> None:
     """Stop a running job. Its sweep can continue with `metasweep submit CONFIG --resume NAME`."""
     from metasweep.orchestrator.jobs import client

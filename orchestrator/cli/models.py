@@ -17,7 +17,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from metasweep.orchestrator.cli.app import TrackingOpt, app
+from metasweep.orchestrator.cli.app import Command, TrackingOpt, app
 from metasweep.orchestrator.cli.console import say, stderr
 from metasweep.orchestrator.errors import UserError
 from metasweep.orchestrator.outputs import check_output
@@ -26,12 +26,12 @@ models_app = typer.Typer(help="Registered meta-learners: list and pull.", no_arg
 app.add_typer(models_app, name="models")
 
 
-@models_app.command("list")
+@models_app.command("list", cls=Command)
 def models_list(
-    name: Annotated[str | None, typer.Argument(help="Only this registered model.")] = None,
+    name: Annotated[str | None, typer.Argument(metavar="NAME", help="Only this registered model.")] = None,
     uri: TrackingOpt = None,
 ) -> None:
-    """Registered models, versions, aliases and meta-test metrics."""
+    """List registered models: versions, aliases and meta-test metrics."""
     from metasweep.orchestrator.tracking.registry import list_models
     from metasweep.orchestrator.tracking.store import existing_store, tracking_uri
 
@@ -52,15 +52,25 @@ def _rounded(value: str) -> str:
         return value
 
 
-@models_app.command("pull")
+@models_app.command("pull", cls=Command)
 def models_pull(
     reference: Annotated[
-        str, typer.Argument(help="NAME, NAME@alias or NAME/version (default alias: champion).")
+        str,
+        typer.Argument(
+            metavar="MODEL",
+            help="NAME@ALIAS, NAME/VERSION, or NAME alone for NAME@champion.",
+        ),
     ],
-    out: Annotated[Path, typer.Option("--out", "-o", help="Folder to create (must be new or empty).")],
+    out: Annotated[
+        Path, typer.Option("--out", "-o", metavar="DIR", help="Folder to create (must be new or empty).")
+    ],
     uri: TrackingOpt = None,
 ) -> None:
-    """Download a registered model as a self-contained folder (loads with no tracking server)."""
+    """Download a registered model into a folder of its own.
+
+    The folder loads with no tracking server: use it with 'metasweep adapt DIR' or
+    mlflow.pyfunc.load_model.
+    """
     from metasweep.orchestrator.tracking.registry import pull_model
     from metasweep.orchestrator.tracking.store import existing_store, tracking_uri
 
@@ -74,17 +84,30 @@ def models_pull(
     )
 
 
-@app.command()
+@app.command(cls=Command)
 def adapt(
-    model: Annotated[str, typer.Argument(help="A models:/ URI, NAME[@alias|/version], or a pulled folder.")],
-    support: Annotated[
-        Path, typer.Option(help="Folder of class subfolders of images (the labelled examples).")
+    model: Annotated[
+        str,
+        typer.Argument(
+            metavar="MODEL",
+            help="A pulled folder, NAME@ALIAS, NAME/VERSION, NAME (for NAME@champion) or a models:/ URI.",
+        ),
     ],
-    query: Annotated[Path, typer.Option(help="An image or a folder of images to label.")],
-    out: Annotated[Path | None, typer.Option(help="Also write predictions to this CSV.")] = None,
+    support: Annotated[
+        Path,
+        typer.Option(metavar="DIR", help="Folder of class subfolders of images (the labelled examples)."),
+    ],
+    query: Annotated[Path, typer.Option(metavar="PATH", help="An image or a folder of images to label.")],
+    out: Annotated[
+        Path | None, typer.Option(metavar="FILE", help="Also write the predictions to this CSV file.")
+    ] = None,
     uri: TrackingOpt = None,
 ) -> None:
-    """Adapt a meta-learned model to a support set and label the query images."""
+    """Label query images with a model adapted to a support set.
+
+    Prints a line per query image: its path and the predicted class (a subfolder name of
+    --support). No code from the model runs: the installed metasweep rebuilds the model.
+    """
     import numpy as np
 
     from metasweep.orchestrator.data.images import read_image_files
@@ -123,12 +146,15 @@ def adapt(
         print(f"{name}\t{label}")
 
 
-@app.command()
+@app.command(cls=Command)
 def ui(
     uri: TrackingOpt = None,
-    port: Annotated[int, typer.Option(help="Port on 127.0.0.1.", min=1, max=65535)] = 5000,
+    port: Annotated[int, typer.Option(metavar="PORT", help="Port on 127.0.0.1.", min=1, max=65535)] = 5000,
 ) -> None:
-    """Start the MLflow UI on the configured store, on 127.0.0.1."""
+    """Start the MLflow UI on 127.0.0.1 for a local tracking store.
+
+    A tracking server (http://...) has a UI of its own: ui prints its address instead.
+    """
     from metasweep.orchestrator.tracking.store import existing_store, tracking_uri, ui_url
 
     uri = tracking_uri(uri)

@@ -11,7 +11,7 @@ import typer
 from rich import box
 from rich.table import Table
 
-from metasweep.orchestrator.cli.app import ConfigArg, ResourceCheckOpt, SetOpt, StorageOpt, app
+from metasweep.orchestrator.cli.app import Command, ConfigArg, ResourceCheckOpt, SetOpt, StorageOpt, app
 from metasweep.orchestrator.cli.console import metrics_table, say, stderr, training_bar
 from metasweep.orchestrator.errors import UserError
 
@@ -19,7 +19,7 @@ if TYPE_CHECKING:
     from metasweep.orchestrator.sweep.driver import SweepResult
 
 
-@app.command()
+@app.command(cls=Command)
 def train(
     config: ConfigArg,
     set_: SetOpt = None,
@@ -50,9 +50,15 @@ def train(
     print(json.dumps(metrics))
 
 
-@app.command()
+@app.command(cls=Command)
 def evaluate(
-    run_dir: Annotated[Path, typer.Argument(help="A run directory written by 'metasweep train'.")],
+    run_dir: Annotated[
+        Path,
+        typer.Argument(
+            metavar="RUN_DIR",
+            help="A run directory written by 'metasweep train' (runs/NAME unless output_dir is set).",
+        ),
+    ],
     set_: Annotated[
         list[str] | None,
         typer.Option(
@@ -62,9 +68,10 @@ def evaluate(
         ),
     ] = None,
 ) -> None:
-    """Re-score a trained run on its meta-test tasks (e.g. with other inner_steps).
+    """Re-score a trained run on its meta-test tasks.
 
-    Prints the test metrics as one JSON object on the last line of stdout.
+    Loads the run's checkpoint and config; --set takes eval.* fields only, to score the same
+    model another way. Prints the test metrics as one JSON object on the last line of stdout.
     """
     from metasweep.orchestrator import training
 
@@ -163,17 +170,20 @@ def free_folder(name: str, cwd: Path) -> str:
     return candidate
 
 
-@app.command()
+@app.command(cls=Command)
 def sweep(
     config: ConfigArg,
     set_: SetOpt = None,
     resume: Annotated[
         str | None,
-        typer.Option("--resume", help="Continue the sweep of this name; finished trials are kept."),
+        typer.Option(
+            "--resume", metavar="NAME", help="Continue the sweep of this name; finished trials are kept."
+        ),
     ] = None,
     address: Annotated[
         str | None,
         typer.Option(
+            metavar="ADDRESS",
             help="Ray cluster to run on: HOST:PORT of its head, or 'auto' for the one running on "
             "this machine (default: 'local', a new Ray of its own, even when a cluster runs here).",
         ),
@@ -181,23 +191,25 @@ def sweep(
     storage: StorageOpt = None,
     resource_check: ResourceCheckOpt = True,
 ) -> None:
-    """Search hyperparameters with Optuna on Ray Tune, tracked in MLflow.
+    """Search hyperparameters with Optuna on Ray Tune.
 
     The config is a training config plus a 'search' section (space, sampler, scheduler,
-    resources) and a 'tracking' section (MLflow URI, experiment). Ends with the best trial, its
-    validation and meta-test metrics, and how to open the sweep in the MLflow UI.
+    resources) and a 'tracking' section (MLflow URI, experiment): every trial is tracked in
+    MLflow. Ends with the best trial, its validation and meta-test metrics, and how to open the
+    sweep in the MLflow UI.
     """
     if address and address != "local":
         from metasweep.orchestrator.jobs.client import use_token_auth
 
         use_token_auth()  # before Ray is imported
     from metasweep.orchestrator.config import SweepConfig, load_config
-    from metasweep.orchestrator.sweep.driver import run_sweep
 
     overrides = list(set_ or [])
     if resume:
         overrides.append(f"name={resume}")
     cfg = load_config(config, overrides, SweepConfig)
+    from metasweep.orchestrator.sweep.driver import run_sweep  # Ray, Tune, MLflow: seconds
+
     result = run_sweep(
         cfg,
         address=address,

@@ -17,10 +17,11 @@ import secrets
 import shutil
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.request
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import psutil
@@ -65,6 +66,7 @@ class Cluster:
     storage: Path
     folder: Path
     run_cli: Callable[..., subprocess.CompletedProcess[str]]
+    head_session: Path = Path()  # known once the head has started
 
     def script(self, name: str, *args: str) -> str:
         done = subprocess.run(
@@ -124,7 +126,7 @@ def cluster(free_port, run_cli, tmp_path_factory: pytest.TempPathFactory) -> Ite
         "MLFLOW_ADMIN_PASSWORD": f"pa%ss-{secrets.token_hex(8)}",
     }
     if os.getuid() == 0:  # postgres.sh keeps root's database where the postgres user may enter
-        env["PG_DATA"] = f"/var/tmp/metasweep-test-postgres-{ports['PG_PORT']}"
+        env["PG_DATA"] = f"{tempfile.gettempdir()}/postgres-{ports['PG_PORT']}"
     started = Cluster(
         address=f"http://127.0.0.1:{ports['RAY_DASHBOARD_PORT']}",
         tracking=f"http://127.0.0.1:{ports['MLFLOW_PORT']}",
@@ -135,6 +137,9 @@ def cluster(free_port, run_cli, tmp_path_factory: pytest.TempPathFactory) -> Ite
     )
     try:
         started.script("start.sh")
+        started = replace(
+            started, head_session=Path(tempfile.gettempdir(), "ray", "session_latest").resolve()
+        )
         password = (folder / "mlflow" / "admin_password").read_text().strip()
         with pytest.MonkeyPatch.context() as mp:
             mp.setenv("MLFLOW_TRACKING_USERNAME", "admin")
@@ -147,10 +152,11 @@ def cluster(free_port, run_cli, tmp_path_factory: pytest.TempPathFactory) -> Ite
             shutil.rmtree(env["PG_DATA"], ignore_errors=True)
 
 
-def ray_sessions() -> list[Path]:
-    """The session folders (logs, job packages, sockets) of the cluster's head and worker nodes."""
-    temp_dirs = ["/tmp/ray", *glob.glob("/tmp/ray-node-*")]
-    return [Path(d, "session_latest").resolve() for d in temp_dirs if Path(d, "session_latest").exists()]
+def ray_sessions(cluster: Cluster) -> list[Path]:
+    """The session folders (logs, job packages, sockets) of the cluster's head and worker nodes:
+    the head's as it started (a local Ray started since has its own session in the same folder)."""
+    workers = [Path(d, "session_latest") for d in glob.glob(f"{tempfile.gettempdir()}/ray-node-*")]
+    return [cluster.head_session, *(w.resolve() for w in workers if w.exists())]
 
 
 def files_holding(secret: str, folders: list[Path]) -> list[str]:
@@ -204,32 +210,93 @@ def assert_complete(client: MlflowClient, sweep: str, trials: int, iterations: i
     return runs
 
 
-def test_submitted_sweep_spreads_over_nodes_registers_a_champion_and_pulls(run_cli, cluster: Cluster) -> None:
-    with pytest.MonkeyPatch.context() as canaries:  # not `monkeypatch`: its undo() would leave tmp_path
-        for name, canary in CANARIES.items():
-            canaries.setenv(name, canary)
-        job = cluster.submit(sweep_file("spread"), "--wait")
-    assert job.startswith("metasweep-spread-")
+def test_one_submitted_sweep_survives_a_killed_node_a_tracking_outage_and_a_stopped_driver(
+    run_cli, cluster: Cluster
+) -> None:
+    """The cluster's faults one after the other, in one submitted sweep (which keeps the suite
+    short). Once both running trials have reported three evaluations, worker node 2's raylet is
+    SIGKILLed, and while the surviving trial trains on, the MLflow server is stopped for 15 s and
+    started again; once a trial has finished, the job is stopped, node 2 comes back, and the sweep
+    is resubmitted with --resume. The trial of the dead node restarts from its checkpoint on the
+    other node, the driver buffers trial records through the outage, the finished trial is not
+    run again, every trial ends with one value at every evaluation step, trials spread over both
+    nodes, and the champion is registered and pulls. Both jobs were submitted from an environment
+    holding four credentials, none of which, nor the MLflow password, reached a job, Ray's files
+    or its Jobs API."""
+    iterations, trials = 300, 3
+    config = sweep_file("faults", iterations=iterations, trials=trials)
+    client = cluster.client()
 
-    # No credential travelled with the job: the driver logged in to MLflow with the cluster's own
-    # secrets, and neither the canaries nor the MLflow password reached Ray's files or Jobs API.
+    def submit(*args: str) -> str:
+        with pytest.MonkeyPatch.context() as canaries:  # not `monkeypatch`: its undo() would leave tmp_path
+            for name, canary in CANARIES.items():
+                canaries.setenv(name, canary)
+            return cluster.submit(config, *args)
+
+    def both_running() -> bool:
+        runs = trial_runs(client, "faults")
+        return len(runs) == 2 and all(len(steps(client, r.info.run_id)) >= 3 for r in runs)
+
+    def finished() -> dict[str, int]:
+        runs = trial_runs(client, "faults")
+        return {r.info.run_id: r.info.start_time for r in runs if r.info.status == "FINISHED"}
+
+    job = submit()
+    assert job.startswith("metasweep-faults-")
+    wait_until(both_running, "both trials to report three evaluations")
+    cluster.script("stop-node.sh", "2")
+    try:
+        down = time.time()
+        cluster.script("stop-mlflow.sh")
+        time.sleep(15)  # the trial on node 1 keeps training and reporting meanwhile
+        cluster.script("start-mlflow.sh")
+        up = time.time()
+        wait_until(lambda: bool(finished()), "the first trial to finish")
+        stopped = run_cli("jobs", "stop", job, "--address", cluster.address)
+        assert stopped.returncode == 0, stopped.stderr
+        assert "STOPPED" in cluster.wait(job)
+    finally:
+        cluster.script("start-node.sh", "2")
+    logs = run_cli("jobs", "logs", job, "--address", cluster.address).stdout
+    assert "unreachable" in logs and "buffered trial records sent" in logs, logs[-3000:]
+    done_before = finished()
+
+    resumed = submit("--resume", "faults")
+    status = cluster.wait(resumed)
+    resumed_logs = run_cli("jobs", "logs", resumed, "--address", cluster.address).stdout
+    assert "SUCCEEDED" in status, resumed_logs[-3000:]
+
+    runs = assert_complete(client, "faults", trials=trials, iterations=iterations)
+    for run in runs:
+        if run.info.run_id in done_before:  # not run again: the same run, one value per step
+            assert run.info.start_time == done_before[run.info.run_id]
+    moved = [r for r in runs if len(r.data.tags["metasweep.nodes"].split(",")) == 2]
+    assert moved, [r.data.tags["metasweep.nodes"] for r in runs]
+    assert len({r.data.tags["metasweep.node_id"] for r in runs}) >= 2, "trials ran on one node only"
+    during = [
+        m
+        for r in runs
+        for m in client.get_metric_history(r.info.run_id, "val/mse")
+        if down * 1000 <= m.timestamp <= up * 1000
+    ]
+    assert during, "no metric was measured while the server was down; the outage tested nothing"
+
+    # No credential travelled with either job: the driver logged in to MLflow with the cluster's
+    # own secrets, and neither the canaries nor the MLflow password reached Ray's files or Jobs API.
     password = os.environ["MLFLOW_TRACKING_PASSWORD"]
-    answers = cluster.jobs_api("/api/jobs/") + cluster.jobs_api(f"/api/jobs/{job}")
-    assert job in answers and "runtime_env" in answers
-    sessions = ray_sessions()
+    answers = "".join(cluster.jobs_api(p) for p in ("/api/jobs/", f"/api/jobs/{job}", f"/api/jobs/{resumed}"))
+    assert job in answers and resumed in answers and "runtime_env" in answers
+    sessions = ray_sessions(cluster)
     assert len(sessions) == 3, sessions  # the head and two worker nodes
     for secret in (*CANARIES.values(), password):
         assert secret not in answers
         assert files_holding(secret, sessions) == [], secret
-    submitted = json.loads(cluster.jobs_api(f"/api/jobs/{job}"))
-    assert set(submitted["runtime_env"]["env_vars"]) == {"MLFLOW_TRACKING_URI", "RAY_JOB_STOP_WAIT_TIME_S"}
-    client = cluster.client()
-    runs = assert_complete(client, "spread", trials=4, iterations=100)
-    nodes = {r.data.tags["metasweep.node_id"] for r in runs}
-    assert len(nodes) >= 2, "trials ran on one node only"
+    for submitted in (job, resumed):
+        env_vars = json.loads(cluster.jobs_api(f"/api/jobs/{submitted}"))["runtime_env"]["env_vars"]
+        assert set(env_vars) == {"MLFLOW_TRACKING_URI", "RAY_JOB_STOP_WAIT_TIME_S"}
 
     champion = client.get_model_version_by_alias("cluster-sine", "champion")
-    assert champion.tags["metasweep.sweep"] == "spread"
+    assert champion.tags["metasweep.sweep"] == "faults"
     pulled = run_cli("models", "pull", "cluster-sine@champion", "--out", "model")
     assert pulled.returncode == 0, pulled.stderr[-2000:]
     files = {p.name for p in Path("model").rglob("*")}
@@ -239,11 +306,13 @@ def test_submitted_sweep_spreads_over_nodes_registers_a_champion_and_pulls(run_c
 
     # The tracking URI travelled as an environment variable, not in the config the job ran.
     parent = client.get_run(runs[0].data.tags["mlflow.parentRunId"])
+    assert parent.info.status == "FINISHED"
     shipped = client.download_artifacts(parent.info.run_id, "config.yaml", ".")
     assert cluster.tracking.split("//")[1] not in Path(shipped).read_text()
 
     listed = run_cli("jobs", "list", "--address", cluster.address)
-    assert listed.returncode == 0 and job in listed.stdout and "SUCCEEDED" in listed.stdout
+    assert listed.returncode == 0 and job in listed.stdout and resumed in listed.stdout
+    assert "STOPPED" in listed.stdout and "SUCCEEDED" in listed.stdout
 
 
 def test_a_sweep_starts_its_own_ray_unless_told_to_attach(run_cli, cluster: Cluster) -> None:
@@ -269,72 +338,6 @@ def test_a_sweep_starts_its_own_ray_unless_told_to_attach(run_cli, cluster: Clus
     refused = run_cli("sweep", str(sweep_file("toomany", concurrent=3)), "--address", "auto")
     assert refused.returncode == 2, refused.stderr[-3000:]
     assert re.search(rf"fits at most 2 trials at once \({there}\)", refused.stderr), refused.stderr[-2000:]
-
-
-def test_a_killed_worker_node_and_a_restarted_tracking_server_lose_nothing(run_cli, cluster: Cluster) -> None:
-    """One sweep, two faults (one sweep for both keeps the suite short): once both trials have
-    reported three evaluations, worker node 2's raylet is SIGKILLed, and while the surviving trial
-    trains on, the MLflow server is stopped for 15 s and started again. The trial of the dead node
-    restarts from its checkpoint on the other node, the driver buffers trial records through the
-    outage, and every trial ends with one value at every evaluation step."""
-    iterations = 400
-    job = cluster.submit(sweep_file("chaos", iterations=iterations, trials=2))
-    client = cluster.client()
-
-    def both_running() -> bool:
-        runs = trial_runs(client, "chaos")
-        return len(runs) == 2 and all(len(steps(client, r.info.run_id)) >= 3 for r in runs)
-
-    wait_until(both_running, "both trials to report three evaluations")
-    cluster.script("stop-node.sh", "2")
-    try:
-        down = time.time()
-        cluster.script("stop-mlflow.sh")
-        time.sleep(15)  # the trial on node 1 keeps training and reporting meanwhile
-        cluster.script("start-mlflow.sh")
-        up = time.time()
-        status = cluster.wait(job)
-    finally:
-        cluster.script("start-node.sh", "2")
-    logs = run_cli("jobs", "logs", job, "--address", cluster.address).stdout
-    assert "SUCCEEDED" in status, logs[-3000:]
-    assert "unreachable" in logs and "buffered trial records sent" in logs, logs[-3000:]
-    runs = assert_complete(client, "chaos", trials=2, iterations=iterations)
-    moved = [r for r in runs if len(r.data.tags["metasweep.nodes"].split(",")) == 2]
-    assert len(moved) == 1, [r.data.tags["metasweep.nodes"] for r in runs]
-    during = [
-        m
-        for r in runs
-        for m in client.get_metric_history(r.info.run_id, "val/mse")
-        if down * 1000 <= m.timestamp <= up * 1000
-    ]
-    assert during, "no metric was measured while the server was down; the outage tested nothing"
-
-
-def test_stopped_driver_resumes_without_rerunning_finished_trials(run_cli, cluster: Cluster) -> None:
-    config = sweep_file("resume", iterations=100, trials=3, concurrent=1)
-    job = cluster.submit(config)
-    client = cluster.client()
-
-    def first_finished() -> bool:
-        return any(r.info.status == "FINISHED" for r in trial_runs(client, "resume"))
-
-    wait_until(first_finished, "the first trial to finish")
-    stopped = run_cli("jobs", "stop", job, "--address", cluster.address)
-    assert stopped.returncode == 0, stopped.stderr
-    assert "STOPPED" in cluster.wait(job)
-    finished = {
-        r.info.run_id: r.info.start_time for r in trial_runs(client, "resume") if r.info.status == "FINISHED"
-    }
-
-    resumed = cluster.submit(config, "--resume", "resume")
-    assert "SUCCEEDED" in cluster.wait(resumed)
-    runs = assert_complete(client, "resume", trials=3, iterations=100)
-    for run in runs:
-        if run.info.run_id in finished:  # not run again: same run, one value per step
-            assert run.info.start_time == finished[run.info.run_id]
-            history = steps(client, run.info.run_id)
-            assert history == sorted(set(history))
 
 
 def test_authentication_and_loopback_only(run_cli, cluster: Cluster) -> None:

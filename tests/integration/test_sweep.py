@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import json
 import os
+import signal
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -108,9 +111,9 @@ def test_sweep_tracks_every_trial_as_a_child_run(run_cli, tmp_path: Path) -> Non
         assert "test/mse" not in child.data.metrics, "test tasks must not be seen by trials"
 
 
-def test_bad_sweeps_exit_2_and_leave_no_run(run_cli, tmp_path: Path) -> None:
+def test_bad_sweeps_exit_2_and_leave_no_run(cli, run_cli, tmp_path: Path) -> None:
     Path("sweep.yaml").write_text(SWEEP.format(name="bad"))
-    cases = [
+    refused_before_ray = [
         (
             ["--set", "search.space={train.inner_lrr: {type: uniform, low: 0.1, high: 1}}"],
             "did you mean 'inner_lr'",
@@ -122,11 +125,14 @@ def test_bad_sweeps_exit_2_and_leave_no_run(run_cli, tmp_path: Path) -> None:
         (["--set", "search.space={train.inner_steps: {type: uniform, low: 1, high: 3}}"], "is int"),
         (["--set", "search.space={algorithm: {type: categorical, values: []}}"], "non-empty 'values'"),
         (["--resume", "never-ran"], "no sweep 'never-ran'"),
+    ]
+    refused_by_ray = [  # the sweep's own local Ray says what it has: a process of its own
         (["--set", "search.gpus_per_trial=0.5"], "has no GPUs"),
         (["--set", "search.max_concurrent=64"], "fits at most"),
     ]
-    for args, expected in cases:
-        result = run_cli("sweep", "sweep.yaml", *args, timeout=300)
+    for args, expected in refused_before_ray + refused_by_ray:
+        run = cli if (args, expected) in refused_before_ray else run_cli
+        result = run("sweep", "sweep.yaml", *args)
         assert result.returncode == 2, (args, result.stderr[-2000:])
         assert expected in result.stderr, (args, result.stderr[-2000:])
         assert "Traceback" not in result.stderr
@@ -134,58 +140,6 @@ def test_bad_sweeps_exit_2_and_leave_no_run(run_cli, tmp_path: Path) -> None:
         client = store()
         experiment = client.get_experiment_by_name("it")
         assert experiment is None or not client.search_runs([experiment.experiment_id])
-
-
-def test_sweep_resumes_after_the_driver_is_killed(edit_config, run_cli, tmp_path: Path) -> None:
-    """SIGKILL the driver once two trials have finished; --resume completes the sweep, re-runs
-    no finished trial, and MLflow keeps one child run per trial with gap-free histories."""
-    import os
-    import signal
-    import subprocess
-    import sys
-
-    path = Path("sweep.yaml")
-    path.write_text(SWEEP.format(name="r1"))
-    for old, new in (
-        ("iterations: 60", "iterations: 100"),
-        ("grace_period: 20", "scheduler: fifo"),
-    ):
-        edit_config(path, old, new)
-    store()  # create the database here first, so that polling never races its creation
-    driver = subprocess.Popen(
-        [sys.executable, "-m", "metasweep", "sweep", "sweep.yaml"],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
-    )  # fmt: skip
-    deadline = time.time() + 300
-    finished: list[str] = []
-    while time.time() < deadline and len(finished) < 2:
-        time.sleep(2)
-        finished = [
-            r.data.tags["metasweep.trial_id"] for r in live_trial_runs() if r.info.status == "FINISHED"
-        ]
-    os.killpg(driver.pid, signal.SIGKILL)
-    driver.wait()
-    assert len(finished) >= 2, "two trials should finish within five minutes"
-    # The killed driver's local Ray processes are orphans now; stop them as an operator would.
-    subprocess.run(
-        [str(Path(sys.executable).parent / "ray"), "stop", "--force"], capture_output=True, check=False
-    )
-
-    resumed = run_cli("sweep", "sweep.yaml", "--resume", "r1", timeout=600)
-    assert resumed.returncode == 0, resumed.stderr[-3000:]
-    client = store()
-    experiment = client.get_experiment_by_name("it")
-    runs = client.search_runs([experiment.experiment_id])
-    parents = [r for r in runs if "mlflow.parentRunId" not in r.data.tags]
-    children = [r for r in runs if "mlflow.parentRunId" in r.data.tags]
-    assert len(parents) == 1 and parents[0].info.status == "FINISHED"
-    trial_ids = [c.data.tags["metasweep.trial_id"] for c in children]
-    assert len(trial_ids) == len(set(trial_ids)) == 4, "one child run per trial, no duplicates"
-    for child in children:
-        steps = [m.step for m in client.get_metric_history(child.info.run_id, "val/mse")]
-        if child.data.tags["metasweep.trial_id"] in finished:
-            assert steps == [20, 40, 60, 80, 100], "a finished trial is not run again"
-        assert sorted(set(steps)) == list(range(20, 101, 20)), steps
 
 
 def trial_workers(sweep: str) -> list[int]:
@@ -203,20 +157,32 @@ def trial_workers(sweep: str) -> list[int]:
     return pids
 
 
-def test_a_crashed_trial_continues_from_its_checkpoint(edit_config, tmp_path: Path) -> None:
-    """SIGKILL the Ray worker of a running trial: Tune restarts it from its last checkpoint and
-    MLflow keeps one child run whose history has no gap and no repeat."""
-    import os
-    import signal
-    import subprocess
-    import sys
+def kill_tagged(tag: str) -> None:
+    """SIGKILL every process whose environment holds ``METASWEEP_TEST_TAG=tag``: a driver and the
+    local Ray it started (raylet, GCS, workers), and nothing else on the machine."""
+    marker = f"METASWEEP_TEST_TAG={tag}".encode()
+    for proc in Path("/proc").iterdir():
+        try:
+            if proc.name.isdigit() and marker in (proc / "environ").read_bytes().split(b"\0"):
+                os.kill(int(proc.name), signal.SIGKILL)
+        except (OSError, ValueError):
+            continue
 
+
+def test_a_killed_trial_and_a_killed_driver_lose_nothing(edit_config, run_cli, tmp_path: Path) -> None:
+    """One sweep, two faults (one sweep for both keeps the suite short). Once the first trial has
+    reported three evaluations, its Ray worker is SIGKILLed: Tune restarts it from its last
+    checkpoint. Once it has finished, the driver and its local Ray are SIGKILLed: --resume
+    completes the sweep. MLflow keeps one child run per trial; the crashed trial's history has no
+    gap and no repeat (so it was not run again after the driver's death either), and every
+    other's has every evaluation step."""
+    name = f"faults-{tmp_path.name}"
     path = Path("sweep.yaml")
-    path.write_text(SWEEP.format(name=f"crash-{tmp_path.name}"))
+    path.write_text(SWEEP.format(name=name))
     for old, new in (
-        ("num_samples: 4", "num_samples: 1"),
+        ("num_samples: 4", "num_samples: 3"),
         ("max_concurrent: 2", "max_concurrent: 1"),
-        ("iterations: 60", "iterations: 4000"),
+        ("iterations: 60", "iterations: 300"),
         ("meta_batch_size: 5", "meta_batch_size: 25"),
         ("grace_period: 20", "scheduler: fifo"),
     ):
@@ -224,32 +190,54 @@ def test_a_crashed_trial_continues_from_its_checkpoint(edit_config, tmp_path: Pa
     store()  # create the database here first, so that polling never races its creation
     driver = subprocess.Popen(
         [sys.executable, "-m", "metasweep", "sweep", "sweep.yaml"],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        env={**os.environ, "METASWEEP_TEST_TAG": name},
     )  # fmt: skip
-    steps: list[int] = []
-    deadline = time.time() + 300
-    while time.time() < deadline and len(steps) < 3:
-        time.sleep(1)
-        children = live_trial_runs()
-        if children:
-            steps = [m.step for m in store().get_metric_history(children[0].info.run_id, "val/mse")]
-    assert len(steps) >= 3, "the trial should report three evaluations within five minutes"
-    workers = trial_workers(f"crash-{tmp_path.name}")
-    assert workers, "no trial worker to kill"
-    for pid in workers:
-        os.kill(pid, signal.SIGKILL)
-    _, stderr = driver.communicate(timeout=600)
-    assert driver.returncode == 0, stderr[-3000:]
+    try:
+        steps: list[int] = []
+        deadline = time.time() + 300
+        while time.time() < deadline and len(steps) < 3:
+            time.sleep(1)
+            children = live_trial_runs()
+            if children:
+                crashed = children[0]
+                steps = [m.step for m in store().get_metric_history(crashed.info.run_id, "val/mse")]
+        assert len(steps) >= 3, "the trial should report three evaluations within five minutes"
+        workers = trial_workers(name)
+        assert workers, "no trial worker to kill"
+        for pid in workers:
+            os.kill(pid, signal.SIGKILL)
 
+        def finished() -> list:
+            return [r for r in live_trial_runs() if r.info.status == "FINISHED"]
+
+        while time.time() < deadline and not finished():
+            time.sleep(1)
+        assert [r.info.run_id for r in finished()] == [crashed.info.run_id], (
+            "the crashed trial finishes first"
+        )
+    finally:
+        kill_tagged(name)
+        driver.wait()
+
+    resumed = run_cli("sweep", "sweep.yaml", "--resume", name, timeout=600)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
     client = store()
     experiment = client.get_experiment_by_name("it")
-    children = [
-        r for r in client.search_runs([experiment.experiment_id]) if "metasweep.trial_id" in r.data.tags
-    ]
-    assert len(children) == 1, "the retried trial continues its own child run"
-    assert children[0].info.status == "FINISHED"
-    history = [m.step for m in client.get_metric_history(children[0].info.run_id, "val/mse")]
-    assert history == list(range(20, 4001, 20)), history
+    runs = client.search_runs([experiment.experiment_id])
+    parents = [r for r in runs if "mlflow.parentRunId" not in r.data.tags]
+    children = [r for r in runs if "mlflow.parentRunId" in r.data.tags]
+    assert len(parents) == 1 and parents[0].info.status == "FINISHED"
+    trial_ids = [c.data.tags["metasweep.trial_id"] for c in children]
+    assert len(trial_ids) == len(set(trial_ids)) == 3, "one child run per trial, no duplicates"
+    every_step = list(range(20, 301, 20))
+    for child in children:
+        assert child.info.status == "FINISHED"
+        history = [m.step for m in client.get_metric_history(child.info.run_id, "val/mse")]
+        if child.info.run_id == crashed.info.run_id:
+            assert child.info.start_time == crashed.info.start_time
+            assert history == every_step, "the crashed trial continued its own run, once"
+        assert sorted(set(history)) == every_step, history
 
 
 def test_a_diverging_trial_scores_worst_and_the_sweep_goes_on(edit_config, run_cli, tmp_path: Path) -> None:

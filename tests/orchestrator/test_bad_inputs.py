@@ -1,7 +1,8 @@
 """Bad input caught at the boundary (issue 10): for each class of input that validated but could
 not run, one instance per command through the real entry point. Every one ends with exit code 2,
 one readable message and no traceback, before any work is done and with nothing left behind: no
-run folder, no half dataset, no MLflow store."""
+run folder, no half dataset, no MLflow store. The entry point runs in this process (``cli``): a
+fresh interpreter per case would spend most of the module's time importing PyTorch."""
 
 from __future__ import annotations
 
@@ -15,8 +16,6 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 import torch
-
-pytestmark = pytest.mark.cli
 
 ROOT = Path(__file__).resolve().parents[2]
 SINE = str(ROOT / "examples" / "sinusoid_maml.yaml")
@@ -127,9 +126,7 @@ CASES: dict[str, tuple[list[str], str]] = {
 
 
 @pytest.mark.parametrize("case", CASES, ids=list(CASES))
-def test_bad_input_ends_at_the_boundary_with_exit_2_and_leaves_nothing(
-    case: str, make_folder, run_cli
-) -> None:
+def test_bad_input_ends_at_the_boundary_with_exit_2_and_leaves_nothing(case: str, make_folder, cli) -> None:
     args, expected = CASES[case]
     from metasweep.orchestrator.data.importers import import_image_folder
 
@@ -143,19 +140,19 @@ def test_bad_input_ends_at_the_boundary_with_exit_2_and_leaves_nothing(
         foreign_checkpoint()
     before = sorted(str(p) for p in Path().rglob("*"))
 
-    result = run_cli(*args)
+    result = cli(*args)
     assert result.returncode == 2, (case, result.stdout[-1000:], result.stderr[-2000:])
     assert expected in result.stderr, (case, result.stderr[-2000:])
     assert "Traceback" not in result.stderr, result.stderr[-3000:]
     assert sorted(str(p) for p in Path().rglob("*")) == before  # no run, dataset, store or temp file
 
 
-def test_the_ui_refuses_a_port_that_is_taken(run_cli) -> None:
+def test_the_ui_refuses_a_port_that_is_taken(cli) -> None:
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))
         taken.listen()
         port = taken.getsockname()[1]
-        result = run_cli("ui", "--port", str(port))
+        result = cli("ui", "--port", str(port))
     assert result.returncode == 2, result.stderr
     assert f"port {port} on 127.0.0.1 is taken" in result.stderr and "Traceback" not in result.stderr
 
@@ -180,11 +177,11 @@ def test_the_loader_checks_hold_for_a_dataset_with_consistent_metadata(make_fold
     ids=["models list", "models pull", "adapt", "ui"],
 )
 def test_a_read_only_command_in_the_wrong_folder_creates_no_store(
-    args: list[str], make_folder, free_port, run_cli
+    args: list[str], make_folder, free_port, cli
 ) -> None:
     """Run from a folder without ./mlflow.db, they used to create an empty one and show nothing."""
     make_folder(Path("p"), classes=2, per_class=1)
-    result = run_cli(*[str(free_port()) if a == "PORT" else a for a in args])
+    result = cli(*[str(free_port()) if a == "PORT" else a for a in args])
     assert result.returncode == 2, result.stderr[-2000:]
     assert "no MLflow store at" in result.stderr and "--tracking-uri" in result.stderr
     assert not Path("mlflow.db").exists()

@@ -47,7 +47,7 @@ def test_import_info_preview(make_folder, run_cli, tmp_path: Path) -> None:
     ],
 )
 def test_bad_data_input_exits_2_and_leaves_nothing(
-    make_folder, run_cli, make: str, args: list[str], expected: str
+    make_folder, cli, make: str, args: list[str], expected: str
 ) -> None:
     if make == "empty":
         Path("empty").mkdir()
@@ -55,18 +55,20 @@ def test_bad_data_input_exits_2_and_leaves_nothing(
         make_folder(Path("p"), classes=5, per_class=3)
     if make == "badimg":
         Path("p/class_01/broken.jpg").write_bytes(b"\xff\xd8 not really a jpeg")
-    result = run_cli(*args)
+    result = cli(*args)
     assert result.returncode == 2, result.stderr
     assert expected in result.stderr
     assert "Traceback" not in result.stderr
     assert not list(Path().glob("*.parquet")) and not list(Path().glob(".*tmp*"))
 
 
-def test_impossible_episode_is_refused_before_training(make_folder, root, run_cli, tmp_path: Path) -> None:
+def test_impossible_episode_is_refused_before_training(
+    make_folder, root, cli, run_cli, tmp_path: Path
+) -> None:
     make_folder(Path("p"), classes=10, per_class=4, size=16)  # Conv-4 takes 16x16 and up
     assert run_cli("data", "import", "p", "--out", "d.parquet").returncode == 0
     config = str(root / "examples" / "omniglot_protonet_5w1s.yaml")
-    result = run_cli(
+    result = cli(
         "train",
         config,
         "--set",
@@ -78,7 +80,7 @@ def test_impossible_episode_is_refused_before_training(make_folder, root, run_cl
     )
     assert result.returncode == 2
     assert "ways=20 but split 'train'" in result.stderr and "has only 6 classes" in result.stderr
-    result = run_cli(
+    result = cli(
         "train", config, "--set", "data.dataset=d.parquet", "--set", "data.ways=2", "--set", "data.shots=3"
     )
     assert result.returncode == 2
@@ -118,7 +120,7 @@ def test_protonet_on_real_omniglot_beats_chance(omniglot, root, run_cli) -> None
     assert metrics["test/accuracy"] - metrics["test/accuracy_ci95"] > 0.6, metrics
 
 
-def test_training_split_is_configurable(make_folder, root, run_cli, tmp_path: Path) -> None:
+def test_training_split_is_configurable(make_folder, root, cli, run_cli, tmp_path: Path) -> None:
     make_folder(Path("p"), classes=10, per_class=4, size=16)  # Conv-4 takes 16x16 and up
     assert (
         run_cli("data", "import", "p", "--out", "d.parquet", "--split-ratios", "0.3,0.3,0.4").returncode == 0
@@ -126,11 +128,11 @@ def test_training_split_is_configurable(make_folder, root, run_cli, tmp_path: Pa
     config = str(root / "examples" / "omniglot_protonet_5w1s.yaml")
     common = ["--set", "data.dataset=d.parquet", "--set", "data.rotations=false", "--set", "data.shots=1",
               "--set", "data.queries=1"]  # fmt: skip
-    refused = run_cli("train", config, *common, "--set", "data.ways=4")
+    refused = cli("train", config, *common, "--set", "data.ways=4")
     assert (
         refused.returncode == 2 and "split 'train'" in refused.stderr and "only 3 classes" in refused.stderr
     )
-    from_test = run_cli("train", config, *common, "--set", "data.ways=4", "--set", "data.split=test")
+    from_test = cli("train", config, *common, "--set", "data.ways=4", "--set", "data.split=test")
     assert from_test.returncode == 2 and "split 'val'" in from_test.stderr, from_test.stderr
-    bad = run_cli("train", config, *common, "--set", "data.split=holdout")
+    bad = cli("train", config, *common, "--set", "data.split=holdout")
     assert bad.returncode == 2 and "data.split" in bad.stderr

@@ -79,8 +79,8 @@ def test_training_beats_the_untrained_model_resumes_exactly_and_rescores(run_cli
         (["evaluate", "runs/none", "--set", "train.inner_lr=1"], "only takes eval.* overrides"),
     ],
 )
-def test_bad_input_exits_2_with_one_message(run_cli, args: list[str], expected: str) -> None:
-    result = run_cli(*args)
+def test_bad_input_exits_2_with_one_message(cli, args: list[str], expected: str) -> None:
+    result = cli(*args)
     assert result.returncode == 2, result.stderr
     assert expected in result.stderr
     assert "Traceback" not in result.stderr
@@ -89,8 +89,8 @@ def test_bad_input_exits_2_with_one_message(run_cli, args: list[str], expected: 
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has a GPU")
-def test_cuda_without_gpu_exits_2(run_cli) -> None:
-    result = run_cli("train", EXAMPLE, "--set", "device=cuda")
+def test_cuda_without_gpu_exits_2(cli) -> None:
+    result = cli("train", EXAMPLE, "--set", "device=cuda")
     assert result.returncode == 2
     assert "no CUDA GPU is visible" in result.stderr
     assert not Path("runs").exists()
@@ -104,20 +104,20 @@ def test_help_lists_commands_and_options(run_cli) -> None:
     assert "--set" in sub.stdout and "KEY=VALUE" in sub.stdout and "--resume" in sub.stdout
 
 
-def test_a_second_run_of_one_name_is_refused_unless_told_and_loses_nothing(run_cli) -> None:
+def test_a_second_run_of_one_name_is_refused_unless_told_and_loses_nothing(cli, run_cli) -> None:
     quick = ["--set", "train.iterations=5", "--set", "train.eval_every=5", "--set", "name=same", *SHORT]
     first = run_cli("train", EXAMPLE, *quick)
     assert first.returncode == 0, first.stderr
     run_dir = Path("runs/same")
     kept = {p.name: p.read_bytes() for p in run_dir.iterdir()}
 
-    again = run_cli("train", EXAMPLE, *quick)
+    again = cli("train", EXAMPLE, *quick)
     assert again.returncode == 2 and "Traceback" not in again.stderr
     assert "run 'same' already exists" in again.stderr and "--resume" in again.stderr
     assert "--overwrite" in again.stderr
     assert {p.name: p.read_bytes() for p in run_dir.iterdir()} == kept  # untouched
 
-    both = run_cli("train", EXAMPLE, *quick, "--resume", "--overwrite")
+    both = cli("train", EXAMPLE, *quick, "--resume", "--overwrite")
     assert both.returncode == 2 and "not both" in both.stderr
 
     over = run_cli("train", EXAMPLE, *quick, "--overwrite")

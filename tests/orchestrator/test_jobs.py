@@ -108,28 +108,28 @@ def test_pack_holds_the_packages_and_the_resolved_config(tmp_path: Path) -> None
     assert done.stdout.strip() == str(folder / "metasweep" / "orchestrator" / "__init__.py")
 
 
-def test_submit_to_nothing_fails_fast_with_exit_2(free_port, run_cli) -> None:
+def test_submit_to_nothing_fails_fast_with_exit_2(free_port, cli) -> None:
     Path("s.yaml").write_text(
         "name: s\nsearch: {space: {train.inner_lr: {type: uniform, low: 0.1, high: 0.2}}}\n"
     )
     started = time.time()
-    result = run_cli("submit", "s.yaml", "--address", f"http://127.0.0.1:{free_port()}")
+    result = cli("submit", "s.yaml", "--address", f"http://127.0.0.1:{free_port()}")
     assert result.returncode == 2
     assert "no Ray cluster answers at http://127.0.0.1:" in result.stderr
     assert "Traceback" not in result.stderr
     assert time.time() - started < 30
 
 
-def test_submit_checks_the_config_before_the_cluster(run_cli) -> None:
+def test_submit_checks_the_config_before_the_cluster(cli) -> None:
     Path("s.yaml").write_text(
         "name: s\nsearch: {space: {train.inner_lr: {type: uniform, low: 0.1, high: 0.2}}}\n"
     )
-    result = run_cli("submit", "s.yaml", "--address", "http://127.0.0.1:1", "--set", "train.meta_lr=-1")
+    result = cli("submit", "s.yaml", "--address", "http://127.0.0.1:1", "--set", "train.meta_lr=-1")
     assert result.returncode == 2 and "train.meta_lr" in result.stderr
 
 
-def test_jobs_need_an_address(run_cli) -> None:
-    result = run_cli("jobs", "list")
+def test_jobs_need_an_address(cli) -> None:
+    result = cli("jobs", "list")
     assert result.returncode == 2 and "--address" in result.stderr
 
 
