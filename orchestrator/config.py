@@ -475,6 +475,11 @@ class SearchConfig(_Section):
     )
     num_samples: int = Field(8, ge=1, description="trials to run")
     max_concurrent: int = Field(2, ge=1, description="trials running at once")
+    constant_liar: bool = Field(
+        True,
+        description="TPE: count running trials as the worst result so far, so that concurrent "
+        "trials spread out instead of sampling the same region (benchmarks/parallel_sampling.py)",
+    )
     initial_points: tuple[dict[str, Any], ...] = Field(
         (), description="settings to evaluate first (e.g. the paper's), by dotted name"
     )
@@ -494,6 +499,19 @@ class SearchConfig(_Section):
         description="seconds between a trial's progress reports while it trains between evaluations",
     )
     seed: int = Field(0, ge=0, le=SEED_MAX, description="seed of the Optuna sampler")
+    study_storage: str | None = Field(
+        None,
+        description="Optuna storage URL of the sweep's study (sqlite:///..., postgresql://...); "
+        "default: the PostgreSQL tracking store's database (schema optuna), else optuna.db in the "
+        "sweep's folder",
+    )
+
+    @field_validator("study_storage")
+    @classmethod
+    def _rdb_url(cls, url: str | None) -> str | None:
+        if url is not None and url.split("://")[0].split("+")[0] not in ("sqlite", "postgresql", "mysql"):
+            raise ValueError(f"{redact(url)} is not a database URL (sqlite:///..., postgresql://...)")
+        return url
 
 
 class TrackingConfig(_Section):

@@ -161,7 +161,9 @@ def cli() -> Callable[..., subprocess.CompletedProcess[str]]:
     """``cli(*args)``: ``metasweep ARGS`` through its entry point in this process, with what it
     printed and its exit code as ``run_cli`` returns them (a traceback on stderr, exit code 1, for
     an exception that escapes it). For commands that end before any work: a command that works
-    would start its Ray, servers or training inside the test process."""
+    would start its Ray, servers or training inside the test process. Name a store by an absolute
+    URI: MLflow keeps one database engine per URI string in a process, so ``sqlite:///mlflow.db``
+    would reach the store of the first test that opened it."""
     return _cli
 
 

@@ -1,5 +1,5 @@
-"""``metasweep models``, ``adapt`` and ``ui``: the registry, a registered model at work, and the
-MLflow UI."""
+"""``metasweep models``, ``adapt``, ``ui`` and ``dashboard``: the registry, a registered model at
+work, the MLflow UI and a sweep's Optuna study in Optuna Dashboard."""
 
 from __future__ import annotations
 
@@ -17,7 +17,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from metasweep.orchestrator.cli.app import Command, TrackingOpt, app
+from metasweep.orchestrator.cli.app import Command, StorageOpt, TrackingOpt, app
 from metasweep.orchestrator.cli.console import say, stderr
 from metasweep.orchestrator.errors import UserError
 from metasweep.orchestrator.outputs import check_output
@@ -161,13 +161,7 @@ def ui(
     if uri.startswith(("http://", "https://")):
         say(f"{uri} is a tracking server with its own UI: open {ui_url(uri, 'experiments')}")
         return
-    with socket.socket() as probe:
-        try:
-            probe.bind(("127.0.0.1", port))
-        except OSError as exc:
-            raise UserError(
-                f"port {port} on 127.0.0.1 is taken ({exc.strerror}); pick another with --port"
-            ) from None
+    check_port(port)
     existing_store(uri)
     say(f"MLflow UI for {uri} at {ui_url(uri, 'experiments', port)} (Ctrl-C to stop)")
     # One worker and no GenAI job runner: a single-user UI over a file store needs neither, and
@@ -189,6 +183,58 @@ def ui(
     finally:
         stop_group(server)
         signal.signal(signal.SIGTERM, previous)
+
+
+@app.command(cls=Command)
+def dashboard(
+    name: Annotated[str, typer.Argument(metavar="NAME", help="The sweep.", show_default=False)],
+    storage: StorageOpt = None,
+    uri: TrackingOpt = None,
+    study_storage: Annotated[
+        str | None,
+        typer.Option(
+            "--study-storage",
+            metavar="URL",
+            help="The study's Optuna storage, for a sweep that set search.study_storage.",
+        ),
+    ] = None,
+    port: Annotated[int, typer.Option(metavar="PORT", help="Port on 127.0.0.1.", min=1, max=65535)] = 8080,
+) -> None:
+    """Show a sweep's Optuna study in Optuna Dashboard, on 127.0.0.1.
+
+    The study is where the sweep kept it: in the PostgreSQL tracking store's database, else in
+    optuna.db in the sweep's folder (see docs/sweeps.md). Nothing is created looking for it.
+    """
+    from metasweep.orchestrator.config import SWEEP_STORAGE, check_name
+    from metasweep.orchestrator.data.storage import absolute
+    from metasweep.orchestrator.sweep.study import find_study, serve_dashboard
+    from metasweep.orchestrator.tracking.store import tracking_uri
+
+    try:
+        check_name(name, "the sweep's name")
+    except ValueError as exc:
+        raise UserError(str(exc)) from None
+    url = find_study(name, tracking_uri(uri), f"{absolute(storage or SWEEP_STORAGE)}/{name}", study_storage)
+    check_port(port)
+    previous = signal.signal(signal.SIGTERM, _interrupt)
+    try:
+        serve_dashboard(url, name, port, tell=say)
+    except KeyboardInterrupt:  # its server returns on one itself, or not
+        pass
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    say("Optuna Dashboard stopped")
+
+
+def check_port(port: int) -> None:
+    """Refuse a port on 127.0.0.1 that something listens on already."""
+    with socket.socket() as probe:
+        try:
+            probe.bind(("127.0.0.1", port))
+        except OSError as exc:
+            raise UserError(
+                f"port {port} on 127.0.0.1 is taken ({exc.strerror}); pick another with --port"
+            ) from None
 
 
 def _interrupt(signum: int, frame: object) -> None:

@@ -28,7 +28,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlparse
+from urllib.parse import urlparse, urlsplit
 
 import psutil
 
@@ -102,6 +102,21 @@ def check_dataset(config: RunConfig, local_cluster: bool) -> str:
             "mounted on every node, and point data.dataset there"
         )
     return str(path)
+
+
+def check_study_storage(url: str | None) -> None:
+    """Refuse a study storage URL with a password in it: it would travel in the job's files (a
+    user name may stay: the nodes' PGPASSWORD or ~/.pgpass logs it in).
+
+    Raises:
+        UserError: a URL holding a password.
+    """
+    if url and urlsplit(url).password is not None:
+        raise UserError(
+            f"search.study_storage {redact(url)} holds a password, which would travel in the job's "
+            "files; give the URL without its password and let the cluster's nodes supply it "
+            "(PGPASSWORD; docs/cluster.md, 'Credentials')"
+        )
 
 
 def check_tracking(uri: str, local_cluster: bool, cluster: Cluster | None = None) -> str:
@@ -206,6 +221,7 @@ def submit(
             cluster, or an unreachable or refusing cluster. Nothing is submitted then.
     """
     forwarded = forwarded_env(forward)  # a misspelt name fails before the cluster is asked anything
+    check_study_storage(config.search.study_storage)
     cluster = Cluster(address)
     nodes = cluster.nodes()
     local = is_this_machine(nodes)

@@ -25,15 +25,26 @@ import ray
 from ray import tune
 from ray.tune.logger import CSVLoggerCallback, JsonLoggerCallback
 from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
-from ray.tune.search.optuna import OptunaSearch
 
 from metasweep.orchestrator.config import SWEEP_STORAGE, RunConfig, SweepConfig, to_yaml
 from metasweep.orchestrator.data.storage import absolute, path_exists
 from metasweep.orchestrator.errors import UserError
 from metasweep.orchestrator.problem import Problem
+from metasweep.orchestrator.redact import redact
 from metasweep.orchestrator.sweep.callback import TrackingCallback, outcome, tracking_to
 from metasweep.orchestrator.sweep.plots import sweep_plots
 from metasweep.orchestrator.sweep.space import OptunaSpace, distributions, make_sampler
+from metasweep.orchestrator.sweep.study import (
+    StudySearch,
+    check_new_study,
+    discard_if_alone,
+    open_storage,
+    plan,
+    record_plan,
+    study_storage,
+    study_tags,
+    trial_numbers,
+)
 from metasweep.orchestrator.sweep.trial import EVALUATED, ITERATION, trial
 from metasweep.orchestrator.tracking.model import ModelSpec
 from metasweep.orchestrator.tracking.registry import Candidate, Registration, register, scoring_protocol
@@ -157,6 +168,20 @@ def run_sweep(
     dataset = open_dataset(config)
     problem = config.problem(dataset.metadata if dataset is not None else None)
     build_sources(config, dataset)  # fail before launching trials on impossible episodes
+    study_url = study_storage(config.search.study_storage, uri, sweep_dir)
+    kept = None if study_url is None or _new_sqlite_file(study_url) else study_url  # exists already
+    if kept is not None and not resume:
+        check_new_study(open_storage(kept), config.name, kept)
+    todo = plan(config, resume, open_storage(kept) if kept is not None and resume else None)
+    if resume and kept is None:  # as Tune left it, which can finish the trials it planned only
+        planned = tracker.planned_samples()
+        if planned is not None and planned != config.search.num_samples:
+            where = f"at {redact(study_url)}" if study_url else "(it stayed in Tune's memory)"
+            raise UserError(
+                f"sweep {config.name!r} has no Optuna study {where}, so it cannot be extended or "
+                f"shortened: `--resume {config.name} --set search.num_samples={planned}` continues it"
+            )
+        tell(f"sweep {config.name} kept no Optuna study: it continues as Tune left it")
     owns_ray = _start_ray(address)
     try:
         where = _cluster_summary(owns_ray)
@@ -170,14 +195,20 @@ def run_sweep(
     tracker.open(resume)
     try:
         metric, mode = config.objective(problem)
-        tracker.log_sweep(_sweep_params(config, metric, mode), to_yaml(config))
+        if todo.extends:  # MLflow's params are immutable: num_samples' new value goes in a tag
+            tell(f"extending sweep {config.name} by {todo.samples} trials to {config.search.num_samples}")
+            tracker.log_sweep({}, to_yaml(config))
+            tracker.tag_sweep({"metasweep.num_samples": str(config.search.num_samples)})
+        else:
+            tracker.log_sweep(_sweep_params(config, metric, mode), to_yaml(config))
         trainable = tune.with_resources(
             tune.with_parameters(trial, sweep=config, problem=problem, dataset=dataset),
             {"cpu": config.search.cpus_per_trial, "gpu": config.search.gpus_per_trial},
         )
+        experiment = todo.restore or todo.start or config.name
         run_config = tune.RunConfig(
-            name=config.name,
-            storage_path=storage,
+            name=experiment.rsplit("/", 1)[-1],
+            storage_path=f"{storage}/{experiment.rsplit('/', 1)[0]}" if "/" in experiment else storage,
             failure_config=tune.FailureConfig(max_failures=config.search.max_failures),
             checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
             callbacks=[
@@ -187,31 +218,49 @@ def run_sweep(
             ],
             verbose=verbose,
         )
-        if resume:
-            tuner = tune.Tuner.restore(sweep_dir, trainable=trainable, resume_errored=True)
+        if todo.restore is not None:
+            tuner = tune.Tuner.restore(f"{storage}/{todo.restore}", trainable=trainable, resume_errored=True)
         else:
+            if study_url is None:
+                tell(
+                    "the sweep's Optuna study stays in Tune's memory (SQLite cannot live in object "
+                    "storage); set search.study_storage to a database URL to keep it"
+                )
+            tracker.tag_sweep(study_tags(config.name, study_url))
+            study_db = None if study_url is None else open_storage(study_url)
+            search = StudySearch(
+                space=OptunaSpace(config.algorithm, distributions(config.search.space)),
+                metric=metric,
+                mode=mode,
+                sampler=make_sampler(config.search),
+                # An extension's sampler learns from the earlier trials, which include them.
+                points_to_evaluate=None if todo.extends else list(config.search.initial_points) or None,
+                study_name=config.name,
+                storage=study_db,
+            )
+            if study_db is not None:
+                record_plan(study_db, config, todo)
             tuner = tune.Tuner(
                 trainable,
                 tune_config=tune.TuneConfig(
-                    search_alg=OptunaSearch(
-                        space=OptunaSpace(config.algorithm, distributions(config.search.space)),
-                        metric=metric,
-                        mode=mode,
-                        sampler=make_sampler(config.search),
-                        points_to_evaluate=list(config.search.initial_points) or None,
-                    ),
+                    search_alg=search,
                     scheduler=_scheduler(config, metric, mode),
-                    num_samples=config.search.num_samples,
+                    num_samples=todo.samples,
                     max_concurrent_trials=config.search.max_concurrent,
                     time_budget_s=config.search.time_budget_s,
                 ),
                 run_config=run_config,
             )
         with tracking_to(tracker), _stop_on_sigterm() as stopped:
-            results = tuner.fit()
+            results = [*_earlier_results(storage, todo.earlier, trainable), *_each(tuner.fit())]
         if stopped.is_set():
             raise KeyboardInterrupt(f"stopped; `--resume {config.name}` continues the sweep")
-        best = results.get_best_result(metric=metric, mode=mode, scope="all")
+        if study_url is not None:  # from MLflow's trial runs to the study's trials
+            numbers = trial_numbers(open_storage(study_url), config.name)
+            for trial_id, number in numbers.items():
+                if trial_id in tracker.children:
+                    tracker.tag_trial(trial_id, {"metasweep.optuna_trial": str(number)})
+        best = _best_result(results, metric, mode)
         if best.checkpoint is None or best.metrics is None:
             raise UserError("no trial reported a result; see the errors above")
         best_params = dict(best.config or {})
@@ -254,6 +303,8 @@ def run_sweep(
             table=trial_rows(results, metric, mode, config.train.iterations),
         )
     except BaseException as exc:
+        if not resume:  # a sweep that never got going leaves no folder behind for --resume
+            discard_if_alone(sweep_dir)
         try:
             tracker.outbox.flush(wait=True)
             tracker.finish("KILLED" if isinstance(exc, KeyboardInterrupt) else "FAILED", error=str(exc))
@@ -263,6 +314,40 @@ def run_sweep(
     finally:
         if owns_ray:
             ray.shutdown()
+
+
+def _earlier_results(storage: str, experiments: tuple[str, ...], trainable: Any) -> list[Any]:
+    """The results of the sweep's earlier Tune experiments (an extended sweep's), all ended."""
+    grids = [tune.Tuner.restore(f"{storage}/{e}", trainable=trainable).get_results() for e in experiments]
+    return [result for grid in grids for result in _each(grid)]
+
+
+def _each(grid: Any) -> list[Any]:
+    """The results of a Tune ``ResultGrid``, as a list."""
+    return [grid[i] for i in range(len(grid))]
+
+
+def _best_result(results: list[Any], metric: str, mode: str) -> Any:
+    """The trial with the best ``metric`` at any of its evaluations (Tune's ``scope="all"``)."""
+    sign = 1.0 if mode == "min" else -1.0
+    best, score = None, math.inf
+    for result in results:
+        frame = result.metrics_dataframe
+        if frame is None or metric not in frame:
+            continue
+        if EVALUATED in frame:
+            frame = frame[frame[EVALUATED].notna()]
+        values = [sign * float(v) for v in frame[metric] if v is not None and math.isfinite(float(v))]
+        if values and min(values) < score:
+            best, score = result, min(values)
+    if best is None:
+        raise UserError("no trial reported a result; see the errors above")
+    return best
+
+
+def _new_sqlite_file(url: str) -> bool:
+    """An SQLite study storage whose file does not exist yet (so holds no other sweep's study)."""
+    return url.startswith("sqlite:///") and not Path(url.removeprefix("sqlite:///")).exists()
 
 
 def _sweep_params(config: SweepConfig, metric: str, mode: str) -> dict[str, Any]:

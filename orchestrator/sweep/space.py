@@ -74,7 +74,9 @@ def make_sampler(search: SearchConfig) -> optuna.samplers.BaseSampler:
         # the inner-loop parameters jointly; the warning says nothing a user can act on.
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-            return optuna.samplers.TPESampler(seed=search.seed, multivariate=True, group=True)
+            return optuna.samplers.TPESampler(
+                seed=search.seed, multivariate=True, group=True, constant_liar=search.constant_liar
+            )
     if search.sampler == "random":
         return optuna.samplers.RandomSampler(seed=search.seed)
     if search.sampler == "cmaes":

@@ -273,6 +273,14 @@ class SweepTracker:
 
     # --- parent run -------------------------------------------------------------------------
 
+    def planned_samples(self) -> int | None:
+        """The trials the sweep planned, as its parent run records them (``None``: no parent)."""
+        if not self._parents:
+            return None
+        run = self.write("the sweep's run", lambda: self.client.get_run(self._parents[0]))
+        value = run.data.tags.get("metasweep.num_samples") or run.data.params.get("search.num_samples")
+        return None if value is None else int(value)
+
     def log_sweep(self, params: Mapping[str, Any], config_yaml: str) -> None:
         """Search space, searcher and scheduler settings, and the resolved config as an artifact."""
         batch = [Param(key, param_value(value)) for key, value in params.items()]
@@ -283,6 +291,11 @@ class SweepTracker:
         self.write(
             "config.yaml", lambda: self.client.log_text(self.parent_id, redact(config_yaml), "config.yaml")
         )
+
+    def tag_sweep(self, tags: Mapping[str, str]) -> None:
+        """Set tags on the sweep's parent run."""
+        batch = [RunTag(key, redact(value)) for key, value in tags.items()]
+        self.write("the sweep's tags", lambda: self.client.log_batch(self.parent_id, tags=batch))
 
     def log_best(self, trial_id: str, params: Mapping[str, Any], metrics: Mapping[str, float]) -> None:
         """The best trial's hyperparameters and metrics on the parent run."""

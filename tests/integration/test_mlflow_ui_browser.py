@@ -142,8 +142,9 @@ def screenshot(page: Page, tmp_path: Path, name: str) -> None:
 
 
 def test_mlflow_ui_shows_the_sweep_its_trials_their_curves_and_the_champion(
-    swept_ui: tuple[str, str, dict[str, str]], browser_page: Page, tmp_path: Path
+    swept_ui: tuple[str, str, dict[str, str]], browser_page: Page, free_port, wait_for_port, tmp_path: Path
 ) -> None:
+    """Then Optuna Dashboard shows the same sweep's study (one sweep for both keeps it short)."""
     ui_url, store_uri, links = swept_ui
     page = browser_page
     expect = sync_api.expect
@@ -209,3 +210,31 @@ def test_mlflow_ui_shows_the_sweep_its_trials_their_curves_and_the_champion(
     except Exception:
         screenshot(page, tmp_path, "failure")
         raise
+    dashboard_shows_the_study(page, free_port(), wait_for_port, tmp_path)
+
+
+def dashboard_shows_the_study(page: Page, port: int, wait_for_port, tmp_path: Path) -> None:
+    """The sweep's study, kept in its folder, in ``metasweep dashboard``: the study's name in the
+    list of studies, and its two trials on its page."""
+    dashboard = subprocess.Popen(
+        [sys.executable, "-m", "metasweep", "dashboard", SWEEP_NAME, "--port", str(port)],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
+    )  # fmt: skip
+    try:
+        wait_for_port(port, dashboard, "metasweep dashboard", timeout=60)
+        page.goto(f"http://127.0.0.1:{port}/dashboard")
+        study = page.get_by_role("link", name=re.compile(rf"^\d+\. {SWEEP_NAME} Direction: MINIMIZE"))
+        sync_api.expect(study).to_be_visible(timeout=WAIT_MS)
+        screenshot(page, tmp_path, "8-optuna-dashboard-studies")
+        study.click()
+        sync_api.expect(page.get_by_text(re.compile(rf"^{SWEEP_NAME} \(id=\d+\)$"))).to_be_visible(
+            timeout=WAIT_MS
+        )
+        sync_api.expect(page.get_by_role("heading", name="History")).to_be_visible(timeout=WAIT_MS)
+        sync_api.expect(page.get_by_role("heading", name="Hyperparameter Importance")).to_be_visible()
+        screenshot(page, tmp_path, "9-optuna-dashboard-study")
+    except Exception:
+        screenshot(page, tmp_path, "dashboard-failure")
+        raise
+    finally:
+        stop_group(dashboard)

@@ -10,6 +10,7 @@ import sys
 import time
 from pathlib import Path
 
+import optuna
 import pytest
 from mlflow.tracking import MlflowClient
 
@@ -37,9 +38,14 @@ tracking: {{experiment: it}}
 """
 
 
+def uri() -> str:
+    """The test's store as an absolute URI: MLflow caches one database engine per URI string in
+    a process, so a relative one would reach an earlier test's store from this process."""
+    return f"sqlite:///{Path('mlflow.db').absolute()}"
+
+
 def store() -> MlflowClient:
-    # An absolute URI: MLflow caches one database engine per URI string in a process.
-    return MlflowClient(f"sqlite:///{Path('mlflow.db').absolute()}")
+    return MlflowClient(uri())
 
 
 def live_trial_runs() -> list:
@@ -56,9 +62,13 @@ def live_trial_runs() -> list:
     return [r for r in runs if "metasweep.trial_id" in r.data.tags]
 
 
-def test_sweep_tracks_every_trial_as_a_child_run(run_cli, tmp_path: Path) -> None:
+def test_sweep_tracks_every_trial_as_a_child_run_and_extends_when_finished(
+    cli, run_cli, tmp_path: Path
+) -> None:
+    """A sweep's MLflow runs, plots and Optuna study; then, finished, the same sweep extended to
+    more trials (one sweep for both keeps the suite short)."""
     Path("sweep.yaml").write_text(SWEEP.format(name="s1"))
-    result = run_cli("sweep", "sweep.yaml", timeout=600)
+    result = run_cli("sweep", "sweep.yaml", "--set", "tracking.registered_model=s1-sine", timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
     summary = json.loads(result.stdout.strip().splitlines()[-1])
     assert {"best_trial", "train.inner_lr", "val/mse", "test/mse", "test/mse_ci95"} <= set(summary)
@@ -109,6 +119,61 @@ def test_sweep_tracks_every_trial_as_a_child_run(run_cli, tmp_path: Path) -> Non
         assert child.info.status == ("KILLED" if stopped else "FINISHED")
         assert (history[-1] < 60) == stopped
         assert "test/mse" not in child.data.metrics, "test tasks must not be seen by trials"
+
+    # The Optuna study outlived the driver, in the sweep's folder; it holds the evaluations only
+    # (the progress reports between them are not in it), and each view names the others.
+    study_file = Path("runs/sweeps/s1/optuna.db").absolute()
+    study = optuna.load_study(study_name="s1", storage=f"sqlite:///{study_file}")
+    assert len(study.trials) == 4 and all(t.state.is_finished() for t in study.trials)
+    # Tune tells the searcher a trial's last result as its end, not as an intermediate value.
+    assert all(set(t.intermediate_values) <= {20, 40} for t in study.trials)
+    assert any(set(t.intermediate_values) == {20, 40} for t in study.trials)  # one ran to 60
+    numbers = {t.user_attrs["tune_trial_id"]: t.number for t in study.trials}
+    assert parent.data.tags["metasweep.optuna_study"] == "s1"
+    assert parent.data.tags["metasweep.optuna_storage"] == f"sqlite:///{study_file}"
+    for child in children:
+        assert child.data.tags["metasweep.optuna_trial"] == str(
+            numbers[child.data.tags["metasweep.trial_id"]]
+        )
+
+    # Extended: two more trials, sampled with the four earlier ones in view; no earlier trial
+    # runs again; the same parent run gains their child runs; the summary covers all six and the
+    # registry step runs again. Lowering the count, or another space, is refused first.
+    here = ("--set", f"tracking.uri={uri()}")  # MLflow keeps one engine per URI string in a process
+    lower = cli("sweep", "sweep.yaml", "--resume", "s1", "--set", "search.num_samples=3", *here)
+    assert lower.returncode == 2 and "has 4 trials planned" in lower.stderr, lower.stderr[-2000:]
+    other_space = cli(
+        "sweep", "sweep.yaml", "--resume", "s1", "--set", "search.num_samples=6", *here,
+        "--set", "search.space={train.inner_lr: {type: loguniform, low: 0.001, high: 0.5}, "
+        "train.inner_steps: {type: int, low: 1, high: 2}}",
+    )  # fmt: skip
+    assert other_space.returncode == 2 and "keeps its search space" in other_space.stderr
+    before = {c.info.run_id: (c.info.start_time, c.info.end_time) for c in children}
+    extended = run_cli(
+        "sweep", "sweep.yaml", "--resume", "s1", "--set", "search.num_samples=6",
+        "--set", "tracking.registered_model=s1-sine", timeout=600,
+    )  # fmt: skip
+    assert extended.returncode == 0, extended.stderr[-3000:]
+    assert "extending sweep s1 by 2 trials to 6" in extended.stderr
+    assert "s1: 6 trials, best first" in extended.stderr
+    runs = client.search_runs([experiment.experiment_id])
+    assert [r.info.run_id for r in runs if "mlflow.parentRunId" not in r.data.tags] == [parent.info.run_id]
+    children = [r for r in runs if "mlflow.parentRunId" in r.data.tags]
+    assert len(children) == 6 and all(
+        c.data.tags["mlflow.parentRunId"] == parent.info.run_id for c in children
+    )
+    for child in children:
+        if child.info.run_id in before:
+            assert (child.info.start_time, child.info.end_time) == before[child.info.run_id]
+    study = optuna.load_study(study_name="s1", storage=f"sqlite:///{study_file}")
+    assert len(study.trials) == 6 and all(t.state.is_finished() for t in study.trials)
+    assert [t.params for t in study.trials].count({"train.inner_lr": 0.01, "train.inner_steps": 1}) == 1
+    assert len(client.search_model_versions("name = 's1-sine'")) == 2  # registered again
+    assert client.get_run(parent.info.run_id).data.tags["metasweep.num_samples"] == "6"
+    study_file.rename(study_file.with_suffix(".moved"))  # a study storage gone missing
+    lost = cli("sweep", "sweep.yaml", "--resume", "s1", "--set", "search.num_samples=8", *here)
+    assert lost.returncode == 2 and "has no Optuna study at sqlite:///" in lost.stderr, lost.stderr[-2000:]
+    assert "--set search.num_samples=6` continues it" in lost.stderr
 
 
 def test_bad_sweeps_exit_2_and_leave_no_run(cli, run_cli, tmp_path: Path) -> None:
@@ -169,7 +234,7 @@ def kill_tagged(tag: str) -> None:
             continue
 
 
-def test_a_killed_trial_and_a_killed_driver_lose_nothing(edit_config, run_cli, tmp_path: Path) -> None:
+def test_a_killed_trial_and_a_killed_driver_lose_nothing(edit_config, cli, run_cli, tmp_path: Path) -> None:
     """One sweep, two faults (one sweep for both keeps the suite short). Once the first trial has
     reported three evaluations, its Ray worker is SIGKILLed: Tune restarts it from its last
     checkpoint. Once it has finished, the driver and its local Ray are SIGKILLed: --resume
@@ -220,6 +285,18 @@ def test_a_killed_trial_and_a_killed_driver_lose_nothing(edit_config, run_cli, t
         kill_tagged(name)
         driver.wait()
 
+    # Its trials have not ended: extending it now is refused (resuming it is what finishes them).
+    early = cli(
+        "sweep",
+        "sweep.yaml",
+        "--resume",
+        name,
+        "--set",
+        "search.num_samples=5",
+        "--set",
+        f"tracking.uri={uri()}",
+    )
+    assert early.returncode == 2 and "have not ended" in early.stderr, early.stderr[-2000:]
     resumed = run_cli("sweep", "sweep.yaml", "--resume", name, timeout=600)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     client = store()

@@ -211,6 +211,14 @@ def test_a_tracking_uri_with_a_login_is_not_sent_to_a_cluster(uri: str) -> None:
     assert "canary" not in str(refused.value)
 
 
+def test_a_study_storage_with_a_login_is_not_sent_to_a_cluster() -> None:
+    with pytest.raises(UserError, match="holds a password") as refused:
+        submit.check_study_storage("postgresql://optuna:canary@db:5432/studies")
+    assert "canary" not in str(refused.value)
+    submit.check_study_storage("postgresql://optuna@db:5432/studies")  # the nodes' PGPASSWORD logs in
+    submit.check_study_storage(None)
+
+
 def test_a_dataset_uri_with_a_login_is_not_sent_to_a_cluster() -> None:
     config = RunConfig.model_validate(
         {"data": {"dataset": "https://user:canary@data.example.com/o.parquet"}, "model": {"name": "conv4"}}

@@ -1,0 +1,262 @@
+"""The sweep's Optuna study, kept in a database so that it outlives the driver.
+
+Ray Tune keeps an ``OptunaSearch``'s study inside its own pickled state, in memory; here the study
+lives in an Optuna RDB storage (:func:`study_storage`), named after the sweep, and the Tune trial
+id of each of its trials is a user attribute of it (``tune_trial_id``), so that the study can be
+opened on its own (Optuna Dashboard, ``optuna.load_study``) and found from the MLflow runs, whose
+tags name it (:func:`study_tags`).
+
+Where it lives, unless ``search.study_storage`` says:
+
+- a PostgreSQL tracking store: the same server and database, in a schema of its own, ``optuna``
+  (Optuna's and MLflow's tables would collide: both keep an ``alembic_version``);
+- otherwise, a local Tune storage: an SQLite file in the sweep's folder, ``optuna.db``;
+- otherwise (object storage, which SQLite cannot use): nowhere, the study stays in Tune's memory
+  as before, with a warning.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+import optuna
+from ray.tune.result import TRAINING_ITERATION
+from ray.tune.search.optuna import OptunaSearch
+
+from metasweep.orchestrator.config import SweepConfig
+from metasweep.orchestrator.errors import UserError
+from metasweep.orchestrator.redact import redact
+from metasweep.orchestrator.sweep.trial import EVALUATED
+
+log = logging.getLogger(__name__)
+STUDY_FILE = "optuna.db"
+SCHEMA = "optuna"
+TUNE_TRIAL_ID = "tune_trial_id"
+# The study's own record of the sweep (user attributes): trials planned, the Tune experiments
+# that ran them (folders under the sweep's storage, oldest first), and the search space.
+PLANNED, EXPERIMENTS, SPACE = "metasweep.num_samples", "metasweep.experiments", "metasweep.space"
+
+
+def study_storage(chosen: str | None, tracking: str, sweep_dir: str) -> str | None:
+    """The Optuna storage URL of a sweep's study, or ``None`` where it can only stay in memory.
+
+    Args:
+        chosen: the config's ``search.study_storage``, which wins when set.
+        tracking: the resolved MLflow tracking URI.
+        sweep_dir: the sweep's folder in Tune's storage (a local path or an object-storage URI).
+    """
+    if chosen:
+        return chosen
+    if urlsplit(tracking).scheme.split("+")[0] == "postgresql":
+        joiner = "&" if "?" in tracking else "?"
+        return f"{tracking}{joiner}options=-csearch_path%3D{SCHEMA}"
+    if "://" not in sweep_dir or sweep_dir.startswith("file://"):
+        return f"sqlite:///{Path(sweep_dir.removeprefix('file://')) / STUDY_FILE}"
+    return None
+
+
+def find_study(name: str, tracking: str, sweep_dir: str, chosen: str | None = None) -> str:
+    """The storage URL holding the study of sweep ``name``, where :func:`study_storage` put it.
+
+    Raises:
+        UserError: no study of that name there (nothing is created looking for it).
+    """
+    url = study_storage(chosen, tracking, sweep_dir)
+    readable = url is not None and not (url.startswith("sqlite:///") and not Path(url[10:]).exists())
+    if (
+        url is not None
+        and readable
+        and name in optuna.study.get_all_study_names(open_storage(url, create=False))
+    ):
+        return url
+    where = f"in {redact(url)}" if url else f"for a sweep whose storage is {sweep_dir.rsplit('/', 1)[0]}"
+    raise UserError(
+        f"no Optuna study of sweep {name!r} {where}; a sweep kept its study in memory only if it "
+        "ran before studies were kept (0.2.0) or on object storage without search.study_storage. Point to "
+        "the sweep with --storage and --tracking-uri, or to its study with --study-storage"
+    )
+
+
+def open_storage(url: str, create: bool = True) -> optuna.storages.RDBStorage:
+    """The RDB storage at ``url``, creating its tables (and, on PostgreSQL, its schema) first
+    unless ``create`` is false.
+
+    Raises:
+        UserError: the database cannot be reached or refuses the login.
+    """
+    try:
+        if create and url.startswith("sqlite:///"):
+            Path(url.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
+        elif create and f"search_path%3D{SCHEMA}" in url and url.startswith("postgresql"):
+            import sqlalchemy
+
+            engine = sqlalchemy.create_engine(url)
+            try:
+                with engine.begin() as connection:
+                    connection.execute(sqlalchemy.text(f"CREATE SCHEMA IF NOT EXISTS {SCHEMA}"))
+            finally:
+                engine.dispose()
+        return optuna.storages.RDBStorage(url)
+    except UserError:
+        raise
+    except Exception as exc:  # sqlalchemy's errors of an unreachable or refusing database
+        raise UserError(f"cannot open the Optuna study storage {redact(url)}: {exc}") from None
+
+
+def serve_dashboard(url: str, name: str, port: int, tell: Callable[[str], None] = log.info) -> None:
+    """Serve Optuna Dashboard for the study in ``url`` on 127.0.0.1:``port`` until interrupted,
+    opening on the study of sweep ``name``. The storage travels as an object, never on a command
+    line (``ps`` shows those to every user)."""
+    import optuna_dashboard
+
+    storage = open_storage(url, create=False)
+    page = f"http://127.0.0.1:{port}/dashboard/studies/{storage.get_study_id_from_name(name)}"
+    tell(f"Optuna Dashboard for sweep {name} at {page} (Ctrl-C to stop)")
+    optuna_dashboard.run_server(storage, host="127.0.0.1", port=port)
+
+
+def check_new_study(storage: optuna.storages.RDBStorage, name: str, url: str) -> None:
+    """Refuse a new sweep whose name a study in ``storage`` already has (another sweep's)."""
+    if name in optuna.study.get_all_study_names(storage):
+        raise UserError(
+            f"the Optuna study storage {redact(url)} already holds a study named {name!r}, from "
+            "another sweep; give this sweep a new name with --set name=..., or delete that study "
+            f"(optuna delete-study --study-name {name} --storage URL)"
+        )
+
+
+def discard_if_alone(sweep_dir: str) -> None:
+    """Remove a local sweep folder that holds nothing but its study file: a sweep that failed
+    before Tune wrote its state, which ``--resume`` could not continue."""
+    if "://" in sweep_dir:
+        return
+    folder = Path(sweep_dir)
+    if folder.is_dir() and [p.name for p in folder.iterdir()] == [STUDY_FILE]:
+        (folder / STUDY_FILE).unlink()
+        folder.rmdir()
+
+
+def study_tags(name: str, url: str | None) -> dict[str, str]:
+    """The parent run's tags that lead from MLflow to the study (the URL's login masked)."""
+    if url is None:
+        return {"metasweep.optuna_study": f"{name} (in memory only)"}
+    return {"metasweep.optuna_study": name, "metasweep.optuna_storage": redact(url)}
+
+
+def trial_numbers(storage: optuna.storages.BaseStorage, name: str) -> dict[str, int]:
+    """The Optuna trial number of each Tune trial id of the study ``name``."""
+    study = optuna.load_study(study_name=name, storage=storage)
+    return {
+        str(t.user_attrs[TUNE_TRIAL_ID]): t.number
+        for t in study.get_trials(deepcopy=False)
+        if TUNE_TRIAL_ID in t.user_attrs
+    }
+
+
+class StudySearch(OptunaSearch):
+    """Tune's ``OptunaSearch``, with a study that holds what a trial evaluated, and only that.
+
+    A trial's progress reports between evaluations (no ``evaluated_at``) repeat its last score and
+    are not given to the study; an evaluation is reported at its meta-iteration (``evaluated_at``),
+    not at Tune's count of reports. Each Optuna trial records the id of the Tune trial it became.
+    """
+
+    def suggest(self, trial_id: str) -> dict[str, Any] | None:
+        config = super().suggest(trial_id)
+        ot_trial = self._ot_trials.get(trial_id)
+        if ot_trial is not None and TUNE_TRIAL_ID not in ot_trial.user_attrs:
+            ot_trial.set_user_attr(TUNE_TRIAL_ID, trial_id)
+        return config
+
+    def on_trial_result(self, trial_id: str, result: dict[str, Any]) -> None:
+        if EVALUATED not in result:
+            return
+        super().on_trial_result(trial_id, {**result, TRAINING_ITERATION: int(result[EVALUATED])})
+
+
+@dataclass(frozen=True)
+class Plan:
+    """What a run of ``metasweep sweep`` does with the sweep's Tune experiments.
+
+    Attributes:
+        earlier: experiments whose trials have all ended, shown in the summary beside this run's.
+        restore: the experiment to continue with ``Tuner.restore`` (a driver that died), or None.
+        start: the experiment to start, or None.
+        samples: trials ``start`` runs.
+    """
+
+    earlier: tuple[str, ...]
+    restore: str | None
+    start: str | None
+    samples: int
+
+    @property
+    def extends(self) -> bool:
+        """Whether this run adds trials to a sweep that had finished."""
+        return self.start is not None and bool(self.earlier)
+
+
+def plan(config: SweepConfig, resume: bool, storage: optuna.storages.BaseStorage | None) -> Plan:
+    """How to run ``config``: a new sweep, a sweep to continue, or a finished one to extend to
+    ``search.num_samples`` trials. A sweep without a kept study (started by 0.2.0, or on object
+    storage without ``search.study_storage``) can only be continued as Tune left it.
+
+    Raises:
+        UserError: fewer trials than the sweep has planned, an extension of a sweep with trials
+            that have not ended (its driver runs, or died: ``--resume`` finishes them first), a
+            changed search space, or a study of that name that is not a sweep's.
+    """
+    name, wanted = config.name, config.search.num_samples
+    if not resume:
+        return Plan((), None, name, wanted)
+    if storage is None:
+        return Plan((), name, None, 0)
+    if name not in optuna.study.get_all_study_names(storage):  # kept in memory by 0.2.0
+        return Plan((), name, None, 0)
+    study = optuna.load_study(study_name=name, storage=storage)
+    attrs = study.user_attrs
+    if PLANNED not in attrs:  # a study written by something else than a sweep
+        raise UserError(f"the Optuna study {name!r} in the study storage is not a metasweep sweep's")
+    planned, experiments = int(attrs[PLANNED]), tuple(attrs[EXPERIMENTS])
+    if wanted < planned:
+        raise UserError(
+            f"sweep {name!r} has {planned} trials planned; search.num_samples={wanted} would lower "
+            f"that: pass --set search.num_samples={planned} to continue it, or more to extend it"
+        )
+    if wanted == planned:
+        return Plan(experiments[:-1], experiments[-1], None, 0)
+    trials = study.get_trials(deepcopy=False)
+    unfinished = [t.number for t in trials if not t.state.is_finished()]
+    if unfinished or len(trials) < planned:
+        raise UserError(
+            f"sweep {name!r} has trials that have not ended (its driver is running, or died): "
+            f"`--resume {name} --set search.num_samples={planned}` finishes them; extend it after"
+        )
+    if json.loads(attrs[SPACE]) != json.loads(json.dumps(space_record(config))):
+        raise UserError(
+            f"extending sweep {name!r} keeps its search space; the config's search.space differs "
+            "from the one its trials were sampled from: start a new sweep for another space"
+        )
+    return Plan(experiments, None, f"{name}/extend-{len(experiments)}", wanted - planned)
+
+
+def space_record(config: SweepConfig) -> dict[str, Any]:
+    """The search space as the study records it (plain JSON values, by dotted name)."""
+    space = {key: spec.model_dump(exclude_none=True) for key, spec in config.search.space.items()}
+    return {"algorithm": config.algorithm, "space": space}
+
+
+def record_plan(storage: optuna.storages.BaseStorage, config: SweepConfig, plan: Plan) -> None:
+    """Write the sweep's planned trials, experiments and space into its study (before Tune runs,
+    so that a driver dying meanwhile leaves a study that --resume continues)."""
+    study = optuna.load_study(study_name=config.name, storage=storage)
+    earlier = list(study.user_attrs.get(EXPERIMENTS, []))
+    study.set_user_attr(PLANNED, config.search.num_samples)
+    study.set_user_attr(EXPERIMENTS, [*earlier, plan.start] if plan.start else earlier)
+    study.set_user_attr(SPACE, json.dumps(space_record(config)))

@@ -1,0 +1,143 @@
+"""The sweep's persistent Optuna study: where it lives, what it holds, how it is found."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import optuna
+import pytest
+
+from metasweep.orchestrator.config import SweepConfig
+from metasweep.orchestrator.errors import UserError
+from metasweep.orchestrator.sweep.space import OptunaSpace, distributions, make_sampler
+from metasweep.orchestrator.sweep.study import (
+    STUDY_FILE,
+    Plan,
+    StudySearch,
+    check_new_study,
+    discard_if_alone,
+    open_storage,
+    plan,
+    record_plan,
+    study_storage,
+    study_tags,
+    trial_numbers,
+)
+
+SPACE = {"train.inner_lr": {"type": "loguniform", "low": 0.001, "high": 0.1}}
+
+
+def sweep(**search: object) -> SweepConfig:
+    return SweepConfig.model_validate({"name": "s", "search": {"space": SPACE, **search}})
+
+
+def test_the_study_lives_beside_the_tracking_store_or_the_sweep() -> None:
+    chosen = sweep().search.study_storage
+    postgres = "postgresql://mlflow@db:5432/mlflow"
+    assert study_storage(chosen, postgres, "/runs/sweeps/s") == f"{postgres}?options=-csearch_path%3Doptuna"
+    assert study_storage(chosen, f"{postgres}?sslmode=require", "/x").endswith(
+        "?sslmode=require&options=-csearch_path%3Doptuna"
+    )
+    assert (
+        study_storage(chosen, "http://mlflow:5000", "/runs/sweeps/s")
+        == f"sqlite:////runs/sweeps/s/{STUDY_FILE}"
+    )
+    assert study_storage(chosen, "sqlite:///mlflow.db", "s3://b/sweeps/s") is None  # no SQLite there
+    mysql = sweep(study_storage="mysql://u@h/optuna").search.study_storage
+    assert study_storage(mysql, postgres, "s3://bucket/sweeps/s") == "mysql://u@h/optuna"
+    assert study_tags("s", None) == {"metasweep.optuna_study": "s (in memory only)"}
+    assert study_tags("s", "postgresql://u:pw@h/db")["metasweep.optuna_storage"] == "postgresql://***@h/db"
+
+
+def test_a_study_storage_that_is_no_database_is_refused() -> None:
+    with pytest.raises(Exception, match="is not a database URL"):
+        sweep(study_storage="s3://bucket/study")
+
+
+def test_the_study_holds_evaluations_at_their_meta_iteration_and_names_its_tune_trials(
+    tmp_path: Path,
+) -> None:
+    config = sweep()
+    url = f"sqlite:///{tmp_path / 'sub' / STUDY_FILE}"
+    search = StudySearch(
+        space=OptunaSpace(config.algorithm, distributions(config.search.space)),
+        metric="val/mse",
+        mode="min",
+        sampler=make_sampler(config.search),
+        study_name="s",
+        storage=open_storage(url),
+    )
+    assert 0.001 <= search.suggest("trial_a")["train.inner_lr"] <= 0.1
+    search.suggest("trial_b")
+    search.on_trial_result("trial_a", {"val/mse": 2.0, "iteration": 5, "training_iteration": 1})
+    search.on_trial_result(
+        "trial_a", {"val/mse": 1.5, "iteration": 10, "evaluated_at": 10, "training_iteration": 2}
+    )
+    search.on_trial_result("trial_a", {"val/mse": 1.5, "iteration": 15, "training_iteration": 3})
+    search.on_trial_complete("trial_a", {"val/mse": 1.2, "iteration": 20, "evaluated_at": 20})
+
+    study = optuna.load_study(study_name="s", storage=url)  # another process would see the same
+    first = study.trials[0]
+    assert first.state == optuna.trial.TrialState.COMPLETE and first.value == 1.2
+    assert first.intermediate_values == {10: 1.5}  # the progress reports at 5 and 15 are not in it
+    assert trial_numbers(open_storage(url), "s") == {"trial_a": 0, "trial_b": 1}
+    with pytest.raises(UserError, match="already holds a study named 's'"):
+        check_new_study(open_storage(url), "s", url)
+    check_new_study(open_storage(url), "another", url)
+
+
+def test_an_unreachable_study_storage_is_one_clear_error() -> None:
+    with pytest.raises(
+        UserError, match=r"cannot open the Optuna study storage postgresql://\*\*\*@127.0.0.1:1/x"
+    ):
+        open_storage("postgresql://u:secret@127.0.0.1:1/x?options=-csearch_path%3Doptuna")
+
+
+def test_a_sweep_folder_holding_only_its_study_is_removed(tmp_path: Path) -> None:
+    alone, busy = tmp_path / "alone", tmp_path / "busy"
+    for folder in (alone, busy):
+        folder.mkdir()
+        (folder / STUDY_FILE).write_text("")
+    (busy / "tuner.pkl").write_text("")
+    discard_if_alone(str(alone))
+    discard_if_alone(str(busy))
+    assert not alone.exists() and (busy / STUDY_FILE).exists()
+
+
+def test_a_sweep_is_started_continued_or_extended_as_its_study_records(tmp_path: Path) -> None:
+    storage = open_storage(f"sqlite:///{tmp_path / STUDY_FILE}")
+    config = sweep(num_samples=2)
+    assert plan(config, resume=False, storage=None) == Plan((), None, "s", 2)
+    assert plan(config, resume=True, storage=None) == Plan((), "s", None, 0)  # as Tune left it
+    assert plan(config, resume=True, storage=storage) == Plan((), "s", None, 0)  # no study: 0.2.0's
+
+    study = optuna.create_study(study_name="s", storage=storage)
+    record_plan(storage, config, plan(config, resume=False, storage=None))
+    first = study.ask()
+    assert plan(config, resume=True, storage=storage) == Plan((), "s", None, 0)  # continue it
+    with pytest.raises(UserError, match="have not ended"):
+        plan(sweep(num_samples=3), resume=True, storage=storage)
+    study.tell(first, 1.0)
+    study.tell(study.ask(), 2.0)
+    with pytest.raises(UserError, match=r"has 2 trials planned; search\.num_samples=1 would lower"):
+        plan(sweep(num_samples=1), resume=True, storage=storage)
+    other = SweepConfig.model_validate(
+        {
+            "name": "s",
+            "search": {
+                "num_samples": 5,
+                "space": {**SPACE, "train.inner_steps": {"type": "int", "low": 1, "high": 3}},
+            },
+        }
+    )
+    with pytest.raises(UserError, match="keeps its search space"):
+        plan(other, resume=True, storage=storage)
+
+    extension = plan(sweep(num_samples=5), resume=True, storage=storage)
+    assert extension == Plan(("s",), None, "s/extend-1", 3) and extension.extends
+    record_plan(storage, sweep(num_samples=5), extension)
+    assert plan(sweep(num_samples=5), resume=True, storage=storage) == Plan(("s",), "s/extend-1", None, 0)
+
+    optuna.create_study(study_name="foreign", storage=storage)
+    with pytest.raises(UserError, match="is not a metasweep sweep's"):
+        plan(SweepConfig.model_validate({"name": "foreign", "search": {"space": SPACE}}), True, storage)
