@@ -41,6 +41,7 @@ from metasweep.orchestrator.sweep.study import (
     open_storage,
     plan,
     record_plan,
+    study_exists,
     study_storage,
     study_tags,
     trial_numbers,
@@ -169,11 +170,14 @@ def run_sweep(
     problem = config.problem(dataset.metadata if dataset is not None else None)
     build_sources(config, dataset)  # fail before launching trials on impossible episodes
     study_url = study_storage(config.search.study_storage, uri, sweep_dir)
-    kept = None if study_url is None or _new_sqlite_file(study_url) else study_url  # exists already
-    if kept is not None and not resume:
-        check_new_study(open_storage(kept), config.name, kept)
-    todo = plan(config, resume, open_storage(kept) if kept is not None and resume else None)
-    if resume and kept is None:  # as Tune left it, which can finish the trials it planned only
+    # Opened now only where it exists already: a new SQLite file waits until the checks pass.
+    study_db = None
+    if study_url is not None and study_exists(study_url):
+        study_db = open_storage(study_url)
+        if not resume:
+            check_new_study(study_db, config.name, study_url)
+    todo = plan(config, resume, study_db if resume else None)
+    if resume and study_db is None:  # as Tune left it, which can finish the trials it planned only
         planned = tracker.planned_samples()
         if planned is not None and planned != config.search.num_samples:
             where = f"at {redact(study_url)}" if study_url else "(it stayed in Tune's memory)"
@@ -227,7 +231,8 @@ def run_sweep(
                     "storage); set search.study_storage to a database URL to keep it"
                 )
             tracker.tag_sweep(study_tags(config.name, study_url))
-            study_db = None if study_url is None else open_storage(study_url)
+            if study_url is not None and study_db is None:
+                study_db = open_storage(study_url)
             search = StudySearch(
                 space=OptunaSpace(config.algorithm, distributions(config.search.space)),
                 metric=metric,
@@ -255,8 +260,8 @@ def run_sweep(
             results = [*_earlier_results(storage, todo.earlier, trainable), *_each(tuner.fit())]
         if stopped.is_set():
             raise KeyboardInterrupt(f"stopped; `--resume {config.name}` continues the sweep")
-        if study_url is not None:  # from MLflow's trial runs to the study's trials
-            numbers = trial_numbers(open_storage(study_url), config.name)
+        if study_db is not None:  # from MLflow's trial runs to the study's trials
+            numbers = trial_numbers(study_db, config.name)
             for trial_id, number in numbers.items():
                 if trial_id in tracker.children:
                     tracker.tag_trial(trial_id, {"metasweep.optuna_trial": str(number)})
@@ -343,11 +348,6 @@ def _best_result(results: list[Any], metric: str, mode: str) -> Any:
     if best is None:
         raise UserError("no trial reported a result; see the errors above")
     return best
-
-
-def _new_sqlite_file(url: str) -> bool:
-    """An SQLite study storage whose file does not exist yet (so holds no other sweep's study)."""
-    return url.startswith("sqlite:///") and not Path(url.removeprefix("sqlite:///")).exists()
 
 
 def _sweep_params(config: SweepConfig, metric: str, mode: str) -> dict[str, Any]:

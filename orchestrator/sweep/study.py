@@ -68,10 +68,9 @@ def find_study(name: str, tracking: str, sweep_dir: str, chosen: str | None = No
         UserError: no study of that name there (nothing is created looking for it).
     """
     url = study_storage(chosen, tracking, sweep_dir)
-    readable = url is not None and not (url.startswith("sqlite:///") and not Path(url[10:]).exists())
     if (
         url is not None
-        and readable
+        and study_exists(url)
         and name in optuna.study.get_all_study_names(open_storage(url, create=False))
     ):
         return url
@@ -81,6 +80,12 @@ def find_study(name: str, tracking: str, sweep_dir: str, chosen: str | None = No
         "ran before studies were kept (0.2.0) or on object storage without search.study_storage. Point to "
         "the sweep with --storage and --tracking-uri, or to its study with --study-storage"
     )
+
+
+def study_exists(url: str) -> bool:
+    """Whether the storage at ``url`` may hold studies already: any database but an SQLite file
+    that does not exist yet (opening it would create it)."""
+    return not url.startswith("sqlite:///") or Path(url.removeprefix("sqlite:///")).exists()
 
 
 def open_storage(url: str, create: bool = True) -> optuna.storages.RDBStorage:
