@@ -16,7 +16,7 @@ from typing import Any
 from ray import tune
 
 from metasweep.orchestrator.sweep.trial import DIVERGED, EVALUATED, ITERATION, NODE
-from metasweep.orchestrator.tracking.runs import SweepTracker
+from metasweep.orchestrator.tracking.runs import NODES_TAG, SweepTracker
 
 _TRACKER: ContextVar[SweepTracker] = ContextVar("metasweep_sweep_tracker")
 
@@ -91,7 +91,9 @@ class TrackingCallback(tune.Callback):
         # Tune's timestamp is when the trial reported, which may be long before the driver gets
         # to log it (a tracking-server outage, a busy driver).
         self.tracker.log_trial_metrics(trial.trial_id, result, step, timestamp=result.get("timestamp"))
-        visited = self.nodes.setdefault(trial.trial_id, [])
+        if trial.trial_id not in self.nodes:  # the first report this driver sees of it
+            self.nodes[trial.trial_id] = self.tracker.trial_nodes(trial.trial_id)
+        visited = self.nodes[trial.trial_id]
         node_id = str(result.get(NODE, ""))
         if node_id and (not visited or visited[-1] != node_id):
             visited.append(node_id)  # a trial restarted after a node failure moves on
@@ -100,7 +102,7 @@ class TrackingCallback(tune.Callback):
                 {
                     "metasweep.node": str(result.get("node_ip", "")),
                     "metasweep.node_id": node_id,
-                    "metasweep.nodes": ",".join(visited),
+                    NODES_TAG: ",".join(visited),
                 },
             )
 

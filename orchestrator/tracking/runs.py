@@ -33,6 +33,7 @@ T = TypeVar("T")
 SWEEP_TAG = "metasweep.sweep"
 TRIAL_TAG = "metasweep.trial_id"
 PARENT_TAG = "mlflow.parentRunId"
+NODES_TAG = "metasweep.nodes"  # the Ray nodes a trial ran on, in order
 SEARCH_PAGE = 1000  # the most runs MLflow's search_runs returns at once
 RETRY_S = 5.0  # how often a sweep's driver retries an unreachable tracking server
 WAIT_S = 600.0  # how long the sweep's own writes wait for an unavailable tracking store
@@ -242,6 +243,13 @@ class SweepTracker:
         self.children: dict[str, str] = {
             r.data.tags[TRIAL_TAG]: r.info.run_id for r in existing if TRIAL_TAG in r.data.tags
         }
+        # The nodes each trial ran on before this driver, so a trial the resumed driver moves
+        # to another node adds to its record instead of restarting it.
+        self._nodes: dict[str, list[str]] = {
+            r.data.tags[TRIAL_TAG]: r.data.tags[NODES_TAG].split(",")
+            for r in existing
+            if TRIAL_TAG in r.data.tags and r.data.tags.get(NODES_TAG)
+        }
         self.sweep = sweep
         self.experiment = experiment
         self.parent_id = ""
@@ -386,6 +394,10 @@ class SweepTracker:
         if trial_id not in self._started:
             self._started.add(trial_id)
             self.outbox.send(trial_id, log_params)
+
+    def trial_nodes(self, trial_id: str) -> list[str]:
+        """The Ray nodes ``trial_id`` ran on under earlier drivers of the sweep, in order."""
+        return list(self._nodes.get(trial_id, []))
 
     def log_trial_metrics(
         self, trial_id: str, metrics: Mapping[str, Any], step: int, timestamp: float | None = None

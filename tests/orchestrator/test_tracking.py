@@ -195,6 +195,29 @@ def test_a_trial_restarted_from_an_older_checkpoint_logs_each_step_once(tracker:
     assert run.data.tags["metasweep.nodes"] == "n1,n2"  # it moved to another node
 
 
+
+def test_a_trial_moved_by_a_resumed_driver_keeps_the_nodes_it_ran_on_before(
+    tracker: SweepTracker, store: Path
+) -> None:
+    """The driver that started a trial on n1 was stopped; the resumed driver (a new tracker and
+    a new callback, which has seen none of it) runs the trial on, on n2."""
+    trial = Trial("t6", {"train.inner_lr": 0.1})
+    with tracking_to(tracker):
+        TrackingCallback(iterations=60, seed=0).on_trial_start(0, [], trial)
+        report(TrackingCallback(iterations=60, seed=0), trial, 20, 3.0, node="n1")
+    tracker.outbox.drain(10)
+    resumed = SweepTracker(f"sqlite:///{store}", "experiment", "sweep", resume=True, retry_s=0.0)
+    resumed.open(resume=True)
+    callback = TrackingCallback(iterations=60, seed=0)
+    with tracking_to(resumed):
+        callback.on_trial_restore(0, [], trial)
+        report(callback, trial, 40, 2.0, node="n2")
+        report(callback, trial, 60, 1.0, node="n2")
+    resumed.outbox.drain(10)
+    run = MlflowClient(tracking_uri=resumed.uri).get_run(resumed.children["t6"])
+    assert run.data.tags["metasweep.nodes"] == "n1,n2"
+    assert run.data.tags["metasweep.node_id"] == "n2"
+
 @pytest.mark.parametrize(
     ("last", "status", "tag"),
     [
