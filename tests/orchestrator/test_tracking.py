@@ -195,7 +195,6 @@ def test_a_trial_restarted_from_an_older_checkpoint_logs_each_step_once(tracker:
     assert run.data.tags["metasweep.nodes"] == "n1,n2"  # it moved to another node
 
 
-
 def test_a_trial_moved_by_a_resumed_driver_keeps_the_nodes_it_ran_on_before(
     tracker: SweepTracker, store: Path
 ) -> None:
@@ -217,6 +216,7 @@ def test_a_trial_moved_by_a_resumed_driver_keeps_the_nodes_it_ran_on_before(
     run = MlflowClient(tracking_uri=resumed.uri).get_run(resumed.children["t6"])
     assert run.data.tags["metasweep.nodes"] == "n1,n2"
     assert run.data.tags["metasweep.node_id"] == "n2"
+
 
 @pytest.mark.parametrize(
     ("last", "status", "tag"),
