@@ -462,10 +462,14 @@ def evaluate_run(saved: Saved, inputs: Inputs) -> dict[str, float]:
         UserError: a device the run asks for that is not here.
     """
     config = saved.config
-    state = new_state(config, inputs.problem, resolve_device(config.device))
-    state.load_state_dict(saved.state)
+    # The learner alone: building a meta-optimiser would import torch's compiler (seconds).
+    learner = build_learner(config.learner_spec(), inputs.problem, resolve_device(config.device))
+    try:
+        learner.load_state_dict(saved.weights)
+    except (RuntimeError, KeyError, ValueError, TypeError) as exc:
+        raise UserError(f"the checkpoint does not fit the run's learner: {str(exc)[:300]}") from None
     return evaluate_split(
-        state.learner, held_out_episodes(config, inputs.sources).test, inputs.problem, config, "test"
+        learner, held_out_episodes(config, inputs.sources).test, inputs.problem, config, "test"
     )
 
 

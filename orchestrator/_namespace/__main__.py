@@ -7,7 +7,7 @@ module of its own.
 
 from __future__ import annotations
 
-from metasweep.orchestrator.cli import main
+from metasweep.orchestrator.cli import entry
 
 if __name__ == "__main__":
-    main()
+    entry()

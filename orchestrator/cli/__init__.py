@@ -9,6 +9,6 @@ from __future__ import annotations
 
 # The import order is the order of the commands in --help.
 from metasweep.orchestrator.cli import run, jobs, models, data
-from metasweep.orchestrator.cli.app import app, main
+from metasweep.orchestrator.cli.app import app, entry, main
 
-__all__ = ["app", "data", "jobs", "main", "models", "run"]
+__all__ = ["app", "data", "entry", "jobs", "main", "models", "run"]

@@ -33,6 +33,7 @@ from metasweep.orchestrator.problem import Problem
 from metasweep.orchestrator.redact import redact
 from metasweep.orchestrator.sweep.callback import TrackingCallback, outcome, tracking_to
 from metasweep.orchestrator.sweep.plots import sweep_plots
+from metasweep.orchestrator.sweep.plots import warm_up as warm_plots
 from metasweep.orchestrator.sweep.space import OptunaSpace, distributions, make_sampler
 from metasweep.orchestrator.sweep.study import (
     StudySearch,
@@ -49,6 +50,7 @@ from metasweep.orchestrator.sweep.study import (
 from metasweep.orchestrator.sweep.trial import EVALUATED, ITERATION, trial
 from metasweep.orchestrator.tracking.model import ModelSpec
 from metasweep.orchestrator.tracking.registry import Candidate, Registration, register, scoring_protocol
+from metasweep.orchestrator.tracking.registry import warm_up as warm_registry
 from metasweep.orchestrator.tracking.runs import SweepTracker
 from metasweep.orchestrator.tracking.store import tracking_uri
 from metasweep.orchestrator.training import (
@@ -253,11 +255,17 @@ def run_sweep(
                     num_samples=todo.samples,
                     max_concurrent_trials=config.search.max_concurrent,
                     time_budget_s=config.search.time_budget_s,
+                    # A new trial runs in the process of one that ended: no worker start, no
+                    # second import of torch and the dataset (seconds a trial, on a laptop).
+                    reuse_actors=True,
                 ),
                 run_config=run_config,
             )
+        warm = threading.Thread(target=_warm_closing_steps, name="metasweep-warm-up", daemon=True)
+        warm.start()
         with tracking_to(tracker), _stop_on_sigterm() as stopped:
             results = [*_earlier_results(storage, todo.earlier, trainable), *_each(tuner.fit())]
+        warm.join()
         if stopped.is_set():
             raise KeyboardInterrupt(f"stopped; `--resume {config.name}` continues the sweep")
         if study_db is not None:  # from MLflow's trial runs to the study's trials
@@ -319,6 +327,18 @@ def run_sweep(
     finally:
         if owns_ray:
             ray.shutdown()
+
+
+def _warm_closing_steps() -> None:
+    """Import and prepare, while the trials run, what scoring, plotting and registering the best
+    trial need: several seconds a sweep that would otherwise come after its last trial."""
+    try:
+        import torch._dynamo  # noqa: F401  # torch.func's first use imports it (3 s)
+
+        warm_plots()
+        warm_registry()
+    except Exception as exc:  # only ever a head start: the steps themselves will say what fails
+        log.debug("warming up the closing steps: %s", exc)
 
 
 def _earlier_results(storage: str, experiments: tuple[str, ...], trainable: Any) -> list[Any]:

@@ -96,6 +96,18 @@ def sweep_plots(results: Any, config: SweepConfig, problem: Problem, folder: Pat
     return paths
 
 
+def warm_up() -> None:
+    """Import what :func:`sweep_plots` draws with (matplotlib and Optuna's plots, about 2 s), so
+    that a driver can do it while its trials run."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot
+
+    with _without_scikit_learn():
+        from optuna.visualization import matplotlib as optuna_plots  # noqa: F401
+
+
 @contextlib.contextmanager
 def _without_scikit_learn() -> Iterator[None]:
     """Keep scikit-learn unimported meanwhile, unless something imported it already.

@@ -133,6 +133,18 @@ def choose_alias(
     return alias, f"{candidate.metric} {value:.4f} {verdict} champion v{champion_version}'s {old:.4f}"
 
 
+def warm_up() -> None:
+    """Do ahead what :func:`register` would first do slowly (seconds), so that a driver can do it
+    while its trials run: import MLflow's pyfunc flavour, and map the installed distributions to
+    their modules, as MLflow does once a process to check the model's pip requirements."""
+    import mlflow.pyfunc  # noqa: F401
+    from mlflow.utils import requirements_utils
+
+    init = getattr(requirements_utils, "_init_packages_to_modules_map", None)  # private: may go
+    if init is not None:
+        init()
+
+
 def register(
     tracker: SweepTracker,
     *,
