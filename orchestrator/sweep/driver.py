@@ -39,6 +39,7 @@ from metasweep.orchestrator.sweep.study import (
     StudySearch,
     check_new_study,
     discard_if_alone,
+    fail_lost_trials,
     open_storage,
     plan,
     record_plan,
@@ -51,7 +52,7 @@ from metasweep.orchestrator.sweep.trial import EVALUATED, ITERATION, trial
 from metasweep.orchestrator.tracking.model import ModelSpec
 from metasweep.orchestrator.tracking.registry import Candidate, Registration, register, scoring_protocol
 from metasweep.orchestrator.tracking.registry import warm_up as warm_registry
-from metasweep.orchestrator.tracking.runs import SweepTracker
+from metasweep.orchestrator.tracking.runs import LOST, SweepTracker
 from metasweep.orchestrator.tracking.store import tracking_uri
 from metasweep.orchestrator.training import (
     CHECKPOINT,
@@ -268,6 +269,14 @@ def run_sweep(
         warm.join()
         if stopped.is_set():
             raise KeyboardInterrupt(f"stopped; `--resume {config.name}` continues the sweep")
+        known = {str(r.metrics["trial_id"]) for r in results if r.metrics and "trial_id" in r.metrics}
+        lost = tracker.end_lost_trials(known)
+        if study_db is not None:
+            lost_numbers = fail_lost_trials(study_db, config.name)
+            if lost_numbers:
+                tell(f"Optuna trials {', '.join(map(str, lost_numbers))} marked failed: {LOST}")
+        if lost:
+            tell(f"trials {', '.join(lost)} ended as KILLED in MLflow: {LOST}")
         if study_db is not None:  # from MLflow's trial runs to the study's trials
             numbers = trial_numbers(study_db, config.name)
             for trial_id, number in numbers.items():

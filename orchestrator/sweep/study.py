@@ -26,6 +26,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 import optuna
+from optuna.trial import TrialState
 from ray.tune.result import TRAINING_ITERATION
 from ray.tune.search.optuna import OptunaSearch
 
@@ -162,6 +163,20 @@ def trial_numbers(storage: optuna.storages.BaseStorage, name: str) -> dict[str, 
         for t in study.get_trials(deepcopy=False)
         if TUNE_TRIAL_ID in t.user_attrs
     }
+
+
+def fail_lost_trials(storage: optuna.storages.BaseStorage, name: str) -> list[int]:
+    """Mark as failed the trials of the study ``name`` still running once Tune has ended every
+    trial it knows, and return their numbers: the ones a driver killed after asking for them and
+    before Tune's next snapshot of the sweep, which no resumed driver runs. Left running, they
+    would hide nothing from the sampler but would refuse every later extension."""
+    study_id = storage.get_study_id_from_name(name)
+    lost = [t.number for t in storage.get_all_trials(study_id, deepcopy=False, states=(TrialState.RUNNING,))]
+    for number in lost:
+        storage.set_trial_state_values(
+            storage.get_trial_id_from_study_id_trial_number(study_id, number), TrialState.FAIL
+        )
+    return lost
 
 
 class StudySearch(OptunaSearch):

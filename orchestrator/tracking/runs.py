@@ -34,6 +34,7 @@ SWEEP_TAG = "metasweep.sweep"
 TRIAL_TAG = "metasweep.trial_id"
 PARENT_TAG = "mlflow.parentRunId"
 NODES_TAG = "metasweep.nodes"  # the Ray nodes a trial ran on, in order
+LOST = "lost with its driver: started after Tune's last snapshot, so not resumed"
 SEARCH_PAGE = 1000  # the most runs MLflow's search_runs returns at once
 RETRY_S = 5.0  # how often a sweep's driver retries an unreachable tracking server
 WAIT_S = 600.0  # how long the sweep's own writes wait for an unavailable tracking store
@@ -243,6 +244,12 @@ class SweepTracker:
         self.children: dict[str, str] = {
             r.data.tags[TRIAL_TAG]: r.info.run_id for r in existing if TRIAL_TAG in r.data.tags
         }
+        # Trials whose run an earlier driver left running: continued if Tune restores them.
+        self._left_running = {
+            r.data.tags[TRIAL_TAG]
+            for r in existing
+            if TRIAL_TAG in r.data.tags and r.info.status == "RUNNING"
+        }
         # The nodes each trial ran on before this driver, so a trial the resumed driver moves
         # to another node adds to its record instead of restarting it.
         self._nodes: dict[str, list[str]] = {
@@ -394,6 +401,16 @@ class SweepTracker:
         if trial_id not in self._started:
             self._started.add(trial_id)
             self.outbox.send(trial_id, log_params)
+
+    def end_lost_trials(self, known: set[str]) -> list[str]:
+        """End as ``KILLED`` the child runs an earlier driver left running whose trials are not in
+        ``known`` (every trial Tune ran, once it has ended them all): trials that driver started
+        after Tune's last snapshot of the sweep, which no resumed driver runs. Returns their ids."""
+        lost = sorted(self._left_running - known - self._started)
+        for trial_id in lost:
+            self.tag_trial(trial_id, {"metasweep.status": LOST})
+            self.end_trial(trial_id, "KILLED")
+        return lost
 
     def trial_nodes(self, trial_id: str) -> list[str]:
         """The Ray nodes ``trial_id`` ran on under earlier drivers of the sweep, in order."""

@@ -14,6 +14,8 @@ import optuna
 import pytest
 from mlflow.tracking import MlflowClient
 
+from metasweep.orchestrator.tracking.runs import LOST
+
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 SWEEP = """
@@ -281,6 +283,10 @@ def test_a_killed_trial_and_a_killed_driver_lose_nothing(edit_config, cli, run_c
         assert [r.info.run_id for r in finished()] == [crashed.info.run_id], (
             "the crashed trial finishes first"
         )
+        # The driver dies once the next trial has started: after its snapshot of the sweep or
+        # before, which decides whether the resumed driver runs that trial or another.
+        while time.time() < deadline and len(live_trial_runs()) < 2:
+            time.sleep(0.2)
     finally:
         kill_tagged(name)
         driver.wait()
@@ -305,8 +311,18 @@ def test_a_killed_trial_and_a_killed_driver_lose_nothing(edit_config, cli, run_c
     parents = [r for r in runs if "mlflow.parentRunId" not in r.data.tags]
     children = [r for r in runs if "mlflow.parentRunId" in r.data.tags]
     assert len(parents) == 1 and parents[0].info.status == "FINISHED"
+    # A trial the killed driver started after Tune's last snapshot is not resumed: its run is
+    # ended as lost, and its Optuna trial failed, so that nothing stays running for good.
+    lost = [c for c in children if c.data.tags["metasweep.status"] == LOST]
+    assert all(c.info.status == "KILLED" for c in lost), [c.info.status for c in lost]
+    children = [c for c in children if c not in lost]
     trial_ids = [c.data.tags["metasweep.trial_id"] for c in children]
     assert len(trial_ids) == len(set(trial_ids)) == 3, "one child run per trial, no duplicates"
+    study_file = Path(f"runs/sweeps/{name}/optuna.db").absolute()
+    states = [t.state for t in optuna.load_study(study_name=name, storage=f"sqlite:///{study_file}").trials]
+    assert states.count(optuna.trial.TrialState.COMPLETE) == 3, states
+    assert optuna.trial.TrialState.RUNNING not in states, states
+    assert len(lost) <= states.count(optuna.trial.TrialState.FAIL), states  # asked, maybe never run
     every_step = list(range(20, 301, 20))
     for child in children:
         assert child.info.status == "FINISHED"

@@ -16,6 +16,7 @@ from metasweep.orchestrator.sweep.study import (
     StudySearch,
     check_new_study,
     discard_if_alone,
+    fail_lost_trials,
     open_storage,
     plan,
     record_plan,
@@ -102,6 +103,17 @@ def test_a_sweep_folder_holding_only_its_study_is_removed(tmp_path: Path) -> Non
     discard_if_alone(str(alone))
     discard_if_alone(str(busy))
     assert not alone.exists() and (busy / STUDY_FILE).exists()
+
+
+def test_trials_still_running_once_tune_has_ended_all_its_own_are_failed(tmp_path: Path) -> None:
+    storage = open_storage(f"sqlite:///{tmp_path / STUDY_FILE}")
+    study = optuna.create_study(study_name="s", storage=storage)
+    study.add_trial(optuna.trial.create_trial(params={}, distributions={}, value=1.0))
+    study.ask()  # asked by a driver that died before Tune's next snapshot
+    study.ask()
+    assert fail_lost_trials(storage, "s") == [1, 2]
+    assert [t.state.name for t in study.trials] == ["COMPLETE", "FAIL", "FAIL"]
+    assert fail_lost_trials(storage, "s") == []
 
 
 def test_a_sweep_is_started_continued_or_extended_as_its_study_records(tmp_path: Path) -> None:

@@ -30,7 +30,7 @@ from metasweep.orchestrator.tracking.registry import (
     same_protocol,
     scoring_protocol,
 )
-from metasweep.orchestrator.tracking.runs import Outbox, SweepTracker
+from metasweep.orchestrator.tracking.runs import LOST, Outbox, SweepTracker
 
 
 @pytest.fixture
@@ -153,6 +153,23 @@ def test_a_resumed_tracker_continues_the_sweep_and_its_trials(tracker: SweepTrac
     assert history(resumed, "t4") == [(1, 1.0), (2, 0.5)]
     with pytest.raises(UserError, match="no MLflow parent run for sweep 'other'"):
         SweepTracker(f"sqlite:///{store}", "experiment", "other", resume=True)
+
+
+def test_runs_an_earlier_driver_left_running_that_tune_no_longer_knows_end_as_lost(
+    tracker: SweepTracker, store: Path
+) -> None:
+    for trial_id in ("t7", "t8", "t9"):
+        tracker.start_trial(trial_id, {"x": 1}, {})
+    tracker.end_trial("t9", "FINISHED")
+    tracker.outbox.drain(10)
+    resumed = SweepTracker(f"sqlite:///{store}", "experiment", "sweep", resume=True, retry_s=0.0)
+    resumed.open(resume=True)
+    resumed.start_trial("t10", {"x": 2}, {})  # new under this driver
+    assert resumed.end_lost_trials(known={"t8", "t9", "t10"}) == ["t7"]  # Tune restored t8
+    resumed.outbox.drain(10)
+    run = MlflowClient(tracking_uri=resumed.uri).get_run(resumed.children["t7"])
+    assert run.info.status == "KILLED" and run.data.tags["metasweep.status"] == LOST
+    assert MlflowClient(tracking_uri=resumed.uri).get_run(resumed.children["t8"]).info.status == "RUNNING"
 
 
 # ---- the Tune callback: duplicate steps and trial status -------------------------------------
