@@ -18,6 +18,9 @@ Each side is a fresh process timed from its start to its exit, as a user waits f
 Each trial is trivial (``--iterations`` meta-iterations of a small MLP), so the difference is
 overhead: with two trial counts, the slope of the difference is the cost per trial and its
 intercept the fixed cost. The issue's targets: at most 0.5 s per trial and 10 s fixed.
+
+Then the searcher's own cost (Ray #46965 reports 41 s against 9 s for 100 trials): bare Tune at
+``--searcher-trials`` trials with OptunaSearch and with Tune's default searcher (random search).
 """
 
 from __future__ import annotations
@@ -56,8 +59,9 @@ tracking: {{experiment: overhead, registered_model: overhead-sine}}
 """
 
 
-def bare(config_path: Path, storage: Path) -> None:
-    """The baseline, in this process: the sweep's trials on Ray Tune and OptunaSearch alone."""
+def bare(config_path: Path, storage: Path, searcher: str = "optuna") -> None:
+    """The baseline, in this process: the sweep's trials on Ray Tune and OptunaSearch alone (or,
+    with ``searcher="basic"``, Tune's default searcher: random search without Optuna)."""
     import optuna
     import ray
     from ray import tune
@@ -87,7 +91,9 @@ def bare(config_path: Path, storage: Path) -> None:
             tune.with_resources(trainable, {"cpu": 1}),
             param_space={"train.inner_lr": tune.loguniform(space.low, space.high)},
             tune_config=tune.TuneConfig(
-                search_alg=OptunaSearch(metric=metric, mode=mode, sampler=sampler),
+                search_alg=OptunaSearch(metric=metric, mode=mode, sampler=sampler)
+                if searcher == "optuna"
+                else None,
                 num_samples=sweep.search.num_samples,
                 max_concurrent_trials=sweep.search.max_concurrent,
                 reuse_actors=True,
@@ -99,6 +105,20 @@ def bare(config_path: Path, storage: Path) -> None:
         print(f"bare: {len(results)} trials, best {best:.4f}")
     finally:
         ray.shutdown()
+
+
+def searchers(trials: int, iterations: int, work: Path) -> dict[str, float]:
+    """Bare Tune with OptunaSearch and with Tune's default searcher, ``trials`` trials each."""
+    seconds = {}
+    for searcher in ("basic", "optuna"):
+        folder = Path(tempfile.mkdtemp(prefix=f"searcher-{searcher}-", dir=work))
+        config = folder / "sweep.yaml"
+        every = max(iterations // 2, 1)
+        config.write_text(CONFIG.format(iterations=iterations, eval_every=every, trials=trials, seed=SEED))
+        command = [sys.executable, __file__, "--bare", str(config), "--storage", str(folder / "tune")]
+        seconds[searcher] = timed([*command, "--searcher", searcher], folder)
+        print(f"  {trials:4d} trials  bare Tune, {searcher} searcher {seconds[searcher]:7.1f} s", flush=True)
+    return seconds
 
 
 def timed(command: list[str], folder: Path) -> float:
@@ -138,9 +158,13 @@ def main() -> None:
     parser.add_argument("--out", type=Path, help="also write the table to this file")
     parser.add_argument("--bare", type=Path, help=argparse.SUPPRESS)  # the baseline's own process
     parser.add_argument("--storage", type=Path, help=argparse.SUPPRESS)
+    parser.add_argument("--searcher", choices=("optuna", "basic"), default="optuna", help=argparse.SUPPRESS)
+    parser.add_argument(
+        "--searcher-trials", type=int, default=100, help="trials of the searcher comparison (default 100)"
+    )
     args = parser.parse_args()
     if args.bare:
-        bare(args.bare, args.storage)
+        bare(args.bare, args.storage, args.searcher)
         return
     few, many = args.trials
     if not 0 < few < many:
@@ -151,6 +175,7 @@ def main() -> None:
         repeats = {
             n: [measure(n, args.iterations, Path(tmp)) for _ in range(args.repeats)] for n in (few, many)
         }
+        search = searchers(args.searcher_trials, args.iterations, Path(tmp))
     runs = {n: {side: statistics.median(r[side] for r in rs) for side in rs[0]} for n, rs in repeats.items()}
     over = {n: runs[n]["metasweep"] - runs[n]["bare"] for n in runs}
     per_trial = (over[many] - over[few]) / (many - few)
@@ -172,6 +197,10 @@ def main() -> None:
         "",
         f"per trial over bare Tune: {per_trial:.2f} s (target at most 0.5 s)",
         f"fixed over bare Tune: {fixed:.1f} s (target at most 10 s)",
+        "",
+        f"searcher, bare Tune, {args.searcher_trials} trials (one run each): Tune's default "
+        f"{search['basic']:.1f} s, OptunaSearch {search['optuna']:.1f} s, "
+        f"{(search['optuna'] - search['basic']) / args.searcher_trials:+.3f} s a trial",
     ]
     text = "\n".join(lines)
     print(text)
