@@ -24,7 +24,7 @@ from metasweep.algorithms import ALGORITHMS, Capabilities, learner_class
 from metasweep.orchestrator.errors import UserError
 from metasweep.orchestrator.learner import BACKBONE_TASKS, BACKBONES, LearnerSpec, check_input
 from metasweep.orchestrator.problem import Mode, Problem, mode_of
-from metasweep.orchestrator.redact import redact
+from metasweep.orchestrator.redact import redact, uri_scheme
 
 SINUSOID = "sinusoid"
 SWEEP_STORAGE = "runs/sweeps"  # where Tune keeps a sweep's checkpoints unless told otherwise
@@ -509,7 +509,7 @@ class SearchConfig(_Section):
     @field_validator("study_storage")
     @classmethod
     def _rdb_url(cls, url: str | None) -> str | None:
-        if url is not None and url.split("://")[0].split("+")[0] not in ("sqlite", "postgresql", "mysql"):
+        if url is not None and uri_scheme(url) not in ("sqlite", "postgresql", "mysql"):
             raise ValueError(f"{redact(url)} is not a database URL (sqlite:///..., postgresql://...)")
         return url
 

@@ -3,7 +3,8 @@
 A URI may carry a login in its userinfo part (``postgresql://user:password@host/db``,
 ``https://token@mlflow.example.com``). :func:`redact` replaces that part with ``***`` wherever
 such a URI appears in a text; the CLI applies it to every message and log record, the tracker to
-every config, parameter and error it writes to MLflow.
+every config, parameter and error it writes to MLflow. :func:`uri_scheme` is the one reading of
+what kind of store a URI names.
 """
 
 from __future__ import annotations
@@ -31,6 +32,13 @@ def has_login(uri: str) -> bool:
     except ValueError:
         return False
     return "@" in parts.netloc
+
+
+def uri_scheme(uri: str) -> str:
+    """The scheme of ``uri``, lower-case and without its driver (``postgresql+psycopg2://...`` is
+    ``postgresql``); ``""`` for a plain path."""
+    head, separator, _ = uri.partition("://")
+    return head.split("+")[0].lower() if separator else ""
 
 
 def redact_log_records() -> None:

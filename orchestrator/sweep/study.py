@@ -23,7 +23,6 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
 
 import optuna
 from optuna.trial import TrialState
@@ -32,7 +31,7 @@ from ray.tune.search.optuna import OptunaSearch
 
 from metasweep.orchestrator.config import SweepConfig
 from metasweep.orchestrator.errors import UserError
-from metasweep.orchestrator.redact import redact
+from metasweep.orchestrator.redact import redact, uri_scheme
 from metasweep.orchestrator.sweep.trial import EVALUATED
 
 log = logging.getLogger(__name__)
@@ -54,7 +53,7 @@ def study_storage(chosen: str | None, tracking: str, sweep_dir: str) -> str | No
     """
     if chosen:
         return chosen
-    if urlsplit(tracking).scheme.split("+")[0] == "postgresql":
+    if uri_scheme(tracking) == "postgresql":
         joiner = "&" if "?" in tracking else "?"
         return f"{tracking}{joiner}options=-csearch_path%3D{SCHEMA}"
     if "://" not in sweep_dir or sweep_dir.startswith("file://"):

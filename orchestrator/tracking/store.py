@@ -6,7 +6,7 @@ import os
 from pathlib import Path
 
 from metasweep.orchestrator.errors import UserError
-from metasweep.orchestrator.redact import redact
+from metasweep.orchestrator.redact import redact, uri_scheme
 
 DEFAULT_URI = "sqlite:///mlflow.db"
 UI_PORT = 5000  # where `metasweep ui` serves a database store by default
@@ -30,7 +30,7 @@ def tracking_uri(configured: str | None) -> str:
             a folder path).
     """
     uri = configured or os.environ.get("MLFLOW_TRACKING_URI") or DEFAULT_URI
-    scheme = uri.partition("://")[0].split("+")[0].lower() if "://" in uri else ""
+    scheme = uri_scheme(uri)
     if scheme == "databricks" or uri in ("databricks", "databricks-uc") or scheme in SCHEMES:
         return uri
     if scheme == "file" or (not scheme and "://" not in uri and ("/" in uri or uri.startswith("."))):

@@ -9,7 +9,7 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from metasweep.orchestrator.config import SweepConfig, load_config_dict, to_yaml
-from metasweep.orchestrator.redact import has_login, redact, redact_log_records
+from metasweep.orchestrator.redact import has_login, redact, redact_log_records, uri_scheme
 from metasweep.orchestrator.tracking.runs import SweepTracker
 
 SECRET = "s3cr3t-Pa55"
@@ -79,3 +79,18 @@ def test_an_error_about_a_uri_with_a_login_does_not_print_the_password(run_cli, 
     assert result.returncode == 2, result.stderr
     assert SECRET not in result.stdout + result.stderr
     assert "http://***@127.0.0.1" in result.stderr
+
+
+@pytest.mark.parametrize(
+    ("uri", "scheme"),
+    [
+        ("postgresql+psycopg2://u:p@db/x", "postgresql"),
+        ("PostgreSQL://db/x", "postgresql"),
+        ("sqlite:///mlflow.db", "sqlite"),
+        ("http://127.0.0.1:5000", "http"),
+        ("runs/mlflow.db", ""),
+        ("localhost:5000", ""),
+    ],
+)
+def test_a_uri_names_its_store_by_its_scheme_without_the_driver(uri: str, scheme: str) -> None:
+    assert uri_scheme(uri) == scheme
