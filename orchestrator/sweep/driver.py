@@ -167,7 +167,6 @@ def run_sweep(
             "or give a new name with --set name=..."
         )
     uri = tracking_uri(config.tracking.uri)
-    tracker = SweepTracker(uri, config.tracking.experiment, config.name, resume=resume)
     # Read once here; Tune ships it to each node's object store once.
     dataset = open_dataset(config)
     problem = config.problem(dataset.metadata if dataset is not None else None)
@@ -180,6 +179,8 @@ def run_sweep(
         if not resume:
             check_new_study(study_db, config.name, study_url)
     todo = plan(config, resume, study_db if resume else None)
+    # After the checks that need no store, so that a sweep refused by them creates none.
+    tracker = SweepTracker(uri, config.tracking.experiment, config.name, resume=resume)
     if resume and study_db is None:  # as Tune left it, which can finish the trials it planned only
         planned = tracker.planned_samples()
         if planned is not None and planned != config.search.num_samples:

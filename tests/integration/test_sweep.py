@@ -192,6 +192,7 @@ def test_bad_sweeps_exit_2_and_leave_no_run(cli, run_cli, tmp_path: Path) -> Non
         (["--set", "search.space={train.inner_steps: {type: uniform, low: 1, high: 3}}"], "is int"),
         (["--set", "search.space={algorithm: {type: categorical, values: []}}"], "non-empty 'values'"),
         (["--resume", "never-ran"], "no sweep 'never-ran'"),
+        (["--set", "data.dataset=missing.parquet", "--set", "model.name=conv4"], "does not exist"),
     ]
     refused_by_ray = [  # the sweep's own local Ray says what it has: a process of its own
         (["--set", "search.gpus_per_trial=0.5"], "has no GPUs"),
@@ -203,6 +204,8 @@ def test_bad_sweeps_exit_2_and_leave_no_run(cli, run_cli, tmp_path: Path) -> Non
         assert result.returncode == 2, (args, result.stderr[-2000:])
         assert expected in result.stderr, (args, result.stderr[-2000:])
         assert "Traceback" not in result.stderr
+        if (args, expected) in refused_before_ray:  # refused before the store was needed
+            assert not Path("mlflow.db").exists(), args
     if Path("mlflow.db").exists():
         client = store()
         experiment = client.get_experiment_by_name("it")
