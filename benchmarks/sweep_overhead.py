@@ -111,14 +111,24 @@ def searchers(trials: int, iterations: int, work: Path) -> dict[str, float]:
     """Bare Tune with OptunaSearch and with Tune's default searcher, ``trials`` trials each."""
     seconds = {}
     for searcher in ("basic", "optuna"):
-        folder = Path(tempfile.mkdtemp(prefix=f"searcher-{searcher}-", dir=work))
-        config = folder / "sweep.yaml"
-        every = max(iterations // 2, 1)
-        config.write_text(CONFIG.format(iterations=iterations, eval_every=every, trials=trials, seed=SEED))
-        command = [sys.executable, __file__, "--bare", str(config), "--storage", str(folder / "tune")]
-        seconds[searcher] = timed([*command, "--searcher", searcher], folder)
+        folder, config = sweep_folder(f"searcher-{searcher}-", trials, iterations, work)
+        seconds[searcher] = timed([*bare_command(config, folder), "--searcher", searcher], folder)
         print(f"  {trials:4d} trials  bare Tune, {searcher} searcher {seconds[searcher]:7.1f} s", flush=True)
     return seconds
+
+
+def sweep_folder(prefix: str, trials: int, iterations: int, work: Path) -> tuple[Path, Path]:
+    """A new folder under ``work`` holding the benchmark's sweep config; the folder and config."""
+    folder = Path(tempfile.mkdtemp(prefix=prefix, dir=work))
+    config = folder / "sweep.yaml"
+    every = max(iterations // 2, 1)
+    config.write_text(CONFIG.format(iterations=iterations, eval_every=every, trials=trials, seed=SEED))
+    return folder, config
+
+
+def bare_command(config: Path, folder: Path) -> list[str]:
+    """The baseline's own process on ``config``, its Tune storage in ``folder``."""
+    return [sys.executable, __file__, "--bare", str(config), "--storage", str(folder / "tune")]
 
 
 def timed(command: list[str], folder: Path) -> float:
@@ -135,12 +145,9 @@ def measure(trials: int, iterations: int, work: Path, label: str = "") -> dict[s
     """Both sides once at ``trials`` trials, each in a new folder of its own."""
     seconds = {}
     for side in ("bare", "metasweep"):
-        folder = Path(tempfile.mkdtemp(prefix=f"{side}-{trials}-", dir=work))
-        config = folder / "sweep.yaml"
-        every = max(iterations // 2, 1)
-        config.write_text(CONFIG.format(iterations=iterations, eval_every=every, trials=trials, seed=SEED))
+        folder, config = sweep_folder(f"{side}-{trials}-", trials, iterations, work)
         if side == "bare":
-            command = [sys.executable, __file__, "--bare", str(config), "--storage", str(folder / "tune")]
+            command = bare_command(config, folder)
         else:
             command = [str(Path(sys.executable).with_name("metasweep")), "sweep", str(config)]
         seconds[side] = timed(command, folder)
