@@ -18,6 +18,7 @@ from typing import Literal
 
 import torch
 from torch import Tensor, nn
+from torch.autograd.function import FunctionCtx, once_differentiable
 from torch.func import functional_call, grad, vmap
 
 from metasweep.algorithms.models import TaskBatchNorm2d, tasks_batched
@@ -247,6 +248,7 @@ def adapt_tasks(
     adapt_names: tuple[str, ...],
     first_order: bool,
     strategy: Literal["vmap", "loop"],
+    checkpoint: bool = False,
 ) -> Params:
     """Adapt ``model``'s parameters to a batch of tasks, one set of fast weights per task.
 
@@ -257,6 +259,11 @@ def adapt_tasks(
         support_y: ``(tasks, n, ...)``.
         loss_fn, steps, lr, adapt_names, first_order: as in :func:`adapt_task`.
         strategy: ``"vmap"`` or ``"loop"``.
+        checkpoint: keep only each inner step's input fast weights for the backward pass, which
+            recomputes the step from them (:func:`checkpointed`): memory that grows with
+            ``steps`` by the size of the fast weights, not of the activations, for one extra
+            forward of every step; the gradients are the same. It applies to second-order
+            meta-gradients only: without a graph through the inner loop there is nothing to save.
 
     Returns:
         The adapted parameters named in ``adapt_names``, each ``(tasks, *param_shape)``; the
@@ -264,6 +271,10 @@ def adapt_tasks(
     """
     params: Params = dict(model.named_parameters())
     buffers: Params = dict(model.named_buffers())
+    if checkpoint and steps > 0 and not first_order and torch.is_grad_enabled():
+        return _adapt_checkpointed(
+            model, params, buffers, support_x, support_y, loss_fn, steps, lr, adapt_names, strategy
+        )
 
     def one_task(sx: Tensor, sy: Tensor) -> Params:
         fast = adapt_task(
@@ -305,3 +316,88 @@ def predict_tasks(model: nn.Module, adapted: Params, x: Tensor, strategy: Litera
         return out
 
     return map_tasks(one_task, strategy, adapted, task_layout(model, x, strategy))  # type: ignore[return-value]
+
+
+def checkpointed(fn: Callable[..., tuple[Tensor, ...]], *inputs: Tensor) -> tuple[Tensor, ...]:
+    """``fn(*inputs)`` without its graph: the backward pass recomputes it from ``inputs``.
+
+    :func:`torch.utils.checkpoint.checkpoint` cannot do this for the inner loop: its
+    non-reentrant form relies on saved-tensor hooks, which :func:`torch.func.grad` refuses (the
+    ``vmap`` path), and its reentrant form refuses :func:`torch.autograd.grad` inside the
+    checkpointed function (the ``loop`` path). Here the forward runs without a graph (the inner
+    gradients are still taken, as under ``torch.no_grad()`` evaluation), and the backward
+    recomputes ``fn`` with a graph, second-order terms included, and differentiates it once. The
+    result is not differentiable twice, which a meta-gradient never needs.
+
+    Args:
+        fn: a deterministic function of ``inputs`` alone (a tensor it closes over receives no
+            gradient) returning a tuple of tensors.
+        *inputs: its tensor arguments.
+
+    Returns:
+        ``fn(*inputs)``, connected to ``inputs`` for the backward pass.
+    """
+    return _Recomputed.apply(fn, *inputs)  # type: ignore[no-untyped-call,no-any-return]
+
+
+class _Recomputed(torch.autograd.Function):
+    @staticmethod
+    def forward(
+        ctx: FunctionCtx, fn: Callable[..., tuple[Tensor, ...]], *inputs: Tensor
+    ) -> tuple[Tensor, ...]:
+        ctx.fn = fn  # type: ignore[attr-defined]
+        ctx.save_for_backward(*inputs)
+        # Detached: the step runs as in evaluation, on inputs that are nobody's view.
+        return tuple(t.detach() for t in fn(*(t.detach() for t in inputs)))
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx: FunctionCtx, *grad_outputs: Tensor) -> tuple[Tensor | None, ...]:
+        inputs = [t.detach().requires_grad_(t.requires_grad) for t in ctx.saved_tensors]  # type: ignore[attr-defined]
+        with torch.enable_grad():
+            outputs = ctx.fn(*inputs)  # type: ignore[attr-defined]
+        wanted = [t for t in inputs if t.requires_grad]
+        found = iter(torch.autograd.grad(outputs, wanted, grad_outputs, allow_unused=True))
+        return (None, *(next(found) if t.requires_grad else None for t in inputs))
+
+
+def _adapt_checkpointed(
+    model: nn.Module, params: Params, buffers: Params, support_x: Tensor, support_y: Tensor,
+    loss_fn: LossFn, steps: int, lr: float | Mapping[str, Tensor], adapt_names: tuple[str, ...],
+    strategy: Literal["vmap", "loop"],
+) -> Params:  # fmt: skip
+    """:func:`adapt_tasks` one inner step at a time over all tasks, each step checkpointed.
+
+    Every tensor a step depends on enters :func:`checkpointed` as an argument (fast weights, the
+    frozen parameters, Meta-SGD's rates, the support set, which for ANIL carries the body's
+    graph), so the recomputation reaches every meta-parameter.
+    """
+    frozen_names = tuple(k for k in params if k not in adapt_names)
+    rate_names = tuple(lr) if isinstance(lr, Mapping) else ()
+    tasks = support_x.shape[0]
+    sx = task_layout(model, support_x, strategy)
+
+    def step(*tensors: Tensor) -> tuple[Tensor, ...]:
+        values = iter(tensors)
+        fast = {k: next(values) for k in adapt_names}
+        frozen = {k: next(values) for k in frozen_names}
+        rates: float | Mapping[str, Tensor] = {k: next(values) for k in rate_names} if rate_names else lr
+        x, y = next(values), next(values)
+
+        def one_task(task_fast: Params, xi: Tensor, yi: Tensor) -> tuple[Tensor, ...]:
+            updated = adapt_task(
+                model, {**frozen, **task_fast}, buffers, xi, yi,
+                loss_fn=loss_fn, steps=1, lr=rates, adapt_names=adapt_names,
+                first_order=False, batched=strategy == "vmap",
+            )  # fmt: skip
+            return tuple(updated[k] for k in adapt_names)
+
+        return map_tasks(one_task, strategy, fast, x, y)  # type: ignore[return-value]
+
+    # The starting point of every task is the meta-parameters: a view, free until the first step.
+    fast = tuple(params[k].expand(tasks, *params[k].shape) for k in adapt_names)
+    rates = tuple(lr[k] for k in rate_names) if isinstance(lr, Mapping) else ()
+    shared = (*(params[k] for k in frozen_names), *rates, sx, support_y)
+    for _ in range(steps):
+        fast = checkpointed(step, *fast, *shared)
+    return dict(zip(adapt_names, fast, strict=True))

@@ -143,6 +143,9 @@ class MAML(nn.Module):
             ``F.mse_loss`` for regression.
         strategy: ``"vmap"`` (batched over tasks), ``"loop"`` (task by task) or ``"auto"``
             (see :func:`algorithms.functional.resolve_strategy`).
+        checkpoint_inner: recompute each inner step in the backward pass instead of keeping its
+            activations (:func:`algorithms.functional.adapt_tasks`): the same second-order
+            meta-gradient in memory that barely grows with ``inner_steps``.
 
     References:
         Finn, Abbeel & Levine, "Model-Agnostic Meta-Learning for Fast Adaptation of Deep
@@ -159,6 +162,7 @@ class MAML(nn.Module):
         first_order: bool = False,
         loss_fn: LossFn = F.cross_entropy,
         strategy: Strategy = "auto",
+        checkpoint_inner: bool = False,
     ):
         super().__init__()
         _check_inner(inner_lr, inner_steps)
@@ -168,6 +172,7 @@ class MAML(nn.Module):
         self.first_order = first_order
         self.loss_fn = loss_fn
         self.strategy = strategy
+        self.checkpoint_inner = checkpoint_inner
 
     def _strategy(self, x: Tensor) -> Literal["vmap", "loop"]:
         second_order = not self.first_order and torch.is_grad_enabled()
@@ -196,7 +201,7 @@ class MAML(nn.Module):
             self.model, support_x, support_y,
             loss_fn=self.loss_fn, steps=steps, lr=self._lr(), adapt_names=names,
             first_order=self.first_order or not torch.is_grad_enabled(),
-            strategy=self._strategy(support_x),
+            strategy=self._strategy(support_x), checkpoint=self.checkpoint_inner,
         )  # fmt: skip
 
     def predict(self, adapted: Params, query_x: Tensor) -> Tensor:
@@ -216,8 +221,8 @@ class MetaSGD(MAML):
     meta-parameter (initialised to ``inner_lr``), learned with the same meta-gradient as ``θ``.
 
     Args:
-        model, inner_lr, inner_steps, first_order, loss_fn, strategy: as in :class:`MAML`;
-            ``inner_lr`` is the initial value of every learned rate.
+        model, inner_lr, inner_steps, first_order, loss_fn, strategy, checkpoint_inner: as in
+            :class:`MAML`; ``inner_lr`` is the initial value of every learned rate.
 
     References:
         Li, Zhou, Chen & Li, "Meta-SGD: Learning to Learn Quickly for Few-Shot Learning",
@@ -236,8 +241,9 @@ class MetaSGD(MAML):
         first_order: bool = False,
         loss_fn: LossFn = F.cross_entropy,
         strategy: Strategy = "auto",
+        checkpoint_inner: bool = False,
     ):
-        super().__init__(model, inner_lr, inner_steps, first_order, loss_fn, strategy)
+        super().__init__(model, inner_lr, inner_steps, first_order, loss_fn, strategy, checkpoint_inner)
         # ParameterDict keys may not contain dots.
         self.inner_lrs = nn.ParameterDict(
             {_key(n): nn.Parameter(torch.full_like(p, inner_lr)) for n, p in model.named_parameters()}
@@ -260,7 +266,8 @@ class ANIL(MAML):
 
     Args:
         model: a backbone with ``body`` and ``head`` submodules (``head(body(x))``).
-        inner_lr, inner_steps, first_order, loss_fn, strategy: as in :class:`MAML`.
+        inner_lr, inner_steps, first_order, loss_fn, strategy, checkpoint_inner: as in
+            :class:`MAML`.
 
     References:
         Raghu, Raghu, Bengio & Vinyals, "Rapid Learning or Feature Reuse? Towards Understanding
@@ -277,9 +284,10 @@ class ANIL(MAML):
         first_order: bool = False,
         loss_fn: LossFn = F.cross_entropy,
         strategy: Strategy = "auto",
+        checkpoint_inner: bool = False,
     ):
         head_parameter_names(model)  # fail early on a model without a head
-        super().__init__(model, inner_lr, inner_steps, first_order, loss_fn, strategy)
+        super().__init__(model, inner_lr, inner_steps, first_order, loss_fn, strategy, checkpoint_inner)
 
     def _strategy(self, x: Tensor) -> Literal["vmap", "loop"]:
         # The body is not adapted: no second-order term passes through its BatchNorm.
@@ -300,7 +308,7 @@ class ANIL(MAML):
             adapt_names=tuple(n for n, _ in head.named_parameters()),
             first_order=self.first_order or not torch.is_grad_enabled(),
             # The head is linear: batching it is always cheaper than a loop.
-            strategy="vmap",
+            strategy="vmap", checkpoint=self.checkpoint_inner,
         )  # fmt: skip
 
     def predict(self, adapted: Params, query_x: Tensor) -> Tensor:

@@ -51,7 +51,7 @@ def check_name(value: object, what: str) -> str:
 
 CAPABILITY_FIELDS: dict[str, tuple[str, ...]] = {
     "inner_loop": ("train.inner_lr", "train.inner_steps", "eval.inner_steps"),
-    "second_order": ("train.first_order",),
+    "second_order": ("train.first_order", "train.memory.checkpoint_inner"),
 }
 """The fields that mean something only to a learner with that capability."""
 
@@ -105,6 +105,29 @@ class DataConfig(_Section):
     )
 
 
+class MemoryConfig(_Section):
+    """How a meta-batch's meta-gradient fits in memory, the same gradient either way (docs/memory.md)."""
+
+    checkpoint_inner: bool = Field(
+        False,
+        description="second order: recompute each inner step in the backward pass instead of keeping "
+        "its activations, so memory barely grows with inner_steps (about one more forward a step)",
+    )
+    task_chunk: int | Literal["auto"] | None = Field(
+        None,
+        description="tasks per forward-backward pass, gradients accumulated over the meta-batch "
+        "(default: the whole meta-batch at once); auto: the largest that fits "
+        "train.memory_budget_gb, or the GPU's free memory",
+    )
+
+    @field_validator("task_chunk")
+    @classmethod
+    def _whole_tasks(cls, chunk: int | str | None) -> int | str | None:
+        if isinstance(chunk, int) and chunk < 1:
+            raise ValueError(f"task_chunk must be at least 1 (or auto), got {chunk}")
+        return chunk
+
+
 class TrainConfig(_Section):
     """Meta-training hyperparameters."""
 
@@ -119,6 +142,24 @@ class TrainConfig(_Section):
         "auto", description="run tasks batched (vmap), one by one (loop), or pick the faster (auto)"
     )
     eval_every: int = Field(500, ge=1, description="meta-iterations between meta-validation runs")
+    memory: MemoryConfig = Field(MemoryConfig(), description="checkpointing and task chunks")
+    memory_budget_gb: float | None = Field(
+        None,
+        gt=0,
+        description="memory one trial's meta-gradient may take, in GiB; checked before training "
+        "starts (default: no check, or the GPU's free memory for task_chunk: auto)",
+    )
+
+    @model_validator(mode="after")
+    def _chunk_divides_the_meta_batch(self) -> TrainConfig:
+        chunk = self.memory.task_chunk
+        if isinstance(chunk, int) and (chunk > self.meta_batch_size or self.meta_batch_size % chunk):
+            divisors = [d for d in range(1, self.meta_batch_size + 1) if self.meta_batch_size % d == 0]
+            raise ValueError(
+                f"memory.task_chunk={chunk} does not divide meta_batch_size={self.meta_batch_size} "
+                f"into equal chunks; use one of {', '.join(map(str, divisors))} or auto"
+            )
+        return self
 
     def evaluates_at(self, iteration: int) -> bool:
         """Whether meta-validation runs after meta-iteration ``iteration`` (every ``eval_every``,
@@ -572,6 +613,15 @@ class SweepConfig(RunConfig):
                         raise ValueError(
                             f"search.space.{key}: value {value!r} gives an invalid run: {first['msg']}"
                         ) from None
+        chunk, batch = self.train.memory.task_chunk, self.search.space.get("train.meta_batch_size")
+        if isinstance(chunk, int) and batch is not None:  # between the corners too
+            sizes = batch.values or range(int(batch.low or 1), int(batch.high or 1) + 1)
+            uneven = [size for size in sizes if isinstance(size, int) and size % chunk]
+            if uneven:
+                raise ValueError(
+                    f"search.space.train.meta_batch_size: {uneven[0]} is not a multiple of "
+                    f"train.memory.task_chunk={chunk}; search multiples of it, or use task_chunk: auto"
+                )
         return self
 
     @property
@@ -672,6 +722,10 @@ def _sections() -> list[tuple[str, type[BaseModel], str]]:
         section = _section(info)
         if section is not None:
             sections.append((f"`{name}`", section, f"{name}."))
+            for inner, inner_info in section.model_fields.items():
+                nested = _section(inner_info)
+                if nested is not None:
+                    sections.append((f"`{name}.{inner}`", nested, f"{name}.{inner}."))
     sections.append(("`search.space.<field>`", ParamSpec, ""))
     return sections
 

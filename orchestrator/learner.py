@@ -86,9 +86,12 @@ def _backbone(spec: LearnerSpec, problem: Problem) -> torch.nn.Module:
 
 
 def build_learner(
-    spec: LearnerSpec, problem: Problem, device: torch.device | None = None
+    spec: LearnerSpec, problem: Problem, device: torch.device | None = None, checkpoint_inner: bool = False
 ) -> MetaLearner[Any]:
     """The backbone wrapped in the learner, initialised from ``spec.seed``, on ``device``.
+
+    ``checkpoint_inner`` (training only, so not part of the spec a model is saved with) recomputes
+    inner steps in the backward pass, for learners with second-order meta-gradients.
 
     Raises:
         ValueError: an unknown algorithm or backbone.
@@ -104,7 +107,7 @@ def build_learner(
     if capabilities.inner_loop:
         options |= {"inner_lr": spec.inner_lr, "inner_steps": spec.inner_steps}
     if capabilities.second_order:
-        options["first_order"] = spec.first_order
+        options |= {"first_order": spec.first_order, "checkpoint_inner": checkpoint_inner}
     # Initialisation is the one place that uses the global RNG (nn.Linear's init); fork it so that
     # callers' RNG streams are left alone.
     with torch.random.fork_rng(devices=[]):

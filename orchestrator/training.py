@@ -25,6 +25,7 @@ import numpy as np
 import torch
 
 from metasweep.algorithms import MetaLearner, SinusoidTasks, TaskSource, evaluate, fixed_episodes
+from metasweep.algorithms.memory import largest_chunk, measure_footprint, meta_backward
 from metasweep.algorithms.tasks import Episode
 from metasweep.orchestrator.config import RunConfig, load_config_dict, to_yaml
 from metasweep.orchestrator.data.format import EpisodicDataset, load_dataset
@@ -151,8 +152,8 @@ class RunState:
 
 def new_state(config: RunConfig, problem: Problem, device: torch.device) -> RunState:
     """A fresh learner, meta-optimiser and episode generator for ``config``."""
-    learner = build_learner(config.learner_spec(), problem, device)
     t = config.train
+    learner = build_learner(config.learner_spec(), problem, device, t.memory.checkpoint_inner)
     optimizer: torch.optim.Optimizer
     if t.meta_optimizer == "adam":
         optimizer = torch.optim.Adam(learner.parameters(), lr=t.meta_lr)
@@ -338,14 +339,64 @@ def train(
             ``resume`` or ``overwrite``, or a run another process holds.
         TrainingDiverged: the meta-training loss became NaN or infinite.
     """
-    resolve_device(config.device)
+    device = resolve_device(config.device)
     check_run_dir(config, resume, overwrite)
+    chunk = task_chunk(config, inputs.problem, inputs.sources.train, device)
     with locked_run_dir(config.run_dir):
         check_run_dir(config, resume, overwrite)  # again, now that no other process can write
         if overwrite:
             for name in RUN_FILES:
                 (config.run_dir / name).unlink(missing_ok=True)
-        return _train(config, inputs, resume, on_eval, on_step, test)
+        return _train(config, inputs, resume, on_eval, on_step, test, chunk)
+
+
+def task_chunk(config: RunConfig, problem: Problem, source: TaskSource, device: torch.device) -> int | None:
+    """The tasks per pass the run trains with (``None``: the whole meta-batch at once), checked
+    against ``train.memory_budget_gb`` where one is set.
+
+    With a budget, or ``task_chunk: auto``, the meta-gradient of one task and of two is measured
+    first (:func:`metasweep.algorithms.memory.measure_footprint`, on tasks drawn from ``source``
+    with a generator of its own), so a run that cannot fit stops before it trains.
+
+    Raises:
+        UserError: ``auto`` on the CPU without a budget, a budget below what one task needs
+            (the message says how much that is), or a chunk over the budget.
+    """
+    t = config.train
+    chunk, budget = t.memory.task_chunk, t.memory_budget_gb
+    if chunk != "auto" and budget is None:
+        return chunk
+    if budget is not None:
+        budget_bytes, limit = budget * 2**30, f"train.memory_budget_gb={budget:g}"
+    elif device.type == "cuda":
+        budget_bytes, limit = torch.cuda.mem_get_info(device)[0], "the GPU's free memory"
+    else:
+        raise UserError(
+            "train.memory.task_chunk: auto on the CPU needs train.memory_budget_gb (only a GPU says "
+            "how much memory is free); set it, or give task_chunk a number"
+        )
+    learner = new_state(config, problem, device).learner
+    sample = source.sample(2, torch.Generator().manual_seed(0)).to(device)
+    footprint = measure_footprint(learner, sample.support_x, sample.support_y, sample.query_x, sample.query_y)
+    try:
+        fits = largest_chunk(footprint, t.meta_batch_size, budget_bytes)
+    except ValueError as exc:
+        raise UserError(f"{limit}: {exc}; {_SAVINGS}") from None
+    if chunk == "auto":
+        need = footprint.chunk_bytes(fits) / 2**30
+        log.info("meta-gradients in chunks of %d tasks (about %.3g GiB each)", fits, need)
+        return fits
+    whole = chunk or t.meta_batch_size
+    if footprint.chunk_bytes(whole) > budget_bytes:
+        raise UserError(
+            f"a pass of {whole} tasks needs about {footprint.chunk_bytes(whole) / 2**30:.3g} GiB "
+            f"({footprint.task_bytes / 2**30:.3g} GiB a task), more than {limit}; "
+            f"train.memory.task_chunk: {fits} fits (auto picks it), or {_SAVINGS}"
+        )
+    return chunk
+
+
+_SAVINGS = "raise the budget, set train.memory.checkpoint_inner: true, or lower data.shots or data.queries"
 
 
 def _train(
@@ -355,6 +406,7 @@ def _train(
     on_eval: EvalCallback | None,
     on_step: StepCallback | None,
     test: bool,
+    chunk: int | None,
 ) -> dict[str, float]:
     device = resolve_device(config.device)
     problem, sources = inputs.problem, inputs.sources
@@ -383,8 +435,9 @@ def _train(
     while state.iteration < t.iterations:
         episode = source.sample(t.meta_batch_size, state.generator).to(device)
         state.optimizer.zero_grad(set_to_none=True)
-        loss = state.learner.meta_loss(episode.support_x, episode.support_y, episode.query_x, episode.query_y)
-        loss.backward()
+        loss = meta_backward(
+            state.learner, episode.support_x, episode.support_y, episode.query_x, episode.query_y, chunk
+        )
         state.optimizer.step()
         state.iteration += 1
         value = loss.item()
@@ -415,11 +468,15 @@ def _train(
 
 
 def _without_budget(config: dict[str, Any]) -> dict[str, Any]:
-    # A resumed run may train for longer, evaluate differently or live in another directory
-    # (a retried sweep trial gets a fresh one); everything else must match.
+    # A resumed run may train for longer, evaluate differently, fit memory otherwise (the same
+    # gradients) or live in another directory (a retried sweep trial gets a fresh one);
+    # everything else must match. Checkpoints of earlier versions hold no memory settings.
+    train = {**config["train"], "iterations": None, "eval_every": None}
+    train.pop("memory", None)
+    train.pop("memory_budget_gb", None)
     return {
         **config,
-        "train": {**config["train"], "iterations": None, "eval_every": None},
+        "train": train,
         "eval": None,
         "output_dir": None,
     }

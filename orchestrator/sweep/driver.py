@@ -22,11 +22,12 @@ from typing import Any
 
 import optuna
 import ray
+import torch
 from ray import tune
 from ray.tune.logger import CSVLoggerCallback, JsonLoggerCallback
 from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
 
-from metasweep.orchestrator.config import SWEEP_STORAGE, RunConfig, SweepConfig, to_yaml
+from metasweep.orchestrator.config import SWEEP_STORAGE, RunConfig, SweepConfig, applies, to_yaml
 from metasweep.orchestrator.data.storage import absolute, path_exists
 from metasweep.orchestrator.errors import UserError
 from metasweep.orchestrator.problem import Problem
@@ -57,11 +58,13 @@ from metasweep.orchestrator.tracking.store import tracking_uri
 from metasweep.orchestrator.training import (
     CHECKPOINT,
     Inputs,
+    Sources,
     build_sources,
     evaluate_run,
     input_example,
     open_dataset,
     read_run,
+    task_chunk,
 )
 
 log = logging.getLogger(__name__)
@@ -170,7 +173,8 @@ def run_sweep(
     # Read once here; Tune ships it to each node's object store once.
     dataset = open_dataset(config)
     problem = config.problem(dataset.metadata if dataset is not None else None)
-    build_sources(config, dataset)  # fail before launching trials on impossible episodes
+    sources = build_sources(config, dataset)  # fail before launching trials on impossible episodes
+    _check_memory(config, problem, sources)
     study_url = study_storage(config.search.study_storage, uri, sweep_dir)
     # Opened now only where it exists already: a new SQLite file waits until the checks pass.
     study_db = None
@@ -465,6 +469,23 @@ def _cluster_summary(owned: bool) -> str:
         f"{where}, {nodes} node{'s' * (nodes != 1)}, {total.get('CPU', 0.0):g} CPUs, "
         f"{total.get('GPU', 0.0):g} GPUs"
     )
+
+
+def _check_memory(config: SweepConfig, problem: Problem, sources: Sources) -> None:
+    """A trial's ``train.memory`` settings, checked on this machine before any trial starts,
+    with every searched integer (inner steps, meta-batch, filters) at its largest: the trial
+    that needs the most memory. Each trial checks its own again where it runs, on its device;
+    GPU trials without a budget take the GPU's free memory as theirs, which only they can see."""
+    t = config.train
+    on_cpu = config.search.gpus_per_trial == 0 and config.device != "cuda"
+    if t.memory_budget_gb is None and not (t.memory.task_chunk == "auto" and on_cpu):
+        return
+    largest = {
+        key: int(spec.high or 0)
+        for key, spec in config.search.space.items()
+        if spec.type == "int" and applies(key, config.algorithm)
+    }
+    task_chunk(config.run_config(largest), problem, sources.train, torch.device("cpu"))
 
 
 def _check_resources(config: SweepConfig, where: str) -> None:
