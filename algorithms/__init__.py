@@ -25,7 +25,7 @@ from metasweep.algorithms.learners import (
     ProtoNet,
     Reptile,
 )
-from metasweep.algorithms.models import MLP, Conv4
+from metasweep.algorithms.models import MLP, Conv4, ResNet12
 from metasweep.algorithms.tasks import Episode, SinusoidTasks, TaskSource, fixed_episodes
 
 ALGORITHMS: dict[str, type[MetaLearner[Any]]] = {
@@ -63,6 +63,7 @@ __all__ = [
     "MetaSGD",
     "ProtoNet",
     "Reptile",
+    "ResNet12",
     "SinusoidTasks",
     "TaskSource",
     "evaluate",

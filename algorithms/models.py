@@ -1,7 +1,8 @@
 """Backbones of the meta-learning literature.
 
-Every backbone is ``head(body(x))`` with ``body`` and ``head`` as attributes: ANIL adapts only
-``head`` and Prototypical Networks use a backbone whose head is the identity.
+Every backbone (:class:`MLP`, :class:`Conv4`, :class:`ResNet12`) is ``head(body(x))`` with
+``body`` and ``head`` as attributes: ANIL adapts only ``head`` and Prototypical Networks use a
+backbone whose head is the identity.
 
 BatchNorm layers keep no running statistics (``track_running_stats=False``): they always
 normalise with the statistics of the batch they see, which for a per-task forward means per-task
@@ -11,6 +12,7 @@ the forward pure, so it runs under ``torch.func.vmap``.
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
@@ -127,6 +129,78 @@ class Conv4(nn.Module):
         if size < 1:
             raise ValueError(f"image_size={image_size} is too small for four 2x2 poolings; use at least 16")
         self.embedding_dim = hidden * size * size
+        self.head: nn.Module = nn.Identity() if ways is None else nn.Linear(self.embedding_dim, ways)
+
+    def forward(self, x: Tensor) -> Tensor:
+        """Map ``x: (n, C, H, W)`` to logits ``(n, ways)`` (or embeddings without a head)."""
+        out: Tensor = self.head(self.body(x))
+        return out
+
+
+class _ResidualBlock(nn.Module):
+    """Three 3x3 convolutions with BatchNorm and leaky ReLU, a 1x1-convolution shortcut, 2x2 max-pool."""
+
+    def __init__(self, in_channels: int, out_channels: int, slope: float = 0.1):
+        super().__init__()
+        self.convs = nn.Sequential(
+            nn.Conv2d(in_channels, out_channels, 3, padding=1, bias=False),
+            TaskBatchNorm2d(out_channels),
+            nn.LeakyReLU(slope),
+            nn.Conv2d(out_channels, out_channels, 3, padding=1, bias=False),
+            TaskBatchNorm2d(out_channels),
+            nn.LeakyReLU(slope),
+            nn.Conv2d(out_channels, out_channels, 3, padding=1, bias=False),
+            TaskBatchNorm2d(out_channels),
+        )
+        self.shortcut = nn.Sequential(
+            nn.Conv2d(in_channels, out_channels, 1, bias=False), TaskBatchNorm2d(out_channels)
+        )
+        self.out = nn.Sequential(nn.LeakyReLU(slope), nn.MaxPool2d(2))
+
+    def forward(self, x: Tensor) -> Tensor:
+        """``(n, in_channels, H, W)`` to ``(n, out_channels, H/2, W/2)``."""
+        out: Tensor = self.out(self.convs(x) + self.shortcut(x))
+        return out
+
+
+class ResNet12(nn.Module):
+    """ResNet-12, the backbone of few-shot classification since TADAM and MetaOptNet.
+
+    Four residual blocks (:class:`_ResidualBlock`) of 64, 160, 320 and 640 filters, each three
+    3x3 convolutions with BatchNorm and leaky ReLU (slope 0.1), a 1x1-convolution shortcut and a
+    2x2 max-pool; then global average pooling and a linear head with ``ways`` outputs
+    (``ways=None``: an embedding network, as Prototypical Networks use). BatchNorm is
+    :class:`TaskBatchNorm2d`, per task and exact to second order under ``vmap``. DropBlock, which
+    MetaOptNet adds in training, is not included: the inner loop must be deterministic.
+
+    Args:
+        in_channels: image channels (3 for miniImageNet and CIFAR-FS).
+        image_size: height and width of the square input (84 for miniImageNet).
+        ways: classes per episode, the head's output size; ``None`` for no head.
+        widths: filters of the four blocks.
+
+    References:
+        Oreshkin, Rodriguez & Lacoste, "TADAM: Task dependent adaptive metric for improved
+        few-shot learning", NeurIPS 2018; Lee, Maji, Ravichandran & Soatto, "Meta-Learning with
+        Differentiable Convex Optimization" (MetaOptNet), CVPR 2019.
+    """
+
+    def __init__(
+        self,
+        in_channels: int = 3,
+        image_size: int = 84,
+        ways: int | None = 5,
+        widths: tuple[int, ...] = (64, 160, 320, 640),
+    ):
+        super().__init__()
+        if len(widths) != 4 or min(widths) < 1:
+            raise ValueError(f"ResNet-12 takes four positive block widths, got {list(widths)}")
+        if image_size < 16:
+            raise ValueError(f"image_size={image_size} is too small for four 2x2 poolings; use at least 16")
+        channels = (in_channels, *widths)
+        blocks = [_ResidualBlock(a, b) for a, b in itertools.pairwise(channels)]
+        self.body = nn.Sequential(*blocks, nn.AdaptiveAvgPool2d(1), nn.Flatten())
+        self.embedding_dim = widths[-1]
         self.head: nn.Module = nn.Identity() if ways is None else nn.Linear(self.embedding_dim, ways)
 
     def forward(self, x: Tensor) -> Tensor:

@@ -10,17 +10,18 @@ inner steps:
 * ``chunk 8``: ``task_chunk=8``, four passes of 8 tasks, gradients accumulated;
 * ``both``: the two together.
 
-Memory is measured two ways, each row in a fresh subprocess: the allocator's peak during one
-meta-iteration (``metasweep.algorithms.memory.peak_bytes``: the profiler's memory events on
-the CPU, ``torch.cuda.max_memory_allocated`` on CUDA), and the process's resident high-water
-mark (``VmHWM``, interpreter and torch included). ``estimate`` is what ``task_chunk: auto``
-works from (``measure_footprint``, from one task and two) for the row's chunk. Speed is tasks per
-second over timed meta-iterations after a warm-up one; ratios are against ``plain`` at the same
-inner steps, and memory against ``plain`` at one inner step, all from the same run.
+Each row runs in a fresh subprocess. ``peak MiB`` is what a meta-iteration adds to the process:
+on the CPU its resident high-water mark (``VmHWM``) less the resident size before the first
+meta-iteration (model, optimiser and episode made); on CUDA ``torch.cuda.max_memory_allocated``
+less what was allocated before. ``estimate MiB`` is what ``task_chunk: auto`` works from:
+``measure_footprint``'s allocator measurement of one task and of two, extrapolated to the row's
+chunk. Speed is tasks per second of the timed meta-iterations (median) after a warm-up one;
+``time x plain`` is against ``plain`` at the same inner steps, ``x 1 step`` against ``plain``
+at one inner step, all from the same run.
 
 Usage::
 
-    python benchmarks/memory.py                 # the full table, about 10 min on 2 idle cores
+    python benchmarks/memory.py                 # the full table, about 15 min on 2 idle cores
     python benchmarks/memory.py --quick         # smoke run: meta-batch 4, 16 filters, 1-2 steps
     python benchmarks/memory.py --json results.json
 """
@@ -81,9 +82,11 @@ def measure(setting: str, steps: int, tasks: int, filters: int, timed: int, devi
         meta_backward(learner, *batch, task_chunk=chunk)
         optimizer.step()
 
-    iteration()  # warm-up: the optimiser's state and every lazy initialisation
-    peak = peak_bytes(iteration, device)
-    footprint = measure_footprint(learner, *batch)
+    if device.type == "cuda":
+        peak = peak_bytes(iteration, device)  # the warm-up
+    else:
+        before = _rss_mib("VmRSS")
+        iteration()  # the warm-up: the optimiser's state and every lazy initialisation
     seconds = []
     for _ in range(timed):
         if device.type == "cuda":
@@ -93,22 +96,26 @@ def measure(setting: str, steps: int, tasks: int, filters: int, timed: int, devi
         if device.type == "cuda":
             torch.cuda.synchronize(device)
         seconds.append(time.perf_counter() - started)
+    peak_mib = peak / 2**20 if device.type == "cuda" else _rss_mib("VmHWM") - before
+    rss = _rss_mib("VmHWM")
+    footprint = measure_footprint(learner, *batch)  # after: it must not raise the high-water mark
     return Row(
         setting=setting,
         inner_steps=steps,
-        peak_mib=peak / 2**20,
+        peak_mib=peak_mib,
         estimate_mib=footprint.chunk_bytes(chunk or tasks) / 2**20,
-        rss_mib=_rss_high_water_mib(),
+        rss_mib=rss,
         tasks_per_s=tasks / statistics.median(seconds),
     )
 
 
-def _rss_high_water_mib() -> float:
+def _rss_mib(field: str) -> float:
+    """``VmRSS`` (now) or ``VmHWM`` (the high-water mark) of this process, in MiB."""
     with open("/proc/self/status", encoding="utf-8") as f:
         for line in f:
-            if line.startswith("VmHWM:"):
+            if line.startswith(f"{field}:"):
                 return int(line.split()[1]) / 1024
-    return float("nan")
+    raise RuntimeError(f"no {field} in /proc/self/status")
 
 
 def run_all(args: argparse.Namespace) -> list[Row]:
@@ -136,7 +143,7 @@ def table(rows: list[Row]) -> str:
         r.peak_mib for r in rows if r.setting == "plain" and r.inner_steps == min(r.inner_steps for r in rows)
     )
     lines = [
-        "| inner steps | setting | peak MiB | x plain, 1st row | estimate MiB | RSS MiB | tasks/s "
+        "| inner steps | setting | peak MiB | x 1 step | estimate MiB | process MiB | tasks/s "
         "| time x plain |",
         "|---:|---|---:|---:|---:|---:|---:|---:|",
     ]
@@ -156,7 +163,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--steps", type=int, nargs="+", default=[1, 5, 10], help="inner steps of the rows")
     parser.add_argument("--tasks", type=int, default=32, help="meta-batch size")
     parser.add_argument("--filters", type=int, default=64, help="Conv-4 filters")
-    parser.add_argument("--timed", type=int, default=2, help="timed meta-iterations a row (median)")
+    parser.add_argument("--timed", type=int, default=1, help="timed meta-iterations a row (median)")
     parser.add_argument("--device", default="cpu", help="cpu or cuda")
     parser.add_argument("--json", help="also write the rows and the machine to this file")
     parser.add_argument("--one", nargs=2, metavar=("SETTING", "STEPS"), help=argparse.SUPPRESS)

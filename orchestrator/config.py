@@ -77,9 +77,14 @@ class _Section(BaseModel):
 class ModelConfig(_Section):
     """The backbone."""
 
-    name: str = Field("mlp", description="backbone: 'mlp' (sinusoid regression) or 'conv4' (images)")
+    name: str = Field(
+        "mlp", description="backbone: 'mlp' (sinusoid regression), 'conv4' or 'resnet12' (images)"
+    )
     hidden: tuple[int, ...] = Field((40, 40), description="hidden layer widths of the MLP")
     filters: int = Field(64, ge=1, description="filters per convolution of Conv-4")
+    widths: tuple[int, int, int, int] = Field(
+        (64, 160, 320, 640), description="filters of ResNet-12's four residual blocks"
+    )
 
     @model_validator(mode="after")
     def _known_name(self) -> ModelConfig:
@@ -87,6 +92,8 @@ class ModelConfig(_Section):
             raise ValueError(f"unknown model {self.name!r}; valid models: {', '.join(BACKBONES)}")
         if any(h < 1 for h in self.hidden):
             raise ValueError(f"hidden widths must be >= 1, got {list(self.hidden)}")
+        if any(w < 1 for w in self.widths):
+            raise ValueError(f"ResNet-12 widths must be >= 1, got {list(self.widths)}")
         return self
 
 
@@ -264,8 +271,8 @@ class RunConfig(_Section):
         t = self.train
         return LearnerSpec(
             algorithm=self.algorithm, backbone=self.model.name, hidden=self.model.hidden,
-            filters=self.model.filters, inner_lr=t.inner_lr, inner_steps=t.inner_steps,
-            first_order=t.first_order, strategy=t.strategy, seed=self.seed,
+            filters=self.model.filters, widths=self.model.widths, inner_lr=t.inner_lr,
+            inner_steps=t.inner_steps, first_order=t.first_order, strategy=t.strategy, seed=self.seed,
         )  # fmt: skip
 
     @property

@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from metasweep.algorithms import MLP, Conv4, MetaLearner, learner_class
+from metasweep.algorithms import MLP, Conv4, MetaLearner, ResNet12, learner_class
 from metasweep.algorithms.functional import Strategy
 from metasweep.orchestrator.errors import UserError
 from metasweep.orchestrator.problem import Problem
@@ -28,9 +28,10 @@ class LearnerSpec:
 
     Attributes:
         algorithm: a registered algorithm (:data:`metasweep.algorithms.ALGORITHMS`).
-        backbone: ``mlp`` or ``conv4`` (:data:`BACKBONES`).
+        backbone: ``mlp``, ``conv4`` or ``resnet12`` (:data:`BACKBONES`).
         hidden: MLP hidden widths.
         filters: Conv-4 filters per convolution.
+        widths: ResNet-12 filters per block.
         inner_lr, inner_steps: the inner loop, for learners that have one.
         first_order: drop second-order terms, for learners that can take them.
         strategy: ``auto``, ``vmap`` or ``loop``.
@@ -46,6 +47,7 @@ class LearnerSpec:
     first_order: bool
     strategy: Strategy
     seed: int
+    widths: tuple[int, ...] = (64, 160, 320, 640)
 
     def to_json(self) -> dict[str, Any]:
         """JSON-serialisable fields."""
@@ -54,7 +56,9 @@ class LearnerSpec:
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> LearnerSpec:
         """The inverse of :meth:`to_json`."""
-        return cls(**{**data, "hidden": tuple(data["hidden"])})
+        # Specs saved before ResNet-12 existed have no widths: the default is theirs.
+        widths = {"widths": tuple(data["widths"])} if "widths" in data else {}
+        return cls(**{**data, "hidden": tuple(data["hidden"]), **widths})
 
 
 def _mlp(spec: LearnerSpec, problem: Problem, outputs: int | None) -> nn.Module:
@@ -66,14 +70,20 @@ def _conv4(spec: LearnerSpec, problem: Problem, outputs: int | None) -> nn.Modul
     return Conv4(channels, size, outputs, spec.filters)
 
 
+def _resnet12(spec: LearnerSpec, problem: Problem, outputs: int | None) -> nn.Module:
+    channels, height, width = problem.input_shape
+    return ResNet12(channels, min(height, width), outputs, spec.widths)
+
+
 BACKBONES: dict[str, Callable[[LearnerSpec, Problem, int | None], nn.Module]] = {
     "mlp": _mlp,
     "conv4": _conv4,
+    "resnet12": _resnet12,
 }
 """Backbone builders by config name: ``(spec, problem, outputs)``; ``outputs`` is the head's size
 (``None``: no head, an embedding network)."""
 
-BACKBONE_TASKS = {"mlp": "regression", "conv4": "classification"}
+BACKBONE_TASKS = {"mlp": "regression", "conv4": "classification", "resnet12": "classification"}
 """The task kind each backbone is built for."""
 
 
