@@ -108,12 +108,13 @@ ALL = {
 }
 
 
-@pytest.mark.parametrize("chunk", [1, 2, 4, 6])
+@pytest.mark.parametrize("chunk", [2, 4])
 @pytest.mark.parametrize("algorithm", list(ALL))
 def test_a_chunked_meta_batch_gives_the_gradient_of_the_whole_batch(
     algorithm: str, chunk: int, build, make_images
 ) -> None:
-    """Chunks of any size, a remainder (4 of 6) included: the same loss and gradient."""
+    """Chunks that divide the batch (2 of 6) and one that leaves a remainder (4 of 6): the same
+    loss and gradient."""
     model = build(lambda: Conv4(ways=None if algorithm == "protonet" else 5, hidden=8), 0).double()
     episode = make_images(tasks=6, seed=3, dtype=torch.float64)
     options = {} if algorithm == "protonet" else {"inner_steps": 2}

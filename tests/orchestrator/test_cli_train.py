@@ -126,9 +126,10 @@ def test_a_second_run_of_one_name_is_refused_unless_told_and_loses_nothing(cli, 
     assert len(history) == 2  # the one evaluation and the final line of this run only
 
 
-def test_a_run_in_use_by_another_process_is_refused(run_cli) -> None:
+def test_a_run_in_use_by_another_process_is_refused(cli) -> None:
     """The run directory is locked for the run's lifetime: a second process of the same name,
-    even with --resume or --overwrite, stops at once instead of interleaving metrics.jsonl."""
+    even with --resume or --overwrite, stops at once instead of interleaving metrics.jsonl (the
+    second runs in this process: a lock held by another process refuses it all the same)."""
     import subprocess
     import sys
     import time
@@ -147,7 +148,7 @@ def test_a_run_in_use_by_another_process_is_refused(run_cli) -> None:
             assert time.time() < deadline, "the first run never started"
             time.sleep(0.2)
         for flag in ("--resume", "--overwrite"):
-            second = run_cli("train", EXAMPLE, *long, flag, "--no-progress")
+            second = cli("train", EXAMPLE, *long, flag, "--no-progress")
             assert second.returncode == 2, second.stderr
             assert "is in use by another metasweep process" in second.stderr
             assert f"pid {running.pid}" in second.stderr
