@@ -80,13 +80,15 @@ def data_import(
     ] = 100,
     mode: Annotated[str, typer.Option(metavar="MODE", help="Image folders: L (grayscale) or RGB.")] = "L",
     split_ratios: Annotated[
-        str,
+        str | None,
         typer.Option(
             metavar="TRAIN,VAL,TEST",
             help="Image folders: the fractions of the classes for meta-training, "
-            "meta-validation and meta-test.",
+            "meta-validation and meta-test (default: 0.64,0.16,0.2; a folder of train/, val/ and "
+            "test/ folders is split by them instead).",
+            show_default=False,
         ),
-    ] = "0.64,0.16,0.2",
+    ] = None,
     train_list: Annotated[
         Path | None,
         typer.Option(
@@ -106,7 +108,8 @@ def data_import(
     """Import Omniglot or a folder of images as one Parquet dataset.
 
     An image folder holds a subfolder of images per class; its classes are split by
-    --split-ratios or by class lists. The import is deterministic (same inputs and seed give a
+    --split-ratios or by class lists. A folder of train/, val/ and test/ folders of classes (the
+    miniImageNet layout) is split by those folders. The import is deterministic (same inputs and seed give a
     byte-identical file) and atomic (written under a temporary name, renamed at the end).
     """
     from metasweep.orchestrator.data import importers
@@ -133,8 +136,13 @@ def data_import(
         if len(sources) != 1:
             raise UserError(f"an image folder import takes one root folder, got {len(sources)} sources")
         lists = {"train": _read_list(train_list), "val": _read_list(val_list), "test": _read_list(test_list)}
+        if split_ratios is not None and importers.has_split_folders(sources[0]):
+            raise UserError(
+                f"{sources[0]} holds train/, val/ and test/ folders, which give the splits; "
+                "drop --split-ratios"
+            )
         try:
-            ratios = [float(r) for r in split_ratios.split(",")]
+            ratios = [float(r) for r in (split_ratios or "0.64,0.16,0.2").split(",")]
         except ValueError:
             raise UserError(
                 f"--split-ratios must be three numbers like 0.64,0.16,0.2, got {split_ratios!r}"

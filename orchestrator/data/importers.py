@@ -356,6 +356,19 @@ def import_omniglot(
     )  # fmt: skip
 
 
+SPLIT_FOLDERS = ("train", "val", "test")
+"""The split subfolders of the miniImageNet layout, ``root/train|val|test/<class>/<images>``."""
+
+
+def has_split_folders(root: Path) -> bool:
+    """Whether ``root`` is in the miniImageNet layout: a ``train``, ``val`` and ``test`` folder and
+    nothing else but files and hidden folders (each split folder then holds class folders)."""
+    if not root.is_dir():
+        return False
+    folders = {p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")}
+    return folders == set(SPLIT_FOLDERS)
+
+
 def import_image_folder(
     root: Path,
     out: str,
@@ -367,15 +380,18 @@ def import_image_folder(
     lists: dict[str, set[str]] | None = None,
     progress: Progress = _quietly,
 ) -> dict[str, Any]:
-    """Import ``root/<class name>/<images>`` as one dataset.
+    """Import ``root/<class name>/<images>`` as one dataset, or ``root/train|val|test/<class
+    name>/<images>`` (the miniImageNet layout, :func:`has_split_folders`), whose folders are the
+    splits.
 
     Args:
-        root: the folder of class subfolders.
+        root: the folder of class subfolders, or of the three split folders.
         out: destination path or URI.
         image_size: resize to ``image_size`` squared; ``None`` requires equal sizes.
         mode: ``L`` (grayscale) or ``RGB``.
         seed: seed of the class shuffle for ``ratios``.
-        ratios: ``(train, val, test)`` fractions of the classes, used when ``lists`` is None.
+        ratios: ``(train, val, test)`` fractions of the classes, used when ``lists`` is None and
+            the folder has no split folders.
         lists: explicit class names per split.
         progress: wraps the stream of classes as they are read (a progress bar).
 
@@ -383,21 +399,45 @@ def import_image_folder(
         The metadata written.
 
     Raises:
-        UserError: bad folder, images or split specification.
+        UserError: bad folder, images or split specification; lists for a folder whose layout
+            gives the splits; a class name in two split folders.
     """
     if mode not in ("L", "RGB"):
         raise UserError(f"unknown image mode {mode!r}; use L (grayscale) or RGB")
-    stream = read_image_folder(root, image_size, mode)
-    classes = list(progress(stream))
-    splits = (
-        assign_splits_lists(classes, lists) if lists else assign_splits_ratios(classes, seed, ratios or ())
-    )
+    by_folder = has_split_folders(root)
+    if by_folder and lists:
+        raise UserError(
+            f"{root} holds train/, val/ and test/ folders, which give the splits; drop the class lists"
+        )
+    if by_folder:
+        splits: list[str] = []
+
+        def each_split() -> Iterator[ClassImages]:
+            for split in SPLIT_FOLDERS:
+                for found in read_image_folder(root / split, image_size, mode):
+                    splits.append(split)
+                    yield found
+
+        classes = list(progress(each_split()))  # one progress bar over the three folders
+        seen: dict[str, str] = {}
+        for found, split in zip(classes, splits, strict=True):
+            if found.name in seen:
+                raise UserError(f"class {found.name!r} is in both {seen[found.name]}/ and {split}/ of {root}")
+            seen[found.name] = split
+    else:
+        classes = list(progress(read_image_folder(root, image_size, mode)))
+        splits = (
+            assign_splits_lists(classes, lists)
+            if lists
+            else assign_splits_ratios(classes, seed, ratios or ())
+        )
+    protocol = "folders train/val/test" if by_folder else "lists" if lists else f"ratios {list(ratios or ())}"
     return write_dataset(
         classes, splits, out,
         {
             "name": root.name,
             "source": [root.name],
-            "protocol": "lists" if lists else f"ratios {list(ratios or ())}",
+            "protocol": protocol,
             "seed": seed,
             "resized_to": image_size,
             "pixel_convention": "as in the source images",
