@@ -512,6 +512,39 @@ class ParamSpec(_Section):
         return self
 
 
+def _database_url(url: str | None) -> str | None:
+    if url is not None and uri_scheme(url) not in ("sqlite", "postgresql", "mysql"):
+        raise ValueError(f"{redact(url)} is not a database URL (sqlite:///..., postgresql://...)")
+    return url
+
+
+class WarmStartConfig(_Section):
+    """Earlier sweeps a new sweep starts from: their best settings first, their trials for the sampler."""
+
+    sweep: tuple[str, ...] = Field(
+        (), description="the earlier sweep, or a list of them, by name (default: none, a cold start)"
+    )
+    top: int = Field(
+        3, ge=0, description="the earlier sweeps' best settings to evaluate first, before sampling"
+    )
+    study_storage: str | None = Field(
+        None,
+        description="Optuna storage URL of their studies (default: where each kept its study, as "
+        "for search.study_storage)",
+    )
+
+    @field_validator("sweep", mode="before")
+    @classmethod
+    def _names(cls, value: object) -> tuple[str, ...]:
+        names = list(value) if isinstance(value, list | tuple) else [value]
+        return tuple(check_name(name, "search.warm_start.sweep") for name in names)
+
+    @field_validator("study_storage")
+    @classmethod
+    def _rdb_url(cls, url: str | None) -> str | None:
+        return _database_url(url)
+
+
 class SearchConfig(_Section):
     """What to search and how: Optuna sampler, Tune scheduler, resources."""
 
@@ -531,6 +564,7 @@ class SearchConfig(_Section):
     initial_points: tuple[dict[str, Any], ...] = Field(
         (), description="settings to evaluate first (e.g. the paper's), by dotted name"
     )
+    warm_start: WarmStartConfig = Field(WarmStartConfig(), description="earlier sweeps to start from")
     scheduler: Literal["asha", "fifo"] = Field("asha", description="early stopping: asha, or fifo for none")
     grace_period: int = Field(
         1000, ge=1, description="meta-iterations every trial runs before ASHA may stop it"
@@ -557,9 +591,7 @@ class SearchConfig(_Section):
     @field_validator("study_storage")
     @classmethod
     def _rdb_url(cls, url: str | None) -> str | None:
-        if url is not None and uri_scheme(url) not in ("sqlite", "postgresql", "mysql"):
-            raise ValueError(f"{redact(url)} is not a database URL (sqlite:///..., postgresql://...)")
-        return url
+        return _database_url(url)
 
 
 class TrackingConfig(_Section):

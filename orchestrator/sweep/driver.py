@@ -48,6 +48,7 @@ from metasweep.orchestrator.sweep.study import (
     study_storage,
     study_tags,
     trial_numbers,
+    warm_start,
 )
 from metasweep.orchestrator.sweep.trial import EVALUATED, ITERATION, trial
 from metasweep.orchestrator.tracking.model import ModelSpec
@@ -183,6 +184,8 @@ def run_sweep(
         if not resume:
             check_new_study(study_db, config.name, study_url)
     todo = plan(config, resume, study_db if resume else None)
+    metric, mode = config.objective(problem)
+    earlier = None if resume else warm_start(config, uri, storage, metric, mode)
     # After the checks that need no store, so that a sweep refused by them creates none.
     tracker = SweepTracker(uri, config.tracking.experiment, config.name, resume=resume)
     if resume and study_db is None:  # as Tune left it, which can finish the trials it planned only
@@ -206,7 +209,6 @@ def run_sweep(
         raise
     tracker.open(resume)
     try:
-        metric, mode = config.objective(problem)
         if todo.extends:  # MLflow's params are immutable: num_samples' new value goes in a tag
             tell(f"extending sweep {config.name} by {todo.samples} trials to {config.search.num_samples}")
             tracker.log_sweep({}, to_yaml(config))
@@ -241,18 +243,25 @@ def run_sweep(
             tracker.tag_sweep(study_tags(config.name, study_url))
             if study_url is not None and study_db is None:
                 study_db = open_storage(study_url)
+            first = [*(earlier.points if earlier else ()), *config.search.initial_points]
+            first = [point for i, point in enumerate(first) if point not in first[:i]]
             search = StudySearch(
                 space=OptunaSpace(config.algorithm, distributions(config.search.space)),
                 metric=metric,
                 mode=mode,
                 sampler=make_sampler(config.search),
                 # An extension's sampler learns from the earlier trials, which include them.
-                points_to_evaluate=None if todo.extends else list(config.search.initial_points) or None,
+                points_to_evaluate=None if todo.extends else first or None,
                 study_name=config.name,
                 storage=study_db,
             )
+            if earlier is not None:
+                search.add_observations(earlier.trials)
+                tracker.tag_sweep(earlier.provenance)
+                sweeps, trials = (earlier.provenance[f"metasweep.warm_start{k}"] for k in ("", "_trials"))
+                tell(f"warm start from {sweeps}: {trials}")
             if study_db is not None:
-                record_plan(study_db, config, todo)
+                record_plan(study_db, config, todo, metric)
             tuner = tune.Tuner(
                 trainable,
                 tune_config=tune.TuneConfig(

@@ -25,13 +25,15 @@ from pathlib import Path
 from typing import Any
 
 import optuna
+from optuna.distributions import BaseDistribution
 from optuna.trial import TrialState
 from ray.tune.result import TRAINING_ITERATION
 from ray.tune.search.optuna import OptunaSearch
 
-from metasweep.orchestrator.config import SweepConfig
+from metasweep.orchestrator.config import SweepConfig, applies
 from metasweep.orchestrator.errors import UserError
 from metasweep.orchestrator.redact import redact, uri_scheme
+from metasweep.orchestrator.sweep.space import distributions
 from metasweep.orchestrator.sweep.trial import EVALUATED
 
 log = logging.getLogger(__name__)
@@ -41,6 +43,8 @@ TUNE_TRIAL_ID = "tune_trial_id"
 # The study's own record of the sweep (user attributes): trials planned, the Tune experiments
 # that ran them (folders under the sweep's storage, oldest first), and the search space.
 PLANNED, EXPERIMENTS, SPACE = "metasweep.num_samples", "metasweep.experiments", "metasweep.space"
+METRIC = "metasweep.metric"
+WARMED_FROM = "metasweep.warm_start_from"  # on a trial: the earlier sweep it was copied from
 
 
 def study_storage(chosen: str | None, tracking: str, sweep_dir: str) -> str | None:
@@ -178,6 +182,121 @@ def fail_lost_trials(storage: optuna.storages.BaseStorage, name: str) -> list[in
     return lost
 
 
+@dataclass(frozen=True)
+class WarmStart:
+    """What earlier sweeps give a new one (:func:`warm_start`).
+
+    Attributes:
+        points: their best settings that fit the new sweep, best first, to evaluate first.
+        trials: their finished trials that fit the new space, for the new study's sampler.
+        provenance: where they came from, for the parent run's tags.
+    """
+
+    points: tuple[dict[str, Any], ...]
+    trials: tuple[optuna.trial.FrozenTrial, ...]
+    provenance: dict[str, str]
+
+
+def warm_start(config: SweepConfig, tracking: str, storage: str, metric: str, mode: str) -> WarmStart | None:
+    """Read the sweeps ``search.warm_start`` names, where their studies are kept.
+
+    A trial fits the new sweep when it searched the same fields (for its algorithm), each value
+    lies in the new space, and its settings make a valid run of the new config; the others are
+    skipped, with a warning that says how many. Trials an earlier sweep was itself warmed with
+    are not read again.
+
+    Args:
+        config: the new sweep.
+        tracking: the resolved MLflow tracking URI (a PostgreSQL store holds the studies).
+        storage: the sweeps' Tune storage, where SQLite studies are kept.
+        metric, mode: what the new sweep optimises.
+
+    Returns:
+        ``None`` without ``search.warm_start.sweep``.
+
+    Raises:
+        UserError: a sweep without a kept study, a study that is not a sweep's, one that
+            optimised another metric or in the other direction, or one without a finished trial.
+    """
+    settings = config.search.warm_start
+    if not settings.sweep:
+        return None
+    space = distributions(config.search.space)
+    fitting: list[tuple[float, optuna.trial.FrozenTrial, str]] = []
+    skipped = read = 0
+    for name in settings.sweep:
+        if name == config.name:
+            raise UserError(f"search.warm_start: sweep {name!r} is this sweep; name an earlier one")
+        url = find_study(
+            name, tracking, f"{storage}/{name}", settings.study_storage or config.search.study_storage
+        )
+        study = optuna.load_study(study_name=name, storage=open_storage(url, create=False))
+        attrs = study.user_attrs
+        if PLANNED not in attrs:
+            raise UserError(f"search.warm_start: the Optuna study {name!r} is not a metasweep sweep's")
+        if attrs.get(METRIC, metric) != metric or study.direction.name.lower()[:3] != mode:
+            what = attrs.get(METRIC, f"its metric ({study.direction.name.lower()})")
+            raise UserError(
+                f"search.warm_start: sweep {name!r} optimised {what}; this sweep optimises {metric} "
+                f"({mode}): their results do not compare"
+            )
+        own = [
+            t
+            for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+            if WARMED_FROM not in t.user_attrs and t.value is not None
+        ]
+        if not own:
+            raise UserError(f"search.warm_start: sweep {name!r} has no finished trial to start from")
+        read += len(own)
+        for t in own:
+            if _fits(config, space, t.params):
+                value = float(t.value)  # type: ignore[arg-type]
+                fitting.append((value if mode == "min" else -value, t, name))
+            else:
+                skipped += 1
+    if skipped:
+        log.warning(
+            "search.warm_start: %d of %d earlier trials skipped: they searched other fields, or "
+            "values outside this sweep's space or run schema",
+            skipped, read,
+        )  # fmt: skip
+    fitting.sort(key=lambda item: item[0])
+    points: list[dict[str, Any]] = []
+    for _, t, _ in fitting:
+        if len(points) < settings.top and t.params not in points:
+            points.append(dict(t.params))
+    trials = tuple(
+        optuna.trial.create_trial(
+            params=t.params,
+            distributions={k: space[k] for k in t.params},
+            value=t.value,
+            user_attrs={WARMED_FROM: name},
+        )
+        for _, t, name in fitting
+    )
+    provenance = {
+        "metasweep.warm_start": ", ".join(settings.sweep),
+        "metasweep.warm_start_trials": (
+            f"{len(trials)} of {read} earlier trials, best {len(points)} evaluated first"
+        ),
+    }
+    return WarmStart(tuple(points), trials, provenance)
+
+
+def _fits(config: SweepConfig, space: dict[str, BaseDistribution], params: dict[str, Any]) -> bool:
+    algorithm = str(params.get("algorithm", config.algorithm))
+    searched = {k for k in space if k == "algorithm" or applies(k, algorithm)}
+    if set(params) != searched:
+        return False
+    try:
+        if not all(space[k]._contains(space[k].to_internal_repr(v)) for k, v in params.items()):
+            return False
+        config.run_config(params)
+    except (ValueError, TypeError):  # pydantic's ValidationError is a ValueError
+        return False
+    return True
+
+
 class StudySearch(OptunaSearch):
     """Tune's ``OptunaSearch``, with a study that holds what a trial evaluated, and only that.
 
@@ -197,6 +316,11 @@ class StudySearch(OptunaSearch):
         if EVALUATED not in result:
             return
         super().on_trial_result(trial_id, {**result, TRAINING_ITERATION: int(result[EVALUATED])})
+
+    def add_observations(self, trials: tuple[optuna.trial.FrozenTrial, ...]) -> None:
+        """Give the sampler finished trials from elsewhere (a warm start), before any is asked."""
+        study: optuna.Study = self._ot_study  # type: ignore[assignment]
+        study.add_trials(trials)
 
 
 @dataclass(frozen=True)
@@ -271,11 +395,12 @@ def space_record(config: SweepConfig) -> dict[str, Any]:
     return {"algorithm": config.algorithm, "space": space}
 
 
-def record_plan(storage: optuna.storages.BaseStorage, config: SweepConfig, plan: Plan) -> None:
-    """Write the sweep's planned trials, experiments and space into its study (before Tune runs,
-    so that a driver dying meanwhile leaves a study that --resume continues)."""
+def record_plan(storage: optuna.storages.BaseStorage, config: SweepConfig, plan: Plan, metric: str) -> None:
+    """Write the sweep's planned trials, experiments, space and metric into its study (before Tune
+    runs, so that a driver dying meanwhile leaves a study that --resume continues)."""
     study = optuna.load_study(study_name=config.name, storage=storage)
     earlier = list(study.user_attrs.get(EXPERIMENTS, []))
     study.set_user_attr(PLANNED, config.search.num_samples)
     study.set_user_attr(EXPERIMENTS, [*earlier, plan.start] if plan.start else earlier)
     study.set_user_attr(SPACE, json.dumps(space_record(config)))
+    study.set_user_attr(METRIC, metric)

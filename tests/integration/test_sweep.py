@@ -68,7 +68,8 @@ def test_sweep_tracks_every_trial_as_a_child_run_and_extends_when_finished(
     cli, run_cli, tmp_path: Path
 ) -> None:
     """A sweep's MLflow runs, plots and Optuna study; then, finished, the same sweep extended to
-    more trials (one sweep for both keeps the suite short)."""
+    more trials, and a new sweep warm-started from it (one test for the three keeps the suite
+    short)."""
     Path("sweep.yaml").write_text(SWEEP.format(name="s1"))
     result = run_cli("sweep", "sweep.yaml", "--set", "tracking.registered_model=s1-sine", timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
@@ -172,6 +173,28 @@ def test_sweep_tracks_every_trial_as_a_child_run_and_extends_when_finished(
     assert [t.params for t in study.trials].count({"train.inner_lr": 0.01, "train.inner_steps": 1}) == 1
     assert len(client.search_model_versions("name = 's1-sine'")) == 2  # registered again
     assert client.get_run(parent.info.run_id).data.tags["metasweep.num_samples"] == "6"
+
+    # A new sweep warm-started from it: its two trials are s1's two best settings, its sampler
+    # holds s1's six trials, and its parent run says where they came from.
+    best_two = [t.params for t in sorted(study.trials, key=lambda t: t.value)[:2]]
+    warmed = run_cli(
+        "sweep", "sweep.yaml", "--set", "name=s2", "--set", "search.num_samples=2",
+        "--set", "search.initial_points=[]", "--set", "search.warm_start={sweep: s1, top: 2}",
+        "--set", "search.scheduler=fifo", timeout=600,
+    )  # fmt: skip
+    assert warmed.returncode == 0, warmed.stderr[-3000:]
+    assert "warm start from s1: 6 of 6 earlier trials, best 2 evaluated first" in warmed.stderr
+    s2 = optuna.load_study(
+        study_name="s2", storage=f"sqlite:///{Path('runs/sweeps/s2/optuna.db').absolute()}"
+    )
+    own = [t for t in s2.trials if "metasweep.warm_start_from" not in t.user_attrs]
+    assert len(s2.trials) == 8 and sorted(map(str, (t.params for t in own))) == sorted(map(str, best_two))
+    s2_parent = [
+        r for r in client.search_runs([experiment.experiment_id], "tags.`metasweep.sweep` = 's2'")
+        if "mlflow.parentRunId" not in r.data.tags
+    ]  # fmt: skip
+    assert s2_parent[0].data.tags["metasweep.warm_start"] == "s1"
+
     study_file.rename(study_file.with_suffix(".moved"))  # a study storage gone missing
     lost = cli("sweep", "sweep.yaml", "--resume", "s1", "--set", "search.num_samples=8", *here)
     assert lost.returncode == 2 and "has no Optuna study at sqlite:///" in lost.stderr, lost.stderr[-2000:]
@@ -192,6 +215,7 @@ def test_bad_sweeps_exit_2_and_leave_no_run(cli, run_cli, tmp_path: Path) -> Non
         (["--set", "search.space={train.inner_steps: {type: uniform, low: 1, high: 3}}"], "is int"),
         (["--set", "search.space={algorithm: {type: categorical, values: []}}"], "non-empty 'values'"),
         (["--resume", "never-ran"], "no sweep 'never-ran'"),
+        (["--set", "search.warm_start.sweep=never-ran"], "no Optuna study of sweep 'never-ran'"),
         (["--set", "data.dataset=missing.parquet", "--set", "model.name=conv4"], "does not exist"),
     ]
     # The sweep's own local Ray says what it has: a process of its own. (More trials at once than

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import optuna
@@ -124,7 +125,7 @@ def test_a_sweep_is_started_continued_or_extended_as_its_study_records(tmp_path:
     assert plan(config, resume=True, storage=storage) == Plan((), "s", None, 0)  # no study: 0.2.0's
 
     study = optuna.create_study(study_name="s", storage=storage)
-    record_plan(storage, config, plan(config, resume=False, storage=None))
+    record_plan(storage, config, plan(config, resume=False, storage=None), "val/mse")
     first = study.ask()
     assert plan(config, resume=True, storage=storage) == Plan((), "s", None, 0)  # continue it
     with pytest.raises(UserError, match="have not ended"):
@@ -147,9 +148,91 @@ def test_a_sweep_is_started_continued_or_extended_as_its_study_records(tmp_path:
 
     extension = plan(sweep(num_samples=5), resume=True, storage=storage)
     assert extension == Plan(("s",), None, "s/extend-1", 3) and extension.extends
-    record_plan(storage, sweep(num_samples=5), extension)
+    record_plan(storage, sweep(num_samples=5), extension, "val/mse")
     assert plan(sweep(num_samples=5), resume=True, storage=storage) == Plan(("s",), "s/extend-1", None, 0)
 
     optuna.create_study(study_name="foreign", storage=storage)
     with pytest.raises(UserError, match="is not a metasweep sweep's"):
         plan(SweepConfig.model_validate({"name": "foreign", "search": {"space": SPACE}}), True, storage)
+
+
+def old_sweep(storage_dir: Path, name: str, trials: list[tuple[dict, float]], **attrs: object) -> None:
+    """A finished sweep's study where a sweep keeps it (``<storage>/<name>/optuna.db``), as
+    record_plan leaves it, holding ``trials`` (settings, val/mse) and one trial still running."""
+    url = f"sqlite:///{storage_dir / name / STUDY_FILE}"
+    storage = open_storage(url)
+    old = sweep(num_samples=max(len(trials), 1)).model_copy(update={"name": name})
+    study = optuna.create_study(
+        study_name=name, storage=storage, direction=attrs.pop("direction", "minimize")
+    )
+    record_plan(storage, old, plan(old, resume=False, storage=None), str(attrs.pop("metric", "val/mse")))
+    for params, value in trials:
+        dists = {k: optuna.distributions.FloatDistribution(1e-6, 10.0, log=True) if "lr" in k
+                 else optuna.distributions.IntDistribution(0, 100) for k in params}  # fmt: skip
+        study.add_trial(optuna.trial.create_trial(params=params, distributions=dists, value=value))
+    study.ask()  # a trial that never ended is not read
+
+
+def test_a_warm_start_evaluates_the_best_settings_that_fit_first_and_gives_the_sampler_the_rest(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    from metasweep.orchestrator.sweep.study import WARMED_FROM, warm_start
+
+    old_sweep(
+        tmp_path,
+        "old",
+        [
+            ({"train.inner_lr": 0.01}, 0.5),
+            ({"train.inner_lr": 0.05}, 0.2),  # the best
+            ({"train.inner_lr": 0.02}, 0.3),
+            ({"train.inner_lr": 0.5}, 0.1),  # better still, but outside this sweep's space
+            ({"train.inner_lr": 0.03, "train.inner_steps": 2}, 0.05),  # searched another field
+        ],
+    )
+    config = sweep(warm_start={"sweep": "old", "top": 2})
+    with caplog.at_level("WARNING"):
+        warm = warm_start(config, "sqlite:///mlflow.db", str(tmp_path), "val/mse", "min")
+    assert warm is not None
+    assert warm.points == ({"train.inner_lr": 0.05}, {"train.inner_lr": 0.02})
+    assert [t.value for t in warm.trials] == [0.2, 0.3, 0.5]
+    assert all(t.user_attrs[WARMED_FROM] == "old" for t in warm.trials)
+    assert "2 of 5 earlier trials skipped" in caplog.text
+    assert warm.provenance == {
+        "metasweep.warm_start": "old",
+        "metasweep.warm_start_trials": "3 of 5 earlier trials, best 2 evaluated first",
+    }
+    # The new sweep's sampler gets them as finished trials, before any trial is asked.
+    new_storage = open_storage(f"sqlite:///{tmp_path / 'new.db'}")
+    search = StudySearch(
+        space=OptunaSpace("maml", distributions(config.search.space)), metric="val/mse", mode="min",
+        sampler=make_sampler(config.search), study_name="s", storage=new_storage,
+    )  # fmt: skip
+    search.add_observations(warm.trials)
+    study = optuna.load_study(study_name="s", storage=new_storage)
+    assert [t.value for t in study.trials] == [0.2, 0.3, 0.5] and study.best_trial.params == warm.points[0]
+    assert trial_numbers(new_storage, "s") == {}  # none of them is a Tune trial of this sweep
+    assert warm_start(sweep(), "sqlite:///mlflow.db", str(tmp_path), "val/mse", "min") is None
+
+
+def test_warm_starts_that_cannot_work_are_refused(tmp_path: Path) -> None:
+    from metasweep.orchestrator.sweep.study import warm_start
+
+    old_sweep(tmp_path, "old", [({"train.inner_lr": 0.01}, 0.5)])
+    old_sweep(tmp_path, "acc", [({"train.inner_lr": 0.01}, 0.5)], metric="val/accuracy", direction="maximize")
+    old_sweep(tmp_path, "empty", [])
+    cases = {
+        "missing": "no Optuna study of sweep 'missing'",
+        "acc": "sweep 'acc' optimised val/accuracy; this sweep optimises val/mse (min)",
+        "empty": "sweep 'empty' has no finished trial to start from",
+        "s": "sweep 's' is this sweep",
+    }
+    for name, message in cases.items():
+        with pytest.raises(UserError, match=re.escape(message)):
+            warm_start(
+                sweep(warm_start={"sweep": ["old", name]}),
+                "sqlite:///mlflow.db",
+                str(tmp_path),
+                "val/mse",
+                "min",
+            )
+    assert not (tmp_path / "missing").exists(), "looking for a study creates none"
