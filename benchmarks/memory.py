@@ -1,4 +1,4 @@
-"""Peak memory and speed of second-order MAML with a checkpointed inner loop and task chunks.
+"""Peak memory and speed of meta-gradients: MAML's memory settings on Conv-4, learners on ResNet-12.
 
 The workload of issue 13: Conv-4 (64 filters) on Omniglot-shaped episodes (1x28x28 random
 pixels), 5-way 1-shot 15-query, meta-batch 32, second-order MAML, one meta-iteration being
@@ -9,6 +9,10 @@ inner steps:
 * ``checkpoint``: ``checkpoint_inner``, each inner step recomputed in the backward pass;
 * ``chunk 8``: ``task_chunk=8``, four passes of 8 tasks, gradients accumulated;
 * ``both``: the two together.
+
+``--workload resnet12`` measures instead the learners of the miniImageNet literature on
+ResNet-12 (64-160-320-640 filters) and 3x84x84 random pixels, 5-way 1-shot 15-query, meta-batch
+2 by default: second-order MAML plain and with both settings, ANIL and ProtoNet.
 
 Each row runs in a fresh subprocess. ``peak MiB`` is what a meta-iteration adds to the process:
 on the CPU its resident high-water mark (``VmHWM``) less the resident size before the first
@@ -24,6 +28,7 @@ Usage::
     python benchmarks/memory.py                 # the full table, about 15 min on 2 idle cores
     python benchmarks/memory.py --quick         # smoke run: meta-batch 4, 16 filters, 1-2 steps
     python benchmarks/memory.py --json results.json
+    python benchmarks/memory.py --workload resnet12   # ResNet-12, 84x84: about 15 min on 2 cores
 """
 
 from __future__ import annotations
@@ -31,6 +36,7 @@ from __future__ import annotations
 import argparse
 import datetime
 import json
+import math
 import os
 import platform
 import statistics
@@ -39,10 +45,11 @@ import sys
 import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
+from typing import Any
 
 import torch
 
-from metasweep.algorithms import MAML, Conv4
+from metasweep.algorithms import ANIL, MAML, Conv4, Episode, ProtoNet, ResNet12
 from metasweep.algorithms.memory import measure_footprint, meta_backward, peak_bytes
 from metasweep.algorithms.testing import image_episode
 
@@ -56,8 +63,10 @@ SETTINGS = {
 
 @dataclass(frozen=True)
 class Row:
-    """One setting at one number of inner steps."""
+    """One learner and setting at one number of inner steps."""
 
+    workload: str
+    algorithm: str
     setting: str
     inner_steps: int
     peak_mib: float
@@ -66,15 +75,50 @@ class Row:
     tasks_per_s: float
 
 
-def measure(setting: str, steps: int, tasks: int, filters: int, timed: int, device: torch.device) -> Row:
+# The ResNet-12 workload's rows: the learners the few-shot literature runs on it.
+RESNET12_ROWS = (("maml", "plain"), ("maml", "both"), ("anil", "plain"), ("protonet", "plain"))
+
+
+def learner_for(workload: str, algorithm: str, setting: str, steps: int, filters: int) -> Any:
+    """The row's learner: Conv-4 on 1x28x28, or ResNet-12 (64-160-320-640) on 3x84x84."""
+    checkpoint = SETTINGS[setting][0]
+    ways = None if algorithm == "protonet" else 5
+    if workload == "conv4":
+        backbone: torch.nn.Module = Conv4(1, 28, ways, filters)
+    else:
+        widths = (64, 160, 320, 640) if filters == 64 else (filters,) * 4
+        backbone = ResNet12(3, 84, ways, widths)
+    if algorithm == "protonet":
+        return ProtoNet(backbone)
+    learner_class = {"maml": MAML, "anil": ANIL}[algorithm]
+    return learner_class(backbone, inner_lr=0.4, inner_steps=steps, checkpoint_inner=checkpoint)
+
+
+def episode_for(workload: str, tasks: int) -> Episode:
+    """5-way 1-shot 15-query tasks of random pixels, Omniglot-shaped or miniImageNet-shaped."""
+    episode = image_episode(
+        tasks=tasks, ways=5, shots=1, queries=15, seed=1, image_size=28 if workload == "conv4" else 84
+    )
+    if workload == "conv4":
+        return episode
+    return Episode(
+        episode.support_x.expand(-1, -1, 3, -1, -1).contiguous(), episode.support_y,
+        episode.query_x.expand(-1, -1, 3, -1, -1).contiguous(), episode.query_y,
+    )  # fmt: skip
+
+
+def measure(
+    workload: str, algorithm: str, setting: str, steps: int, tasks: int, filters: int, timed: int,
+    device: torch.device,
+) -> Row:  # fmt: skip
     """One row, in this process."""
     torch.manual_seed(0)
-    checkpoint, chunk = SETTINGS[setting]
+    chunk = SETTINGS[setting][1]
     chunk = min(chunk, tasks) if chunk else None
-    learner = MAML(Conv4(1, 28, 5, filters), inner_lr=0.4, inner_steps=steps, checkpoint_inner=checkpoint)
+    learner = learner_for(workload, algorithm, setting, steps, filters)
     learner.to(device)
     optimizer = torch.optim.Adam(learner.parameters(), lr=1e-3)
-    episode = image_episode(tasks=tasks, ways=5, shots=1, queries=15, seed=1).to(device)
+    episode = episode_for(workload, tasks).to(device)
     batch = (episode.support_x, episode.support_y, episode.query_x, episode.query_y)
 
     def iteration() -> None:
@@ -98,12 +142,18 @@ def measure(setting: str, steps: int, tasks: int, filters: int, timed: int, devi
         seconds.append(time.perf_counter() - started)
     peak_mib = peak / 2**20 if device.type == "cuda" else _rss_mib("VmHWM") - before
     rss = _rss_mib("VmHWM")
-    footprint = measure_footprint(learner, *batch)  # after: it must not raise the high-water mark
+    # After the timing, so that it cannot raise the high-water mark. Profiling ResNet-12 on the
+    # CPU takes minutes a row: its rows have no estimate.
+    estimate = math.nan
+    if workload == "conv4" or device.type == "cuda":
+        estimate = measure_footprint(learner, *batch).chunk_bytes(chunk or tasks) / 2**20
     return Row(
+        workload=workload,
+        algorithm=algorithm,
         setting=setting,
         inner_steps=steps,
         peak_mib=peak_mib,
-        estimate_mib=footprint.chunk_bytes(chunk or tasks) / 2**20,
+        estimate_mib=estimate,
         rss_mib=rss,
         tasks_per_s=tasks / statistics.median(seconds),
     )
@@ -119,40 +169,52 @@ def _rss_mib(field: str) -> float:
 
 
 def run_all(args: argparse.Namespace) -> list[Row]:
+    if args.workload == "conv4":
+        plan = [("maml", setting, steps) for steps in args.steps for setting in SETTINGS]
+    else:
+        plan = [(algorithm, setting, steps) for steps in args.steps for algorithm, setting in RESNET12_ROWS]
     rows = []
-    for steps in args.steps:
-        for setting in SETTINGS:
-            command = [
-                sys.executable, __file__, "--one", setting, str(steps), "--tasks", str(args.tasks),
-                "--filters", str(args.filters), "--timed", str(args.timed), "--device", args.device,
-            ]  # fmt: skip
-            done = subprocess.run(command, capture_output=True, text=True, check=False)
-            if done.returncode != 0:
-                raise SystemExit(f"{setting} at {steps} steps failed:\n{done.stderr[-3000:]}")
-            row = Row(**json.loads(done.stdout.strip().splitlines()[-1]))
-            rows.append(row)
-            print(
-                f"  {setting:>10} {steps:>2} steps: {row.peak_mib:8.1f} MiB, {row.tasks_per_s:6.1f} tasks/s",
-                flush=True,
-            )
+    for algorithm, setting, steps in plan:
+        command = [
+            sys.executable, __file__, "--one", algorithm, setting, str(steps), "--workload", args.workload,
+            "--tasks", str(args.tasks), "--filters", str(args.filters), "--timed", str(args.timed),
+            "--device", args.device,
+        ]  # fmt: skip
+        done = subprocess.run(command, capture_output=True, text=True, check=False)
+        if done.returncode != 0:
+            raise SystemExit(f"{algorithm} {setting} at {steps} steps failed:\n{done.stderr[-3000:]}")
+        row = Row(**json.loads(done.stdout.strip().splitlines()[-1]))
+        rows.append(row)
+        print(
+            f"  {algorithm:>8} {setting:>10} {steps:>2} steps: {row.peak_mib:8.1f} MiB, "
+            f"{row.tasks_per_s:6.2f} tasks/s",
+            flush=True,
+        )
     return rows
 
 
 def table(rows: list[Row]) -> str:
-    base_memory = next(
-        r.peak_mib for r in rows if r.setting == "plain" and r.inner_steps == min(r.inner_steps for r in rows)
-    )
+    """The rows as Markdown, with each row's memory against the first row's and its time against
+    the same learner's ``plain`` row at the same inner steps."""
+    first = rows[0]
     lines = [
-        "| inner steps | setting | peak MiB | x 1 step | estimate MiB | process MiB | tasks/s "
+        "| learner | inner steps | setting | peak MiB | x first row | estimate MiB | process MiB | tasks/s "
         "| time x plain |",
-        "|---:|---|---:|---:|---:|---:|---:|---:|",
+        "|---|---:|---|---:|---:|---:|---:|---:|---:|",
     ]
     for row in rows:
-        plain = next(r for r in rows if r.setting == "plain" and r.inner_steps == row.inner_steps)
+        plain = next(
+            (
+                r
+                for r in rows
+                if (r.algorithm, r.setting, r.inner_steps) == (row.algorithm, "plain", row.inner_steps)
+            ),
+            row,
+        )
         lines.append(
-            f"| {row.inner_steps} | {row.setting} | {row.peak_mib:.1f} | {row.peak_mib / base_memory:.2f} | "
-            f"{row.estimate_mib:.1f} | {row.rss_mib:.0f} | {row.tasks_per_s:.1f} | "
-            f"{plain.tasks_per_s / row.tasks_per_s:.2f} |"
+            f"| {row.algorithm} | {row.inner_steps} | {row.setting} | {row.peak_mib:.1f} | "
+            f"{row.peak_mib / first.peak_mib:.2f} | {row.estimate_mib:.1f} | {row.rss_mib:.0f} | "
+            f"{row.tasks_per_s:.2f} | {plain.tasks_per_s / row.tasks_per_s:.2f} |"
         )
     return "\n".join(lines)
 
@@ -160,16 +222,35 @@ def table(rows: list[Row]) -> str:
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="smoke run: 4 tasks, 16 filters, 1-2 steps")
-    parser.add_argument("--steps", type=int, nargs="+", default=[1, 5, 10], help="inner steps of the rows")
-    parser.add_argument("--tasks", type=int, default=32, help="meta-batch size")
-    parser.add_argument("--filters", type=int, default=64, help="Conv-4 filters")
+    parser.add_argument(
+        "--workload", choices=("conv4", "resnet12"), default="conv4",
+        help="conv4: MAML's settings at each inner steps; resnet12: MAML, ANIL and ProtoNet on 84x84 RGB",
+    )  # fmt: skip
+    parser.add_argument(
+        "--steps", type=int, nargs="+", help="inner steps of the rows (conv4: 1 5 10; resnet12: 1)"
+    )
+    parser.add_argument("--tasks", type=int, help="meta-batch size (conv4: 32; resnet12: 2)")
+    parser.add_argument(
+        "--filters",
+        type=int,
+        default=64,
+        help="Conv-4 filters; ResNet-12: 64 is 64-160-320-640, else N in each block",
+    )
     parser.add_argument("--timed", type=int, default=1, help="timed meta-iterations a row (median)")
     parser.add_argument("--device", default="cpu", help="cpu or cuda")
     parser.add_argument("--json", help="also write the rows and the machine to this file")
-    parser.add_argument("--one", nargs=2, metavar=("SETTING", "STEPS"), help=argparse.SUPPRESS)
+    parser.add_argument("--one", nargs=3, metavar=("ALGORITHM", "SETTING", "STEPS"), help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
+    resnet = args.workload == "resnet12"
+    args.steps = args.steps or ([1] if resnet else [1, 5, 10])
+    args.tasks = args.tasks or (2 if resnet else 32)
     if args.quick:
-        args.steps, args.tasks, args.filters, args.timed = [1, 2], 4, 16, 1
+        args.steps, args.tasks, args.filters, args.timed = (
+            [1] if resnet else [1, 2],
+            2 if resnet else 4,
+            8 if resnet else 16,
+            1,
+        )
     return args
 
 
@@ -177,8 +258,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     args = parse_args(argv)
     device = torch.device(args.device)
     if args.one:
-        setting, steps = args.one[0], int(args.one[1])
-        print(json.dumps(asdict(measure(setting, steps, args.tasks, args.filters, args.timed, device))))
+        algorithm, setting, steps = args.one[0], args.one[1], int(args.one[2])
+        row = measure(args.workload, algorithm, setting, steps, args.tasks, args.filters, args.timed, device)
+        print(json.dumps(asdict(row)))
         return
     machine = (
         f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, torch {torch.__version__}"
