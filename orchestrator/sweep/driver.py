@@ -481,13 +481,14 @@ def _cluster_summary(owned: bool) -> str:
 
 
 def _check_memory(config: SweepConfig, problem: Problem, sources: Sources) -> None:
-    """A trial's ``train.memory`` settings, checked on this machine before any trial starts,
+    """CPU trials' ``train.memory`` settings, checked on this machine before any trial starts,
     with every searched integer (inner steps, meta-batch, filters) at its largest: the trial
-    that needs the most memory. Each trial checks its own again where it runs, on its device;
-    GPU trials without a budget take the GPU's free memory as theirs, which only they can see."""
+    that needs the most memory. Each trial checks its own again where it runs. GPU trials are
+    left to that: what they need on their GPU is not what the driver's CPU would measure, and
+    measuring it here would take minutes for a large backbone."""
     t = config.train
     on_cpu = config.search.gpus_per_trial == 0 and config.device != "cuda"
-    if t.memory_budget_gb is None and not (t.memory.task_chunk == "auto" and on_cpu):
+    if not on_cpu or (t.memory_budget_gb is None and t.memory.task_chunk != "auto"):
         return
     largest = {
         key: int(spec.high or 0)
