@@ -167,6 +167,30 @@ def cli() -> Callable[..., subprocess.CompletedProcess[str]]:
     return _cli
 
 
+@pytest.fixture(scope="session")
+def _migrated_store(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from mlflow.tracking import MlflowClient
+
+    path = tmp_path_factory.mktemp("mlflow-template") / "mlflow.db"
+    MlflowClient(f"sqlite:///{path}").search_experiments()  # creates and migrates it
+    return path
+
+
+@pytest.fixture
+def migrated_store(_migrated_store: Path) -> Callable[..., Path]:
+    """``migrated_store(folder=Path("."))``: an empty MLflow SQLite store at ``folder/mlflow.db``,
+    already migrated: a copy of one made once a session. A new store's migrations take 4 s here,
+    and every sweep into a new ``mlflow.db`` pays them; tests about something else than creating
+    the store start from the copy (creating it is tested on its own, in test_tracking.py)."""
+
+    def copy(folder: Path = Path(".")) -> Path:
+        target = folder / "mlflow.db"
+        shutil.copyfile(_migrated_store, target)
+        return target
+
+    return copy
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

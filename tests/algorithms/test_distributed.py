@@ -5,12 +5,13 @@ whole meta-batch; and the shards cover the meta-batch in order whatever the numb
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 import torch
 import torch.distributed as dist
-import torch.multiprocessing as mp
 import torch.nn.functional as F
 
 from metasweep.algorithms import MAML, MLP, Conv4, SinusoidTasks
@@ -71,7 +72,15 @@ def _worker(rank: int, world: int, store: str, out: str) -> None:
 
 @pytest.mark.slow
 def test_two_processes_train_the_model_one_process_trains(tmp_path: Path) -> None:
-    mp.spawn(_worker, args=(2, str(tmp_path / "store"), str(tmp_path / "params")), nprocs=2, join=True)
+    # Two processes of this file, one per rank, as a launcher starts them (multiprocessing's
+    # spawn would leave its resource tracker running in this process).
+    workers = [
+        subprocess.Popen(
+            [sys.executable, __file__, str(rank), "2", str(tmp_path / "store"), str(tmp_path / "params")]
+        )
+        for rank in range(2)
+    ]
+    assert [w.wait(timeout=300) for w in workers] == [0, 0]
     ranks = [torch.load(tmp_path / f"params.{r}", weights_only=True) for r in range(2)]
     for kind in ("mlp", "conv4"):
         alone = train(kind, distributed=False)
@@ -92,3 +101,7 @@ def test_the_shards_cover_the_meta_batch_in_order(world: int) -> None:
     assert max(sizes) - min(sizes) <= 1
     with pytest.raises(ValueError, match="is not one of the"):
         task_shard(5, world, world)
+
+
+if __name__ == "__main__":  # one rank of the two-process test: RANK WORLD STORE OUT
+    _worker(int(sys.argv[1]), int(sys.argv[2]), sys.argv[3], sys.argv[4])

@@ -72,7 +72,7 @@ tracking: {{experiment: {EXPERIMENT}, registered_model: {MODEL}}}
 
 @pytest.fixture
 def swept_ui(
-    free_port, run_cli, wait_for_port, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    free_port, run_cli, wait_for_port, migrated_store, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> Iterator[tuple[str, str, dict[str, str]]]:
     """``metasweep ui`` on 127.0.0.1 (its URL) on a SQLite store (its URI) that holds one finished
     sweep with two trials and a registered champion, and the links the sweep printed (by name:
@@ -84,8 +84,7 @@ def swept_ui(
     eight more processes to start and it writes to the SQLite file the sweep is writing to."""
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     monkeypatch.delenv("MLFLOW_REGISTRY_URI", raising=False)
-    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    MlflowClient(uri).search_experiments()
+    uri = f"sqlite:///{migrated_store(tmp_path)}"
     port = free_port()
     ui = subprocess.Popen(
         [sys.executable, "-m", "metasweep", "ui", "--port", str(port), "--tracking-uri", uri],

@@ -33,13 +33,14 @@ def uri() -> str:
 
 
 @pytest.mark.data
-def test_champion_pull_and_adapt(omniglot, run_cli, tmp_path: Path) -> None:
+def test_champion_pull_and_adapt(omniglot, run_cli, migrated_store, tmp_path: Path) -> None:
     archive = str(omniglot / "images_background_small1.zip")
     made = run_cli("data", "import", archive, "--out", "small.parquet", "--train-classes", "100",
                    "--val-classes", "16", "--no-progress")  # fmt: skip
     assert made.returncode == 0, made.stderr
 
     # A first sweep becomes champion; a worse one (learning rate ~0) is registered as challenger.
+    migrated_store()
     for name, meta_lr in (("good", 0.003), ("worse", 1e-9)):
         Path(f"{name}.yaml").write_text(SWEEP.format(name=name, meta_lr=meta_lr))
         result = run_cli("sweep", f"{name}.yaml", "--set", f"tracking.uri={uri()}", timeout=600)

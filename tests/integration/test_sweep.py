@@ -65,12 +65,13 @@ def live_trial_runs() -> list:
 
 
 def test_sweep_tracks_every_trial_as_a_child_run_and_extends_when_finished(
-    cli, run_cli, tmp_path: Path
+    cli, run_cli, migrated_store, tmp_path: Path
 ) -> None:
     """A sweep's MLflow runs, plots and Optuna study; then, finished, the same sweep extended to
     more trials, and a new sweep warm-started from it (one test for the three keeps the suite
     short)."""
     Path("sweep.yaml").write_text(SWEEP.format(name="s1"))
+    migrated_store()
     result = run_cli("sweep", "sweep.yaml", "--set", "tracking.registered_model=s1-sine", timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
     summary = json.loads(result.stdout.strip().splitlines()[-1])
@@ -262,7 +263,9 @@ def kill_tagged(tag: str) -> None:
             continue
 
 
-def test_a_killed_trial_and_a_killed_driver_lose_nothing(edit_config, cli, run_cli, tmp_path: Path) -> None:
+def test_a_killed_trial_and_a_killed_driver_lose_nothing(
+    edit_config, cli, run_cli, migrated_store, tmp_path: Path
+) -> None:
     """One sweep, two faults (one sweep for both keeps the suite short). Once the first trial has
     reported three evaluations, its Ray worker is SIGKILLed: Tune restarts it from its last
     checkpoint. Once it has finished, the driver and its local Ray are SIGKILLed: --resume
@@ -280,7 +283,7 @@ def test_a_killed_trial_and_a_killed_driver_lose_nothing(edit_config, cli, run_c
         ("grace_period: 20", "scheduler: fifo"),
     ):
         edit_config(path, old, new)
-    store()  # create the database here first, so that polling never races its creation
+    migrated_store()  # the database exists first, so that polling never races its creation
     driver = subprocess.Popen(
         [sys.executable, "-m", "metasweep", "sweep", "sweep.yaml"],
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
@@ -359,9 +362,12 @@ def test_a_killed_trial_and_a_killed_driver_lose_nothing(edit_config, cli, run_c
         assert sorted(set(history)) == every_step, history
 
 
-def test_a_diverging_trial_scores_worst_and_the_sweep_goes_on(edit_config, run_cli, tmp_path: Path) -> None:
+def test_a_diverging_trial_scores_worst_and_the_sweep_goes_on(
+    edit_config, run_cli, migrated_store, tmp_path: Path
+) -> None:
     path = Path("sweep.yaml")
     path.write_text(SWEEP.format(name="d1"))
+    migrated_store()
     for old, new in (
         ("{type: loguniform, low: 0.001, high: 0.05}", "{type: categorical, values: [0.01, 50.0]}"),
         ("    train.inner_steps: {type: int, low: 1, high: 2}\n", ""),
