@@ -26,10 +26,10 @@ at one inner step, all from the same run.
 
 Usage::
 
-    python benchmarks/memory.py                 # the full table, about 15 min on 2 idle cores
+    python benchmarks/memory.py                 # the full table, about 11 min on 2 idle cores
     python benchmarks/memory.py --quick         # smoke run: meta-batch 4, 16 filters, 1-2 steps
     python benchmarks/memory.py --json results.json
-    python benchmarks/memory.py --workload resnet12   # ResNet-12, 84x84: about 15 min on 2 cores
+    python benchmarks/memory.py --workload resnet12   # ResNet-12, 84x84: about 11 min on 2 cores
 """
 
 from __future__ import annotations
