@@ -375,7 +375,7 @@ def task_chunk(config: RunConfig, problem: Problem, source: TaskSource, device: 
             "train.memory.task_chunk: auto on the CPU needs train.memory_budget_gb (only a GPU says "
             "how much memory is free); set it, or give task_chunk a number"
         )
-    learner = new_state(config, problem, device).learner
+    learner = build_learner(config.learner_spec(), problem, device, t.memory.checkpoint_inner)
     sample = source.sample(2, torch.Generator().manual_seed(0)).to(device)
     footprint = measure_footprint(learner, sample.support_x, sample.support_y, sample.query_x, sample.query_y)
     try:

@@ -356,17 +356,14 @@ def import_omniglot(
     )  # fmt: skip
 
 
-SPLIT_FOLDERS = ("train", "val", "test")
-"""The split subfolders of the miniImageNet layout, ``root/train|val|test/<class>/<images>``."""
-
-
 def has_split_folders(root: Path) -> bool:
-    """Whether ``root`` is in the miniImageNet layout: a ``train``, ``val`` and ``test`` folder and
-    nothing else but files and hidden folders (each split folder then holds class folders)."""
+    """Whether ``root`` is in the miniImageNet layout, ``root/train|val|test/<class>/<images>``:
+    a folder per split (:data:`~metasweep.orchestrator.data.format.SPLITS`) and nothing else but
+    files and hidden folders."""
     if not root.is_dir():
         return False
     folders = {p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")}
-    return folders == set(SPLIT_FOLDERS)
+    return folders == set(SPLITS)
 
 
 def import_image_folder(
@@ -413,7 +410,7 @@ def import_image_folder(
         splits: list[str] = []
 
         def each_split() -> Iterator[ClassImages]:
-            for split in SPLIT_FOLDERS:
+            for split in SPLITS:
                 for found in read_image_folder(root / split, image_size, mode):
                     splits.append(split)
                     yield found

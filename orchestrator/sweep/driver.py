@@ -258,8 +258,7 @@ def run_sweep(
             if earlier is not None:
                 search.add_observations(earlier.trials)
                 tracker.tag_sweep(earlier.provenance)
-                sweeps, trials = (earlier.provenance[f"metasweep.warm_start{k}"] for k in ("", "_trials"))
-                tell(f"warm start from {sweeps}: {trials}")
+                tell(f"warm start from {earlier.sweeps}: {earlier.summary}")
             if study_db is not None:
                 record_plan(study_db, config, todo, metric)
             tuner = tune.Tuner(

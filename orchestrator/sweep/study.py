@@ -187,14 +187,26 @@ class WarmStart:
     """What earlier sweeps give a new one (:func:`warm_start`).
 
     Attributes:
+        sweeps: the earlier sweeps' names, comma-separated.
         points: their best settings that fit the new sweep, best first, to evaluate first.
         trials: their finished trials that fit the new space, for the new study's sampler.
-        provenance: where they came from, for the parent run's tags.
+        read: how many finished trials they had.
     """
 
+    sweeps: str
     points: tuple[dict[str, Any], ...]
     trials: tuple[optuna.trial.FrozenTrial, ...]
-    provenance: dict[str, str]
+    read: int
+
+    @property
+    def summary(self) -> str:
+        """What the new sweep took from them, in a line."""
+        return f"{len(self.trials)} of {self.read} earlier trials, best {len(self.points)} evaluated first"
+
+    @property
+    def provenance(self) -> dict[str, str]:
+        """Where they came from, as the parent run's tags."""
+        return {"metasweep.warm_start": self.sweeps, "metasweep.warm_start_trials": self.summary}
 
 
 def warm_start(config: SweepConfig, tracking: str, storage: str, metric: str, mode: str) -> WarmStart | None:
@@ -274,13 +286,7 @@ def warm_start(config: SweepConfig, tracking: str, storage: str, metric: str, mo
         )
         for _, t, name in fitting
     )
-    provenance = {
-        "metasweep.warm_start": ", ".join(settings.sweep),
-        "metasweep.warm_start_trials": (
-            f"{len(trials)} of {read} earlier trials, best {len(points)} evaluated first"
-        ),
-    }
-    return WarmStart(tuple(points), trials, provenance)
+    return WarmStart(", ".join(settings.sweep), tuple(points), trials, read)
 
 
 def _fits(config: SweepConfig, space: dict[str, BaseDistribution], params: dict[str, Any]) -> bool:
