@@ -150,6 +150,12 @@ class TrainConfig(_Section):
     )
     eval_every: int = Field(500, ge=1, description="meta-iterations between meta-validation runs")
     memory: MemoryConfig = Field(MemoryConfig(), description="checkpointing and task chunks")
+    workers: int = Field(
+        1,
+        ge=1,
+        description="data-parallel workers that share each meta-batch (Ray Train, one local Ray; a "
+        "sweep takes search.workers_per_trial); the same updates as one worker (docs/scaling.md)",
+    )
     memory_budget_gb: float | None = Field(
         None,
         gt=0,
@@ -159,14 +165,27 @@ class TrainConfig(_Section):
 
     @model_validator(mode="after")
     def _chunk_divides_the_meta_batch(self) -> TrainConfig:
-        chunk = self.memory.task_chunk
-        if isinstance(chunk, int) and (chunk > self.meta_batch_size or self.meta_batch_size % chunk):
-            divisors = [d for d in range(1, self.meta_batch_size + 1) if self.meta_batch_size % d == 0]
+        if self.meta_batch_size % self.workers:
             raise ValueError(
-                f"memory.task_chunk={chunk} does not divide meta_batch_size={self.meta_batch_size} "
-                f"into equal chunks; use one of {', '.join(map(str, divisors))} or auto"
+                f"meta_batch_size={self.meta_batch_size} does not split evenly over {self.workers} "
+                f"workers; use a multiple of {self.workers}"
+            )
+        chunk, shard = self.memory.task_chunk, self.worker_tasks
+        if isinstance(chunk, int) and (chunk > shard or shard % chunk):
+            divisors = [d for d in range(1, shard + 1) if shard % d == 0]
+            tasks = f"meta_batch_size={self.meta_batch_size}"
+            if self.workers > 1:
+                tasks = f"the {shard} tasks of each of {self.workers} workers ({tasks})"
+            raise ValueError(
+                f"memory.task_chunk={chunk} does not divide {tasks} into equal chunks; "
+                f"use one of {', '.join(map(str, divisors))} or auto"
             )
         return self
+
+    @property
+    def worker_tasks(self) -> int:
+        """Tasks of the meta-batch each worker takes the meta-gradient of."""
+        return self.meta_batch_size // self.workers
 
     def evaluates_at(self, iteration: int) -> bool:
         """Whether meta-validation runs after meta-iteration ``iteration`` (every ``eval_every``,
@@ -572,8 +591,18 @@ class SearchConfig(_Section):
     reduction_factor: float = Field(2.0, gt=1, description="ASHA keeps 1/reduction_factor per rung")
     metric: str | None = Field(None, description="metric to optimise (default val/accuracy or val/mse)")
     time_budget_s: float | None = Field(None, gt=0, description="stop launching trials after this long")
-    cpus_per_trial: float = Field(1.0, gt=0, description="CPUs reserved per trial")
-    gpus_per_trial: float = Field(0.0, ge=0, description="GPUs per trial; fractions share one GPU")
+    cpus_per_trial: float = Field(
+        1.0, gt=0, description="CPUs reserved per trial, shared equally by its workers"
+    )
+    gpus_per_trial: float = Field(
+        0.0, ge=0, description="GPUs per trial, shared equally by its workers; fractions share one GPU"
+    )
+    workers_per_trial: int = Field(
+        1,
+        ge=1,
+        description="data-parallel workers of each trial (a Ray Train run inside the trial; "
+        "docs/scaling.md); meta_batch_size must split evenly over them",
+    )
     max_failures: int = Field(2, ge=0, description="restarts of a failed trial from its checkpoint")
     progress_every_s: float = Field(
         15.0,
@@ -638,7 +667,7 @@ class SweepConfig(RunConfig):
                 where = ".".join(str(part) for part in first["loc"])
                 raise ValueError(
                     f"search.initial_points[{i}] {point} gives an invalid run"
-                    f"{f' ({where})' if where else ''}: {first['msg']}"
+                    f"{f' ({where})' if where else ''}: {_message(first)}"
                 ) from None
         # Every value the space can produce must make a valid run config.
         for key, spec in self.search.space.items():
@@ -650,17 +679,48 @@ class SweepConfig(RunConfig):
                     except ValidationError as exc:
                         first = exc.errors()[0]
                         raise ValueError(
-                            f"search.space.{key}: value {value!r} gives an invalid run: {first['msg']}"
+                            f"search.space.{key}: value {value!r} gives an invalid run: {_message(first)}"
                         ) from None
         chunk, batch = self.train.memory.task_chunk, self.search.space.get("train.meta_batch_size")
-        if isinstance(chunk, int) and batch is not None:  # between the corners too
+        workers = self.search.workers_per_trial
+        if batch is not None:  # between the corners too
             sizes = batch.values or range(int(batch.low or 1), int(batch.high or 1) + 1)
-            uneven = [size for size in sizes if isinstance(size, int) and size % chunk]
+            multiple, why = workers, f"search.workers_per_trial={workers}"
+            if isinstance(chunk, int):
+                multiple, why = workers * chunk, f"train.memory.task_chunk={chunk}"
+                if workers > 1:
+                    why = f"{why} for each of search.workers_per_trial={workers}"
+            uneven = [size for size in sizes if isinstance(size, int) and size % multiple]
             if uneven:
                 raise ValueError(
-                    f"search.space.train.meta_batch_size: {uneven[0]} is not a multiple of "
-                    f"train.memory.task_chunk={chunk}; search multiples of it, or use task_chunk: auto"
+                    f"search.space.train.meta_batch_size: {uneven[0]} is not a multiple of {multiple} "
+                    f"({why}); search multiples of it"
+                    + (", or use task_chunk: auto" if isinstance(chunk, int) else "")
                 )
+        return self
+
+    @model_validator(mode="after")
+    def _workers_of_a_trial(self) -> SweepConfig:
+        s = self.search
+        if self.train.workers != 1:
+            raise ValueError(
+                f"train.workers={self.train.workers}: a sweep's trials take search.workers_per_trial "
+                "(train.workers is metasweep train's)"
+            )
+        per_worker = s.gpus_per_trial / s.workers_per_trial
+        if s.workers_per_trial > 1 and s.gpus_per_trial and per_worker != int(per_worker):
+            raise ValueError(
+                f"search.gpus_per_trial={s.gpus_per_trial:g} gives each of {s.workers_per_trial} "
+                f"workers {per_worker:g} GPUs; a trial of several workers needs whole GPUs per worker "
+                f"(NCCL runs one rank per GPU): use a multiple of {s.workers_per_trial}"
+            )
+        if "train.meta_batch_size" not in s.space:  # else the space's check says it
+            try:
+                self.run_config({})
+            except ValidationError as exc:
+                raise ValueError(
+                    f"search.workers_per_trial={s.workers_per_trial}: {_message(exc.errors()[0])}"
+                ) from None
         return self
 
     @property
@@ -677,6 +737,7 @@ class SweepConfig(RunConfig):
             ValidationError: ``params`` make an invalid run.
         """
         tree = self.model_dump(mode="json", exclude={"search", "tracking"})
+        tree["train"]["workers"] = self.search.workers_per_trial
         for key, value in params.items():
             set_dotted(tree, key, value)
         defaults = RunConfig.model_construct()
@@ -689,6 +750,10 @@ class SweepConfig(RunConfig):
         validation score."""
         metric = self.search.metric or f"val/{problem.metric}"
         return metric, mode_of(metric, problem)
+
+
+def _message(error: Mapping[str, Any]) -> str:
+    return str(error["msg"]).removeprefix("Value error, ")
 
 
 def applies(key: str, algorithm: str) -> bool:

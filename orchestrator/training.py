@@ -23,8 +23,10 @@ from typing import Any
 
 import numpy as np
 import torch
+import torch.distributed as dist
 
 from metasweep.algorithms import MetaLearner, SinusoidTasks, TaskSource, evaluate, fixed_episodes
+from metasweep.algorithms.distributed import distributed_meta_backward
 from metasweep.algorithms.memory import largest_chunk, measure_footprint, meta_backward
 from metasweep.algorithms.tasks import Episode
 from metasweep.orchestrator.config import RunConfig, load_config_dict, to_yaml
@@ -312,11 +314,21 @@ def train(
     on_eval: EvalCallback | None = None,
     on_step: StepCallback | None = None,
     test: bool = True,
+    distributed: bool = False,
 ) -> dict[str, float]:
     """Meta-train as ``config`` says, evaluate on meta-test, and return the final metrics.
 
     Meta-validation runs every ``train.eval_every`` iterations and after the last one; each time
     a checkpoint is written to ``<run_dir>/checkpoint.pt`` and a line to ``metrics.jsonl``.
+
+    With ``distributed``, this process is one of the ``train.workers`` replicas of the default
+    ``torch.distributed`` process group, all called with the same config and checkpoint: each
+    takes the meta-gradient of its share of every meta-batch, the gradients are summed across
+    replicas before each meta-optimiser step
+    (:func:`~metasweep.algorithms.distributed.distributed_meta_backward`), and so every replica
+    holds the parameters one process would reach alone. Rank 0 alone
+    evaluates, writes the checkpoint and metrics, and returns metrics; the other ranks write
+    nothing to their run directories and return ``{}``.
 
     Args:
         config: the validated run configuration.
@@ -324,11 +336,15 @@ def train(
         resume: continue from ``<run_dir>/checkpoint.pt`` if it exists (same config required).
         overwrite: start over an earlier run of the same name (its checkpoint and metrics go).
             Without ``resume`` or ``overwrite`` an earlier run is never touched.
-        on_eval: called as ``on_eval(iteration, metrics)`` after every meta-validation.
+        on_eval: called as ``on_eval(iteration, metrics)`` after every meta-validation (on
+            ranks other than 0, at the same iterations with ``{}``: callbacks that synchronise
+            the replicas are reached by all of them).
         on_step: called as ``on_step(iteration, loss)`` after every meta-iteration, and once
-            before the first with the iteration it starts from (``loss`` NaN).
+            before the first with the iteration it starts from (``loss`` NaN); ``loss`` is the
+            whole meta-batch's on every rank.
         test: score meta-test at the end; sweeps leave it to the driver, after the search, so
             that test tasks never influence which trial wins.
+        distributed: train as one replica of the default process group (above).
 
     Returns:
         ``train/loss``, ``val/*`` and (with ``test``) ``test/*`` metrics of the final model, and
@@ -342,12 +358,15 @@ def train(
     device = resolve_device(config.device)
     check_run_dir(config, resume, overwrite)
     chunk = task_chunk(config, inputs.problem, inputs.sources.train, device)
+    world = dist.get_world_size() if distributed else 1
+    if world != config.train.workers:
+        raise ValueError(f"train.workers={config.train.workers} but {world} processes train together")
     with locked_run_dir(config.run_dir):
         check_run_dir(config, resume, overwrite)  # again, now that no other process can write
         if overwrite:
             for name in RUN_FILES:
                 (config.run_dir / name).unlink(missing_ok=True)
-        return _train(config, inputs, resume, on_eval, on_step, test, chunk)
+        return _train(config, inputs, resume, on_eval, on_step, test, chunk, distributed)
 
 
 def task_chunk(config: RunConfig, problem: Problem, source: TaskSource, device: torch.device) -> int | None:
@@ -379,14 +398,14 @@ def task_chunk(config: RunConfig, problem: Problem, source: TaskSource, device: 
     sample = source.sample(2, torch.Generator().manual_seed(0)).to(device)
     footprint = measure_footprint(learner, sample.support_x, sample.support_y, sample.query_x, sample.query_y)
     try:
-        fits = largest_chunk(footprint, t.meta_batch_size, budget_bytes)
+        fits = largest_chunk(footprint, t.worker_tasks, budget_bytes)
     except ValueError as exc:
         raise UserError(f"{limit}: {exc}; {_SAVINGS}") from None
     if chunk == "auto":
         need = footprint.chunk_bytes(fits) / 2**30
         log.info("meta-gradients in chunks of %d tasks (about %.3g GiB each)", fits, need)
         return fits
-    whole = chunk or t.meta_batch_size
+    whole = chunk or t.worker_tasks
     if footprint.chunk_bytes(whole) > budget_bytes:
         raise UserError(
             f"a pass of {whole} tasks needs about {footprint.chunk_bytes(whole) / 2**30:.3g} GiB "
@@ -407,7 +426,9 @@ def _train(
     on_step: StepCallback | None,
     test: bool,
     chunk: int | None,
+    distributed: bool,
 ) -> dict[str, float]:
+    lead = not distributed or dist.get_rank() == 0
     device = resolve_device(config.device)
     problem, sources = inputs.problem, inputs.sources
     source = sources.train
@@ -424,7 +445,8 @@ def _train(
             )
         state.load_state_dict(saved)
         log.info("resuming %s at iteration %d", run_dir, state.iteration)
-    (run_dir / "config.yaml").write_text(to_yaml(config))
+    if lead:
+        (run_dir / "config.yaml").write_text(to_yaml(config))
 
     t = config.train
     started = time.perf_counter()
@@ -435,9 +457,11 @@ def _train(
     while state.iteration < t.iterations:
         episode = source.sample(t.meta_batch_size, state.generator).to(device)
         state.optimizer.zero_grad(set_to_none=True)
-        loss = meta_backward(
-            state.learner, episode.support_x, episode.support_y, episode.query_x, episode.query_y, chunk
-        )
+        batch = (episode.support_x, episode.support_y, episode.query_x, episode.query_y)
+        if distributed:
+            loss = distributed_meta_backward(state.learner, *batch, task_chunk=chunk)
+        else:
+            loss = meta_backward(state.learner, *batch, chunk)
         state.optimizer.step()
         state.iteration += 1
         value = loss.item()
@@ -452,11 +476,14 @@ def _train(
         if t.evaluates_at(state.iteration):
             metrics = {"train/loss": sum(window) / len(window)}
             window.clear()
-            metrics.update(evaluate_split(state.learner, held_out.val, problem, config, "val"))
-            save_checkpoint(state, config, checkpoint)
-            _append_metrics(run_dir / METRICS, state.iteration, metrics)
+            if lead:
+                metrics.update(evaluate_split(state.learner, held_out.val, problem, config, "val"))
+                save_checkpoint(state, config, checkpoint)
+                _append_metrics(run_dir / METRICS, state.iteration, metrics)
             if on_eval is not None:
-                on_eval(state.iteration, metrics)
+                on_eval(state.iteration, metrics if lead else {})
+    if not lead:
+        return {}
     if not metrics:  # zero iterations to go (resumed a finished run, or iterations: 0)
         metrics = evaluate_split(state.learner, held_out.val, problem, config, "val")
         save_checkpoint(state, config, checkpoint)
@@ -468,12 +495,13 @@ def _train(
 
 
 def _without_budget(config: dict[str, Any]) -> dict[str, Any]:
-    # A resumed run may train for longer, evaluate differently, fit memory otherwise (the same
-    # gradients) or live in another directory (a retried sweep trial gets a fresh one);
-    # everything else must match. Checkpoints of earlier versions hold no memory settings.
+    # A resumed run may train for longer, evaluate differently, fit memory otherwise or on
+    # another number of workers (the same gradients) or live in another directory (a retried
+    # sweep trial gets a fresh one); everything else must match. Checkpoints of earlier
+    # versions hold no memory or worker settings.
     train = {**config["train"], "iterations": None, "eval_every": None}
-    train.pop("memory", None)
-    train.pop("memory_budget_gb", None)
+    for name in ("memory", "memory_budget_gb", "workers"):
+        train.pop(name, None)
     return {
         **config,
         "train": train,

@@ -31,21 +31,28 @@ def train(
     ] = False,
     progress: Annotated[bool, typer.Option(help="Show a progress bar on stderr.")] = True,
 ) -> None:
-    """Meta-train one model on this machine (no Ray, no servers).
+    """Meta-train one model on this machine, with no servers.
 
     Evaluates on meta-validation every train.eval_every iterations and on meta-test at the end,
     writes a checkpoint, the resolved config and metrics.jsonl to the run directory, and prints
     the final metrics as one JSON object on the last line of stdout. An earlier run of the same
-    name is never touched unless --resume or --overwrite says what to do with it.
+    name is never touched unless --resume or --overwrite says what to do with it. With
+    train.workers above 1 the meta-batches are shared by that many workers on a local Ray.
     """
     from metasweep.orchestrator import training
     from metasweep.orchestrator.config import load_config
 
     cfg = load_config(config, set_ or [])
     training.check_run_dir(cfg, resume, overwrite)  # before the dataset is read
-    inputs = training.prepare(cfg)
-    with training_bar(cfg.name, cfg.train.iterations, enabled=progress) as on_step:
-        metrics = training.train(cfg, inputs, resume=resume, overwrite=overwrite, on_step=on_step)
+    if cfg.train.workers > 1:
+        from metasweep.orchestrator.sweep.workers import train_locally
+
+        with training_bar(cfg.name, cfg.train.iterations, enabled=progress) as on_step:
+            metrics = train_locally(cfg, resume=resume, overwrite=overwrite, on_step=on_step)
+    else:
+        inputs = training.prepare(cfg)
+        with training_bar(cfg.name, cfg.train.iterations, enabled=progress) as on_step:
+            metrics = training.train(cfg, inputs, resume=resume, overwrite=overwrite, on_step=on_step)
     metrics_table(f"run {cfg.name}", metrics, cfg.run_dir)
     print(json.dumps(metrics))
 

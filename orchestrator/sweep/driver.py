@@ -70,6 +70,8 @@ from metasweep.orchestrator.training import (
 
 log = logging.getLogger(__name__)
 LOCAL_RAY = "local"  # the address that starts a new Ray on this machine
+WORKERS = "workers"
+"""The folder of the sweep's storage where Ray Train keeps trials' checkpoints of several workers."""
 
 
 @dataclass(frozen=True)
@@ -216,8 +218,15 @@ def run_sweep(
         else:
             tracker.log_sweep(_sweep_params(config, metric, mode), to_yaml(config))
         trainable = tune.with_resources(
-            tune.with_parameters(trial, sweep=config, problem=problem, dataset=dataset),
-            {"cpu": config.search.cpus_per_trial, "gpu": config.search.gpus_per_trial},
+            tune.with_parameters(
+                trial,
+                sweep=config,
+                problem=problem,
+                # Nested, so that Ray hands each trial (and its workers) the reference.
+                dataset=None if dataset is None else [ray.put(dataset)],
+                workers_storage=f"{sweep_dir}/{WORKERS}",
+            ),
+            _trial_resources(config),
         )
         experiment = todo.restore or todo.start or config.name
         run_config = tune.RunConfig(
@@ -517,12 +526,46 @@ def _check_resources(config: SweepConfig, where: str) -> None:
     fits = math.floor(cpus / s.cpus_per_trial)
     if s.gpus_per_trial > 0:
         fits = min(fits, math.floor(gpus / s.gpus_per_trial))
+    if s.workers_per_trial > 1:  # each worker is placed on one node, a trial's may spread
+        cpus_each, gpus_each = s.cpus_per_trial / s.workers_per_trial, s.gpus_per_trial / s.workers_per_trial
+        places = _worker_places(cpus_each, gpus_each)
+        if places < s.workers_per_trial:
+            raise UserError(
+                f"search.workers_per_trial={s.workers_per_trial} workers of {cpus_each:g} CPUs and "
+                f"{gpus_each:g} GPUs each, but the Ray cluster's nodes "
+                f"place at most {places} ({where}); lower workers_per_trial or the per-trial resources"
+            )
+        fits = min(fits, places // s.workers_per_trial)
     if s.max_concurrent > fits:
         raise UserError(
             f"search.max_concurrent={s.max_concurrent} but the Ray cluster fits at most {fits} trials "
             f"at once ({where}); lower max_concurrent or the per-trial resources, or pass "
             "--address for another cluster"
         )
+
+
+def _trial_resources(config: SweepConfig) -> dict[str, float]:
+    """What Tune reserves for one trial: all of it for a trial of one worker; for a trial of
+    several, nothing but a token, since the trial's process only relays what its Ray Train
+    workers report and the workers reserve their own (Tune refuses an empty request)."""
+    s = config.search
+    if s.workers_per_trial > 1:
+        return {"cpu": 0, "memory": 1}
+    return {"cpu": s.cpus_per_trial, "gpu": s.gpus_per_trial}
+
+
+def _worker_places(cpus: float, gpus: float) -> int:
+    """How many workers of ``cpus`` and ``gpus`` the cluster's live nodes hold at once."""
+    places = 0
+    for node in ray.nodes():
+        if not node.get("Alive"):
+            continue
+        have = node.get("Resources", {})
+        fit = math.floor(have.get("CPU", 0.0) / cpus + 1e-9)
+        if gpus > 0:
+            fit = min(fit, math.floor(have.get("GPU", 0.0) / gpus + 1e-9))
+        places += fit
+    return places
 
 
 def _register(

@@ -10,12 +10,13 @@ from pathlib import Path
 from typing import Any
 
 import ray
+import ray.train
 from ray import tune
 
 from metasweep.orchestrator.config import SweepConfig
-from metasweep.orchestrator.data.format import EpisodicDataset
 from metasweep.orchestrator.errors import TrainingDiverged
 from metasweep.orchestrator.problem import Problem
+from metasweep.orchestrator.sweep.workers import Placement, Replicas, train_on_workers
 from metasweep.orchestrator.training import CHECKPOINT, Inputs, build_sources, train
 
 ITERATION = "iteration"
@@ -26,28 +27,40 @@ RATE = "train/it_per_s"
 EVALUATED = "evaluated_at"
 """The meta-iteration of an evaluation: only results that carry it hold new validation metrics
 (ASHA's time axis). The others are progress reports between evaluations."""
+RESTARTS = "workers/restarts"
+"""How often the Ray Train workers of a trial of several restarted from its last checkpoint
+(after a worker failed)."""
 DIVERGED = "diverged"
 """Present in a trial's last result when its training diverged, with the reason."""
 
 
 def trial(
-    params: dict[str, Any], *, sweep: SweepConfig, problem: Problem, dataset: EpisodicDataset | None
+    params: dict[str, Any],
+    *,
+    sweep: SweepConfig,
+    problem: Problem,
+    dataset: list[Any] | None,
+    workers_storage: str,
 ) -> None:
     """Train one configuration, reporting validation metrics and a checkpoint to Tune.
 
-    Continues from Tune's checkpoint when the trial is restarted after a failure.
+    Continues from Tune's checkpoint when the trial is restarted after a failure. With
+    ``search.workers_per_trial`` above 1 the trial is a Ray Train run of that many workers
+    (:mod:`metasweep.orchestrator.sweep.workers`), and this function relays what they report.
 
     Args:
         params: the sampled settings, by dotted config name.
         sweep: the sweep's config.
         problem: what the sweep solves, as the driver described it.
-        dataset: the episodic dataset from the object store (shared by the node's trials), or
-            ``None`` for sinusoid tasks.
+        dataset: ``[ObjectRef]`` of the episodic dataset in the object store (shared by the
+            node's trials and workers), or ``None`` for sinusoid tasks.
+        workers_storage: where Ray Train keeps the checkpoints of trials of several workers.
     """
     work = Path(tempfile.mkdtemp(prefix="metasweep-trial-"))
     config = sweep.run_config(params).model_copy(update={"output_dir": str(work)})
     checkpoint = tune.get_checkpoint()
-    if checkpoint is not None:
+    workers = config.train.workers
+    if checkpoint is not None and workers == 1:
         with checkpoint.as_directory() as saved:
             shutil.copy(Path(saved) / CHECKPOINT, work / CHECKPOINT)
     metric, mode = sweep.objective(problem)
@@ -56,7 +69,7 @@ def trial(
 
     # The previous report: when, at which meta-iteration, with which score; the training losses
     # since the last evaluation.
-    last: dict[str, Any] = {"at": time.monotonic(), "iteration": None, "score": worst}
+    last: dict[str, Any] = {"at": time.monotonic(), "iteration": None, "score": worst, "restarts": 0}
     losses: list[float] = []
 
     def rate(iteration: int) -> float:
@@ -67,7 +80,10 @@ def trial(
         return per_s
 
     def step(iteration: int, loss: float) -> None:
-        if last["iteration"] is None:  # called first with the iteration training starts from
+        if math.isnan(loss):  # training starts, or its workers restarted, from ``iteration``
+            if last["iteration"] is not None:
+                last["restarts"] += 1
+                losses.clear()
             last.update(at=time.monotonic(), iteration=iteration)
             return
         losses.append(loss)
@@ -84,7 +100,7 @@ def trial(
              "train/loss": sum(losses) / len(losses), NODE: node}
         )  # fmt: skip
 
-    def report(iteration: int, metrics: dict[str, float]) -> None:
+    def report(iteration: int, metrics: dict[str, float], saved: ray.train.Checkpoint | None) -> None:
         # Optuna refuses NaN objectives: a diverged evaluation scores the worst possible value.
         score = metrics.get(metric, math.nan)
         last["score"] = score if math.isfinite(score) else worst
@@ -98,12 +114,40 @@ def trial(
             **{k: v for k, v in metrics.items() if k != metric},
             NODE: node,
             EVALUATED: iteration,
+            **({RESTARTS: last["restarts"]} if workers > 1 else {}),
         }
-        tune.report(result, checkpoint=tune.Checkpoint.from_directory(str(work)))
+        tune.report(result, checkpoint=saved)
 
     try:
-        inputs = Inputs(problem, build_sources(config, dataset))
-        train(config, inputs, resume=checkpoint is not None, on_eval=report, on_step=step, test=False)
+        if workers > 1:
+            s = sweep.search
+            replicas = Replicas(
+                config, problem, dataset, lead_dir=None, resume=False, overwrite=False, test=False,
+                every_s=s.progress_every_s,
+            )  # fmt: skip
+            placement = Placement(
+                workers, s.cpus_per_trial / workers, s.gpus_per_trial / workers, s.max_failures
+            )
+            train_on_workers(
+                replicas,
+                placement,
+                storage=workers_storage,
+                name=tune.get_context().get_trial_id(),
+                checkpoint=checkpoint,
+                on_eval=lambda i, m, saved: report(i, m, _from_train(saved)),
+                on_step=step,
+            )
+            return
+        data = ray.get(dataset[0]) if dataset else None
+        inputs = Inputs(problem, build_sources(config, data))
+        train(
+            config,
+            inputs,
+            resume=checkpoint is not None,
+            on_eval=lambda i, m: report(i, m, tune.Checkpoint.from_directory(str(work))),
+            on_step=step,
+            test=False,
+        )
     except TrainingDiverged as exc:
         # The worst possible score ends the trial (ASHA and Optuna learn from it); retrying
         # would diverge again.
@@ -111,3 +155,8 @@ def trial(
         tune.report({metric: worst, DIVERGED: str(exc), ITERATION: done, EVALUATED: done})
     finally:
         shutil.rmtree(work, ignore_errors=True)
+
+
+def _from_train(saved: ray.train.Checkpoint | None) -> tune.Checkpoint | None:
+    """Rank 0's checkpoint in Train's storage, for Tune to copy to the trial's."""
+    return None if saved is None else tune.Checkpoint(saved.path, saved.filesystem)

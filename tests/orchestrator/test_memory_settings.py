@@ -117,7 +117,7 @@ def test_a_searched_meta_batch_must_hold_whole_chunks(cli) -> None:
         "--set", "search.space={train.meta_batch_size: {type: int, low: 5, high: 25}}",
     )  # fmt: skip
     assert result.returncode == 2, result.stderr
-    assert "meta_batch_size: 6 is not a multiple of train.memory.task_chunk=5" in result.stderr
+    assert "meta_batch_size: 6 is not a multiple of 5 (train.memory.task_chunk=5)" in result.stderr
     assert not Path("mlflow.db").exists()
 
 
