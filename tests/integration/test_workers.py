@@ -1,0 +1,183 @@
+"""Runs of several data-parallel workers on a real local Ray (Ray Train, gloo on this CPU):
+``metasweep train`` with ``train.workers: 2`` ends where one worker does, and a sweep's trial of
+two workers survives one of them being killed."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import psutil
+import pytest
+import torch
+from mlflow.tracking import MlflowClient
+
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
+
+SINUSOID = """
+name: {name}
+algorithm: maml
+seed: 7
+model: {{name: mlp, hidden: [20, 20]}}
+data: {{dataset: sinusoid, shots: 5, queries: 5}}
+train: {{iterations: 20, meta_batch_size: 6, eval_every: 10, inner_steps: 2, inner_lr: 0.05}}
+eval: {{inner_steps: 2, val_tasks: 10, test_tasks: 10, batch_size: 10}}
+"""
+
+CONV4 = """
+name: {name}
+algorithm: maml
+seed: 7
+model: {{name: conv4, filters: 8}}
+data: {{dataset: images.parquet, ways: 2, shots: 1, queries: 2}}
+# SGD: Conv-4's convolution biases sit before per-task BatchNorm, so their meta-gradient is zero
+# up to rounding, which Adam would scale into full steps that differ with the order of the sums.
+train: {{iterations: 20, meta_batch_size: 4, eval_every: 10, inner_steps: 2, inner_lr: 0.3,
+        meta_optimizer: sgd, meta_lr: 0.1}}
+eval: {{inner_steps: 2, val_tasks: 4, test_tasks: 4, batch_size: 4}}
+"""
+
+
+def weights(run: str) -> tuple[int, dict[str, torch.Tensor]]:
+    saved = torch.load(Path("runs") / run / "checkpoint.pt", weights_only=True)
+    return saved["iteration"], saved["learner"]
+
+
+@pytest.mark.parametrize("workload", ["conv4"])
+def test_two_workers_train_the_parameters_one_worker_does(
+    workload: str, run_cli, make_folder, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """20 meta-iterations of second-order MAML: the meta-batch split over two Ray Train workers
+    (gloo) gives the parameters one process reaches with the whole meta-batch. (The sinusoid
+    MLP passes here too when added to the parameters; it would cost the suite a minute, and
+    tests/algorithms/test_distributed.py checks it in float64.)
+
+    For Conv-4 the one process computes as each worker does: one thread (a worker of one CPU
+    runs one) and passes of a worker's two tasks. Second order through per-task BatchNorm of
+    two images a class multiplies float32 rounding by about ten a meta-iteration on this toy
+    data: one process alone ends 0.03 apart from itself on one thread against two (measured).
+    Arithmetic alike, the workers' parameters equal the process's; float64 equality without
+    this care is tests/algorithms/test_distributed.py's."""
+    if workload == "conv4":
+        make_folder(tmp_path / "images", classes=9, per_class=3, size=28)
+        imported = run_cli(
+            "data", "import", "images", "--out", "images.parquet", "--split-ratios", "0.34,0.33,0.33",
+            "--no-progress",
+        )  # fmt: skip
+        assert imported.returncode == 0, imported.stderr
+    template = SINUSOID if workload == "sinusoid" else CONV4
+    Path("run.yaml").write_text(template.format(name="one"))
+    alike: list[str] = []
+    if workload == "conv4":
+        monkeypatch.setenv("OMP_NUM_THREADS", "1")
+        alike = ["--set", "train.memory.task_chunk=2"]
+    one = run_cli("train", "run.yaml", "--no-progress", *alike)
+    assert one.returncode == 0, one.stderr[-3000:]
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    two = run_cli("train", "run.yaml", "--set", "name=two", "--set", "train.workers=2", "--no-progress")
+    assert two.returncode == 0, two.stderr[-3000:]
+
+    (done_one, alone), (done_two, shared) = weights("one"), weights("two")
+    assert done_one == done_two == 20
+    assert alone.keys() == shared.keys()
+    for name, value in alone.items():
+        torch.testing.assert_close(shared[name], value, rtol=1e-4, atol=1e-5, msg=name)
+    # Moved from the initial weights, so that equal means trained alike.
+    fresh = run_cli(
+        "train", "run.yaml", "--set", "name=fresh", "--set", "train.iterations=0", "--no-progress"
+    )
+    assert fresh.returncode == 0, fresh.stderr[-3000:]
+    start = weights("fresh")[1]
+    assert any(not torch.allclose(start[k], v) for k, v in alone.items() if v.is_floating_point())
+    assert (Path("runs/two") / "metrics.jsonl").read_text().count("\n") == 3  # two evaluations, the end
+
+
+def test_more_workers_than_cpus_are_refused_before_ray_starts(run_cli) -> None:
+    Path("run.yaml").write_text(SINUSOID.format(name="many"))
+    workers = (os.cpu_count() or 1) + 1
+    result = run_cli(
+        "train", "run.yaml", "--set", f"train.workers={workers}", "--set", "train.meta_batch_size=30"
+    )
+    assert result.returncode == 2, result.stderr
+    assert f"train.workers={workers} but this machine has" in result.stderr
+    assert "Traceback" not in result.stderr and not Path("runs").exists()
+
+
+SWEEP = """
+name: wsweep
+algorithm: maml
+model: {{name: mlp, hidden: [20, 20]}}
+data: {{dataset: sinusoid, shots: 5, queries: 5}}
+train: {{iterations: {iterations}, meta_batch_size: 4, eval_every: {every}}}
+eval: {{inner_steps: 1, val_tasks: 10, test_tasks: 10, batch_size: 10}}
+search:
+  space:
+    train.inner_lr: {{type: loguniform, low: 0.001, high: 0.05}}
+  num_samples: 1
+  max_concurrent: 1
+  workers_per_trial: 2
+  cpus_per_trial: 2
+  scheduler: fifo
+tracking: {{experiment: workers, registered_model: wsine}}
+"""
+
+
+def train_workers(private: str) -> list[psutil.Process]:
+    """This suite's Ray Train workers (their TMPDIR is the suite's)."""
+    found = []
+    for process in psutil.process_iter(["cmdline"]):
+        try:
+            if "RayTrainWorker" in " ".join(process.info["cmdline"] or ()) and (
+                process.environ().get("TMPDIR") == private
+            ):
+                found.append(process)
+        except (psutil.Error, OSError):
+            continue
+    return found
+
+
+def test_a_trial_of_two_workers_resumes_from_its_checkpoint_when_a_worker_dies(
+    migrated_store, tmp_path: Path
+) -> None:
+    """One worker of a trial killed after the first checkpoint: Train restarts the workers from
+    it, the trial finishes, MLflow has one child run (not one per worker) that counts the
+    restart, and the best model is registered."""
+    Path("sweep.yaml").write_text(SWEEP.format(iterations=3000, every=300))
+    migrated_store()
+    uri = f"sqlite:///{Path('mlflow.db').absolute()}"
+    driver = subprocess.Popen(
+        [sys.executable, "-m", "metasweep", "sweep", "sweep.yaml", "--set", f"tracking.uri={uri}"],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )  # fmt: skip
+    try:
+        deadline = time.monotonic() + 240
+        storage = Path("runs/sweeps/wsweep/workers")
+        while not list(storage.glob("*/checkpoint_*")):
+            assert driver.poll() is None and time.monotonic() < deadline, (
+                "no checkpoint reached Train's storage"
+            )
+            time.sleep(0.2)
+        workers = train_workers(os.environ["TMPDIR"])
+        assert len(workers) == 2, [w.info["cmdline"] for w in workers]
+        workers[-1].send_signal(signal.SIGKILL)
+        output, _ = driver.communicate(timeout=400)
+    finally:
+        if driver.poll() is None:
+            driver.kill()
+            driver.communicate()
+    assert driver.returncode == 0, output[-4000:]
+
+    client = MlflowClient(uri)
+    experiment = client.get_experiment_by_name("workers")
+    runs = client.search_runs([experiment.experiment_id])
+    trials = [r for r in runs if "metasweep.trial_id" in r.data.tags]
+    assert len(trials) == 1  # one child run per trial, however many workers
+    (child,) = trials
+    assert child.data.metrics["workers/restarts"] == 1
+    history = client.get_metric_history(child.info.run_id, "val/mse")
+    assert [m.step for m in history] == list(range(300, 3001, 300))  # each evaluation once
+    assert len(client.search_model_versions("name='wsine'")) == 1
