@@ -51,7 +51,13 @@ def test_progress_is_reported_between_evaluations_and_only_evaluations_carry_a_s
     reports: list[tuple[dict[str, Any], bool]],
 ) -> None:
     sweep = load_config_dict(SWEEP, [], SweepConfig)
-    trial({"train.inner_lr": 0.01}, sweep=sweep, problem=sweep.problem(None), dataset=None, workers_storage="unused")
+    trial(
+        {"train.inner_lr": 0.01},
+        sweep=sweep,
+        problem=sweep.problem(None),
+        dataset=None,
+        workers_storage="unused",
+    )
     evaluations = [(r, c) for r, c in reports if EVALUATED in r]
     progress = [(r, c) for r, c in reports if EVALUATED not in r]
     assert [r[EVALUATED] for r, _ in evaluations] == [5, 10]
