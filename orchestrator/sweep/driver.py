@@ -531,8 +531,8 @@ def _check_resources(config: SweepConfig, where: str) -> None:
         places = _worker_places(cpus_each, gpus_each)
         if places < s.workers_per_trial:
             raise UserError(
-                f"search.workers_per_trial={s.workers_per_trial} workers of {cpus_each:g} CPUs and "
-                f"{gpus_each:g} GPUs each, but the Ray cluster's nodes "
+                f"search.workers_per_trial={s.workers_per_trial} workers, each with {cpus_each:g} CPU and "
+                f"{gpus_each:g} GPU, but the Ray cluster's nodes "
                 f"place at most {places} ({where}); lower workers_per_trial or the per-trial resources"
             )
         fits = min(fits, places // s.workers_per_trial)
