@@ -48,7 +48,7 @@ def train(
         from metasweep.orchestrator.sweep.workers import train_locally
 
         with training_bar(cfg.name, cfg.train.iterations, enabled=progress) as on_step:
-            metrics = train_locally(cfg, resume=resume, overwrite=overwrite, on_step=on_step)
+            metrics = train_locally(cfg, resume=resume, overwrite=overwrite, on_step=on_step, tell=say)
     else:
         inputs = training.prepare(cfg)
         with training_bar(cfg.name, cfg.train.iterations, enabled=progress) as on_step:

@@ -51,6 +51,7 @@ from metasweep.orchestrator.sweep.study import (
     warm_start,
 )
 from metasweep.orchestrator.sweep.trial import EVALUATED, ITERATION, trial
+from metasweep.orchestrator.sweep.workers import start_local_ray
 from metasweep.orchestrator.tracking.model import ModelSpec
 from metasweep.orchestrator.tracking.registry import Candidate, Registration, register, scoring_protocol
 from metasweep.orchestrator.tracking.registry import warm_up as warm_registry
@@ -455,10 +456,7 @@ def _start_ray(address: str | None) -> bool:
     address = address or os.environ.get("RAY_ADDRESS") or LOCAL_RAY
     try:
         if address == LOCAL_RAY:
-            # Ray turns token authentication on for a new local instance, and says so on every
-            # start; the notice is about Ray's default, not about anything the user did.
-            logging.getLogger(RAY_AUTH_LOGGER).addFilter(_token_auth_notice)
-            ray.init(address=LOCAL_RAY, include_dashboard=False, log_to_driver=False, configure_logging=False)
+            start_local_ray()
             return True
         ray.init(address=address, log_to_driver=False)
         return False
@@ -467,14 +465,6 @@ def _start_ray(address: str | None) -> bool:
             f"cannot connect to a Ray cluster at {address}: {exc}. If the cluster uses token "
             "authentication, set RAY_AUTH_TOKEN or copy the head node's ~/.ray/auth_token here"
         ) from None
-
-
-RAY_AUTH_LOGGER = "ray._private.authentication.authentication_token_setup"
-
-
-def _token_auth_notice(record: logging.LogRecord) -> bool:
-    """A log filter: drops Ray's "token authentication is enabled" notice, keeps the rest."""
-    return not record.getMessage().startswith("Token authentication is enabled for this Ray cluster")
 
 
 def _cluster_summary(owned: bool) -> str:

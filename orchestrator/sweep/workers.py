@@ -194,6 +194,7 @@ def train_locally(
     resume: bool = False,
     overwrite: bool = False,
     on_step: StepCallback | None = None,
+    tell: Callable[[str], None] = log.info,
 ) -> dict[str, float]:
     """``metasweep train`` of ``train.workers`` workers on a new local Ray: one CPU each, or one
     GPU each where the run trains on CUDA. Rank 0 writes the run directory, as
@@ -219,10 +220,9 @@ def train_locally(
     # parent must exist, as training.train would make it.
     lead_dir = config.run_dir.resolve()
     lead_dir.parent.mkdir(parents=True, exist_ok=True)
-    ray.init(
-        address="local", num_cpus=max(workers, os.cpu_count() or 1), include_dashboard=False,
-        log_to_driver=False, configure_logging=False,
-    )  # fmt: skip
+    backend = "NCCL" if cuda else "gloo"
+    tell(f"training on {workers} Ray Train workers ({backend}) on a new local Ray; they take a while to start")
+    start_local_ray()
     try:
         replicas = Replicas(
             config, problem, None if dataset is None else [ray.put(dataset)], lead_dir=str(lead_dir),
@@ -238,6 +238,23 @@ def train_locally(
             )
     finally:
         ray.shutdown()
+
+
+def start_local_ray() -> None:
+    """Start a new Ray on this machine for this process alone: no dashboard, workers' output kept
+    in Ray's logs, Ray's notice of its own token authentication dropped."""
+    # Ray turns token authentication on for a new local instance, and says so on every start;
+    # the notice is about Ray's default, not about anything the user did.
+    logging.getLogger(RAY_AUTH_LOGGER).addFilter(_token_auth_notice)
+    ray.init(address="local", include_dashboard=False, log_to_driver=False, configure_logging=False)
+
+
+RAY_AUTH_LOGGER = "ray._private.authentication.authentication_token_setup"
+
+
+def _token_auth_notice(record: logging.LogRecord) -> bool:
+    """A log filter: drops Ray's "token authentication is enabled" notice, keeps the rest."""
+    return not record.getMessage().startswith("Token authentication is enabled for this Ray cluster")
 
 
 def _user_error(error: BaseException) -> UserError | None:
