@@ -221,7 +221,7 @@ def train_locally(
     lead_dir = config.run_dir.resolve()
     lead_dir.parent.mkdir(parents=True, exist_ok=True)
     backend = "NCCL" if cuda else "gloo"
-    tell(f"training on {workers} Ray Train workers ({backend}) on a new local Ray; they take a while to start")
+    tell(f"training on {workers} Ray Train workers ({backend}) on a new local Ray; they are slow to start")
     start_local_ray()
     try:
         replicas = Replicas(
