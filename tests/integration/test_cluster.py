@@ -240,14 +240,15 @@ def test_a_sweep_starts_its_own_ray_unless_told_to_attach(run_cli, cluster: Clus
     assert refused.returncode == 2, refused.stderr[-3000:]
     assert re.search(rf"fits at most 2 trials at once \({there}\)", refused.stderr), refused.stderr[-2000:]
 
-    # A trial of three workers of one CPU each: the two worker nodes place two.
-    wide = ["search.workers_per_trial=3", "search.cpus_per_trial=3", "train.meta_batch_size=6"]
+    # A trial of three workers of 2/3 CPU each: the cluster's 2 CPUs hold the trial, but each
+    # worker node of one CPU places only one of them.
+    wide = ["search.workers_per_trial=3", "search.cpus_per_trial=2", "train.meta_batch_size=6"]
     sets = [arg for setting in wide for arg in ("--set", setting)]
     unplaced = run_cli("sweep", str(sweep_file("wide", concurrent=1)), "--address", "auto", *sets)
     assert unplaced.returncode == 2, unplaced.stderr[-3000:]
     assert re.search(
-        rf"search.workers_per_trial=3 workers, each with 1 CPU and 0 GPU, but the Ray cluster's nodes "
-        rf"place at most 2 \({there}\)",
+        rf"search.workers_per_trial=3 workers, each with 0.666667 CPU and 0 GPU, but the Ray cluster's "
+        rf"nodes place at most 2 \({there}\)",
         unplaced.stderr,
     ), unplaced.stderr[-2000:]
 
