@@ -4,7 +4,10 @@ two-objective trainable whose Pareto front is known."""
 
 from __future__ import annotations
 
+import json
 import math
+import subprocess
+import sys
 from types import SimpleNamespace
 
 import numpy as np
@@ -83,44 +86,59 @@ def test_a_rung_keeps_what_no_earlier_trial_dominates_and_stops_what_they_do() -
         MOASHAScheduler(["val/accuracy"], ["max"], time_attr="t", max_t=4)
 
 
+TUNE_RUN = """
+import json, sys
+import ray
+from ray import tune
+from metasweep.orchestrator.sweep.moasha import MOASHAScheduler
+from metasweep.orchestrator.sweep.workers import start_local_ray
+
+
+def synthetic(config):
+    x, y = config["xy"]
+    for t in range(1, 17):
+        slack = 1 + 1 / t
+        tune.report({"t": t, "f1": (x + y) * slack, "f2": ((1 - x) ** 2 + y) * slack})
+
+
+grid = json.loads(sys.argv[1])
+scheduler = MOASHAScheduler(
+    ["f1", "f2"], ["min", "min"], time_attr="t", max_t=16, grace_period=2, reduction_factor=2
+)
+start_local_ray()
+try:
+    results = tune.Tuner(
+        synthetic,
+        param_space={"xy": tune.grid_search(grid)},
+        tune_config=tune.TuneConfig(scheduler=scheduler, max_concurrent_trials=1),
+        run_config=tune.RunConfig(storage_path=sys.argv[2], verbose=0),
+    ).fit()
+finally:
+    ray.shutdown()
+print(json.dumps([[r.config["xy"], r.metrics["t"]] for r in results]))
+"""
+
+
 @pytest.mark.integration
 @pytest.mark.slow
 def test_moasha_on_tune_runs_only_pareto_optimal_trials_to_the_end(tmp_path) -> None:
-    """Eight trials one at a time, rungs at 2, 4 and 8 of 16: every dominated trial stops at its
-    first rung (an earlier trial is ahead of it there), and the trials that run to the end lie on
-    the known front. Pareto-optimal trials may stop too: a rung keeps half, whatever the front."""
-    import ray
-    from ray import tune
-
-    from metasweep.orchestrator.sweep.workers import start_local_ray
-
-    def synthetic(config: dict[str, list[float]]) -> None:
-        """Two objectives of ``x`` in [0, 1], both minimised: f1 = x and f2 = (1 - x) ** 2 lie on
-        the Pareto front for ``y = 0``, and ``y`` lifts both off it; each converges from above as
-        ``t`` grows, in the same order at every ``t``, so the front is the same at every rung.
-        (Defined here: Ray's workers import no test module, so it travels by value.)"""
-        x, y = config["xy"]
-        for t in range(1, 17):
-            slack = 1 + 1 / t
-            tune.report({"t": t, "f1": (x + y) * slack, "f2": ((1 - x) ** 2 + y) * slack})
-
+    """Eight trials one at a time, rungs at 2, 4 and 8 of 16, on a synthetic trainable: two
+    objectives of ``x`` in [0, 1], both minimised, f1 = x and f2 = (1 - x) ** 2 on the Pareto front
+    for ``y = 0``, ``y`` lifting both off it, each converging from above as ``t`` grows in the
+    same order at every ``t``, so the front is the same at every rung. Every dominated trial
+    stops at its first rung (an earlier trial is ahead of it there), and the trials that run to
+    the end lie on the front. Pareto-optimal trials may stop too: a rung keeps half, whatever the
+    front. Tune runs in a process of its own, away from the Ray state of earlier tests."""
     # Pareto-optimal (y = 0) at both extremes and between; dominated ones (y > 0) among them.
     grid = [[0.0, 0.0], [0.5, 0.6], [1.0, 0.0], [0.4, 0.5], [0.5, 0.0], [0.6, 0.7], [0.3, 0.8], [0.7, 0.9]]
-    scheduler = MOASHAScheduler(
-        ["f1", "f2"], ["min", "min"], time_attr="t", max_t=16, grace_period=2, reduction_factor=2
-    )
-    start_local_ray()
-    try:
-        results = tune.Tuner(
-            synthetic,
-            param_space={"xy": tune.grid_search(grid)},
-            # One at a time: trials reach each rung in the grid's order.
-            tune_config=tune.TuneConfig(scheduler=scheduler, max_concurrent_trials=1),
-            run_config=tune.RunConfig(storage_path=str(tmp_path / "tune"), verbose=0),
-        ).fit()
-    finally:
-        ray.shutdown()
-    reached = {tuple(r.config["xy"]): r.metrics["t"] for r in results}
+    script = tmp_path / "tune_run.py"
+    script.write_text(TUNE_RUN)
+    done = subprocess.run(
+        [sys.executable, str(script), json.dumps(grid), str(tmp_path / "tune")],
+        capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:]
+    reached = {tuple(xy): t for xy, t in json.loads(done.stdout.strip().splitlines()[-1])}
     assert len(reached) == len(grid)
     finished = [xy for xy, t in reached.items() if t == 16]
     assert finished and all(y == 0.0 for _, y in finished)
