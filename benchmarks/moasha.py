@@ -25,14 +25,12 @@ import heapq
 import os
 import platform
 import time
-from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
 import numpy as np
+from _results import save
 
-ROOT = Path(__file__).resolve().parents[1]
-RESULTS = ROOT / "benchmarks" / "results"
 REFERENCE = np.array([1.1, 11.0])
 MAX_T, GRACE, ETA = 27, 1, 3
 
@@ -170,11 +168,7 @@ def main() -> None:
     for name, values in scores.items():
         per_seed = " ".join(f"{v:.3f}" for v in values)
         lines.append(f"{name:<18} {np.mean(values):.3f} ± {np.std(values):.3f}   {per_seed}")
-    RESULTS.mkdir(exist_ok=True)
-    out = RESULTS / f"moasha_{time.strftime('%Y-%m-%d')}.txt"
-    out.write_text("\n".join(lines) + "\n")
-    print("\n".join(lines))
-    print(f"wrote {out}")
+    save("moasha", lines)
 
 
 if __name__ == "__main__":

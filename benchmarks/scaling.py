@@ -23,10 +23,10 @@ import time
 from pathlib import Path
 
 import numpy as np
+from _results import save
 
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPTS = ROOT / "cluster" / "local"
-RESULTS = ROOT / "benchmarks" / "results"
 
 WORKLOADS = {
     # Second-order MAML, the settings of the papers' sinusoid and Omniglot 5-way 1-shot runs.
@@ -101,7 +101,7 @@ def measure(
         started = time.monotonic()
         train_on_workers(
             replicas,
-            Placement(workers, 1.0, 0.0),
+            Placement(1.0, 0.0),
             storage=storage,
             name=f"{workload}-{workers}",
             on_eval=lambda i, m, c: heard.append((time.monotonic(), i)),
@@ -168,11 +168,7 @@ def main() -> None:
         lines.append(
             f"{w:<9} {n:>7}  {g['tasks_per_s']:>7.1f}  {g['efficiency']:>10.2f}  {g['wall_s']:>6.0f}"
         )
-    RESULTS.mkdir(exist_ok=True)
-    out = RESULTS / f"scaling_{time.strftime('%Y-%m-%d')}.txt"
-    out.write_text("\n".join(lines) + "\n")
-    print("\n".join(lines))
-    print(f"wrote {out}")
+    save("scaling", lines)
 
 
 if __name__ == "__main__":

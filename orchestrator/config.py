@@ -622,6 +622,16 @@ class SearchConfig(_Section):
     def _rdb_url(cls, url: str | None) -> str | None:
         return _database_url(url)
 
+    @property
+    def cpus_per_worker(self) -> float:
+        """CPUs of each of a trial's workers: its share of ``cpus_per_trial``."""
+        return self.cpus_per_trial / self.workers_per_trial
+
+    @property
+    def gpus_per_worker(self) -> float:
+        """GPUs of each of a trial's workers: its share of ``gpus_per_trial``."""
+        return self.gpus_per_trial / self.workers_per_trial
+
 
 class TrackingConfig(_Section):
     """Where MLflow records the sweep."""
@@ -707,7 +717,7 @@ class SweepConfig(RunConfig):
                 f"train.workers={self.train.workers}: a sweep's trials take search.workers_per_trial "
                 "(train.workers is metasweep train's)"
             )
-        per_worker = s.gpus_per_trial / s.workers_per_trial
+        per_worker = s.gpus_per_worker
         if s.workers_per_trial > 1 and s.gpus_per_trial and per_worker != int(per_worker):
             raise ValueError(
                 f"search.gpus_per_trial={s.gpus_per_trial:g} gives each of {s.workers_per_trial} "

@@ -517,12 +517,11 @@ def _check_resources(config: SweepConfig, where: str) -> None:
     if s.gpus_per_trial > 0:
         fits = min(fits, math.floor(gpus / s.gpus_per_trial))
     if s.workers_per_trial > 1:  # each worker is placed on one node, a trial's may spread
-        cpus_each, gpus_each = s.cpus_per_trial / s.workers_per_trial, s.gpus_per_trial / s.workers_per_trial
-        places = _worker_places(cpus_each, gpus_each)
+        places = _worker_places(s.cpus_per_worker, s.gpus_per_worker)
         if places < s.workers_per_trial:
             raise UserError(
-                f"search.workers_per_trial={s.workers_per_trial} workers, each with {cpus_each:g} CPU and "
-                f"{gpus_each:g} GPU, but the Ray cluster's nodes "
+                f"search.workers_per_trial={s.workers_per_trial} workers, each with "
+                f"{s.cpus_per_worker:g} CPU and {s.gpus_per_worker:g} GPU, but the Ray cluster's nodes "
                 f"place at most {places} ({where}); lower workers_per_trial or the per-trial resources"
             )
         fits = min(fits, places // s.workers_per_trial)

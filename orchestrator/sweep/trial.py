@@ -125,12 +125,9 @@ def trial(
                 config, problem, dataset, lead_dir=None, resume=False, overwrite=False, test=False,
                 every_s=s.progress_every_s,
             )  # fmt: skip
-            placement = Placement(
-                workers, s.cpus_per_trial / workers, s.gpus_per_trial / workers, s.max_failures
-            )
             train_on_workers(
                 replicas,
-                placement,
+                Placement(s.cpus_per_worker, s.gpus_per_worker, s.max_failures),
                 storage=workers_storage,
                 name=tune.get_context().get_trial_id(),
                 checkpoint=checkpoint,

@@ -70,9 +70,8 @@ _EVENT, _STEP, _EVAL, _FINAL, _DIVERGED = "metasweep.event", "step", "eval", "fi
 
 @dataclass(frozen=True)
 class Placement:
-    """The workers of one run and what each reserves."""
+    """What each worker of a run reserves (how many workers there are is ``train.workers``)."""
 
-    workers: int
     cpus_per_worker: float
     gpus_per_worker: float
     max_failures: int = 0
@@ -108,12 +107,12 @@ def train_on_workers(
     on_eval: EvalCallback | None = None,
     on_step: StepCallback | None = None,
 ) -> dict[str, float]:
-    """Train ``replicas.config`` on ``placement.workers`` Ray Train workers and return rank 0's
+    """Train ``replicas.config`` on its ``train.workers`` Ray Train workers and return rank 0's
     final metrics (what :func:`~metasweep.orchestrator.training.train` returns).
 
     Args:
         replicas: the run and how to train it.
-        placement: the workers and their resources.
+        placement: each worker's resources.
         storage: Train's storage (a path or URI every worker reaches); the run is ``name`` in it.
         name: the Train run's name (a sweep's trial id).
         checkpoint: start from this checkpoint (a sweep's trial restarted by Tune).
@@ -132,7 +131,7 @@ def train_on_workers(
         train_loop_config={"replicas": replicas},
         torch_config=TorchConfig(backend="nccl" if use_gpu else "gloo"),
         scaling_config=ray.train.ScalingConfig(
-            num_workers=placement.workers, use_gpu=use_gpu, resources_per_worker=resources
+            num_workers=replicas.config.train.workers, use_gpu=use_gpu, resources_per_worker=resources
         ),
         run_config=ray.train.RunConfig(
             name=name,
@@ -231,7 +230,7 @@ def train_locally(
         with tempfile.TemporaryDirectory(prefix="metasweep-workers-") as storage:
             return train_on_workers(
                 replicas,
-                Placement(workers, 1.0, 1.0 if cuda else 0.0),
+                Placement(1.0, 1.0 if cuda else 0.0),
                 storage=storage,
                 name=config.name,
                 on_step=on_step,
