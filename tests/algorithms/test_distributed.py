@@ -66,6 +66,10 @@ def _worker(rank: int, world: int, store: str, out: str) -> None:
     dist.init_process_group("gloo", init_method=f"file://{store}", rank=rank, world_size=world)
     try:
         torch.save({kind: train(kind, distributed=True) for kind in ("mlp", "conv4")}, f"{out}.{rank}")
+        # Neither rank tears its group down while the other may still use it: on a loaded machine
+        # (CI) a rank once aborted in gloo's teardown ("terminate called without an active
+        # exception") when its peer destroyed the group and exited first.
+        dist.barrier()
     finally:
         dist.destroy_process_group()
 
