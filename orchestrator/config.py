@@ -564,14 +564,65 @@ class WarmStartConfig(_Section):
         return _database_url(url)
 
 
+COSTS = ("cost/adapt_ms", "cost/inner_steps")
+"""What every evaluation reports besides the scores: the milliseconds a trained model takes to
+adapt to one new task (a support set of the configured shape, on the run's device), and the inner
+steps it takes (0 for a learner without an inner loop)."""
+
+
+def reported_metrics(task_kind: str) -> tuple[str, ...]:
+    """The metrics every evaluation of a ``task_kind`` run reports: what a sweep can optimise or
+    constrain."""
+    score = "accuracy" if task_kind == "classification" else "mse"
+    return (f"val/{score}", f"val/{score}_ci95", "val/loss", "train/loss", *COSTS)
+
+
+class Objective(_Section):
+    """One objective of a multi-objective sweep."""
+
+    metric: str = Field(
+        description="a metric each evaluation reports: val/accuracy (or val/mse), val/loss, "
+        "train/loss, cost/adapt_ms, cost/inner_steps"
+    )
+    mode: Literal["min", "max"] | None = Field(
+        None, description="min or max (default: the metric's own: max for accuracy, min for losses and costs)"
+    )
+
+
+class Bound(_Section):
+    """Limits a metric of the champion must keep to."""
+
+    min: float | None = Field(None, description="the lowest value allowed")
+    max: float | None = Field(None, description="the highest value allowed")
+
+    @model_validator(mode="after")
+    def _a_bound(self) -> Bound:
+        if self.min is None and self.max is None:
+            raise ValueError("a constraint needs min, max or both")
+        if self.min is not None and self.max is not None and self.min > self.max:
+            raise ValueError(f"min={self.min:g} is above max={self.max:g}")
+        return self
+
+    def holds(self, value: float) -> bool:
+        """Whether ``value`` keeps to the bounds (a NaN never does)."""
+        return (self.min is None or value >= self.min) and (self.max is None or value <= self.max)
+
+    def text(self, metric: str) -> str:
+        """The bounds in words, e.g. ``cost/adapt_ms <= 5``."""
+        parts = [f"{metric} >= {self.min:g}"] if self.min is not None else []
+        return " and ".join([*parts, *([f"{metric} <= {self.max:g}"] if self.max is not None else [])])
+
+
 class SearchConfig(_Section):
     """What to search and how: Optuna sampler, Tune scheduler, resources."""
 
     space: dict[str, ParamSpec] = Field(
         default_factory=dict, description="searched fields by dotted name, e.g. train.inner_lr"
     )
-    sampler: Literal["tpe", "random", "cmaes", "gp", "qmc"] = Field(
-        "tpe", description="Optuna sampler: multivariate TPE, random, CMA-ES, Gaussian process or QMC"
+    sampler: Literal["tpe", "random", "cmaes", "gp", "qmc", "nsga2"] = Field(
+        "tpe",
+        description="Optuna sampler: multivariate TPE (multi-objective TPE with search.objectives), "
+        "random, CMA-ES (one objective only), Gaussian process, QMC or NSGA-II",
     )
     num_samples: int = Field(8, ge=1, description="trials to run")
     max_concurrent: int = Field(2, ge=1, description="trials running at once")
@@ -590,6 +641,11 @@ class SearchConfig(_Section):
     )
     reduction_factor: float = Field(2.0, gt=1, description="ASHA keeps 1/reduction_factor per rung")
     metric: str | None = Field(None, description="metric to optimise (default val/accuracy or val/mse)")
+    objectives: tuple[Objective, ...] = Field(
+        (),
+        description="two or more {metric, mode} to optimise at once, instead of search.metric: "
+        "a Pareto front, early stopping by MOASHA (docs/sweeps.md); the first also picks the champion",
+    )
     time_budget_s: float | None = Field(None, gt=0, description="stop launching trials after this long")
     cpus_per_trial: float = Field(
         1.0, gt=0, description="CPUs reserved per trial, shared equally by its workers"
@@ -622,6 +678,34 @@ class SearchConfig(_Section):
     def _rdb_url(cls, url: str | None) -> str | None:
         return _database_url(url)
 
+    @model_validator(mode="after")
+    def _several_objectives(self) -> SearchConfig:
+        if not self.objectives:
+            return self
+        metrics = [o.metric for o in self.objectives]
+        if len(metrics) == 1:
+            raise ValueError(
+                f"objectives has one objective ({metrics[0]}); give two or more, or set metric for one"
+            )
+        if len(set(metrics)) < len(metrics):
+            twice = next(m for i, m in enumerate(metrics) if m in metrics[:i])
+            raise ValueError(f"objectives names {twice} twice")
+        if self.metric is not None:
+            raise ValueError(
+                f"metric={self.metric} and objectives both set; the objectives' first is the "
+                "one that picks the champion, so drop metric"
+            )
+        if self.sampler == "cmaes":
+            raise ValueError(
+                "sampler=cmaes optimises one objective; with objectives use tpe "
+                "(multi-objective TPE), nsga2, gp, random or qmc"
+            )
+        if self.warm_start.sweep:
+            raise ValueError(
+                "warm_start does not yet take a multi-objective sweep's study; drop warm_start or objectives"
+            )
+        return self
+
     @property
     def cpus_per_worker(self) -> float:
         """CPUs of each of a trial's workers: its share of ``cpus_per_trial``."""
@@ -642,6 +726,13 @@ class TrackingConfig(_Section):
     experiment: str = Field("metasweep", description="MLflow experiment of the sweep")
     registered_model: str | None = Field(
         None, description="registry name for the best model (letters, digits, ._-)"
+    )
+
+    champion_constraints: dict[str, Bound] = Field(
+        default_factory=dict,
+        description="limits the champion must keep to at its last evaluation, by metric, e.g. "
+        "{cost/adapt_ms: {max: 5}}; among the trials that keep them it is the best on the "
+        "objective (with search.objectives: on the first, among those on the Pareto front)",
     )
 
     @field_validator("registered_model", mode="before")
@@ -710,6 +801,24 @@ class SweepConfig(RunConfig):
         return self
 
     @model_validator(mode="after")
+    def _known_metrics(self) -> SweepConfig:
+        known = reported_metrics(self.task_kind)
+        named = [
+            *(("search.metric", self.search.metric),) * (self.search.metric is not None),
+            *((f"search.objectives[{i}].metric", o.metric) for i, o in enumerate(self.search.objectives)),
+            *((f"tracking.champion_constraints.{m}", m) for m in self.tracking.champion_constraints),
+        ]
+        for where, metric in named:
+            if metric not in known:
+                close = difflib.get_close_matches(str(metric), known, n=1)
+                hint = f"did you mean {close[0]}? " if close else ""
+                raise ValueError(
+                    f"{where}: {metric} is not a metric a {self.task_kind} run reports; {hint}"
+                    f"one of {', '.join(known)}"
+                )
+        return self
+
+    @model_validator(mode="after")
     def _workers_of_a_trial(self) -> SweepConfig:
         s = self.search
         if self.train.workers != 1:
@@ -757,9 +866,21 @@ class SweepConfig(RunConfig):
 
     def objective(self, problem: Problem) -> tuple[str, Mode]:
         """``(metric, mode)`` the sweep optimises: ``search.metric``, else the problem's own
-        validation score."""
+        validation score; with ``search.objectives``, their first."""
+        return self.objectives(problem)[0]
+
+    def objectives(self, problem: Problem) -> tuple[tuple[str, Mode], ...]:
+        """Every ``(metric, mode)`` the sweep optimises: ``search.objectives``, or the one
+        objective (:meth:`objective`)."""
+        if self.search.objectives:
+            return tuple((o.metric, o.mode or mode_of(o.metric, problem)) for o in self.search.objectives)
         metric = self.search.metric or f"val/{problem.metric}"
-        return metric, mode_of(metric, problem)
+        return ((metric, mode_of(metric, problem)),)
+
+    @property
+    def multi_objective(self) -> bool:
+        """Whether the sweep optimises two or more objectives at once."""
+        return bool(self.search.objectives)
 
 
 def _message(error: Mapping[str, Any]) -> str:

@@ -61,10 +61,10 @@ class Problem:
 
 
 def mode_of(metric: str, problem: Problem) -> Mode:
-    """The direction of any reported metric: the problem's own for its score, ``min`` for losses
-    and errors."""
+    """The direction of any reported metric: the problem's own for its score, ``min`` for losses,
+    errors and costs (``cost/*``)."""
     if metric.rsplit("/", 1)[-1] == problem.metric:
         return problem.mode
-    if metric.endswith(("loss", "mse")):
+    if metric.startswith("cost/") or metric.endswith(("loss", "mse")):
         return "min"
     return "max"

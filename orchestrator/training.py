@@ -305,6 +305,39 @@ def evaluate_split(
     return metrics
 
 
+ADAPT_REPEATS = 5
+"""Timed adaptations behind ``cost/adapt_ms`` (their median), after one untimed warm-up."""
+
+
+def adaptation_cost(learner: MetaLearner[Any], episode: Episode, config: RunConfig) -> dict[str, float]:
+    """What adapting to one new task costs the trained model, as a deployed meta-learner pays
+    it: ``cost/adapt_ms``, the median wall time of adapting to the support set of the first task
+    of ``episode`` (the configured shape) with ``eval.inner_steps`` steps on the learner's
+    device, and ``cost/inner_steps``, those steps (0 for a learner without an inner loop)."""
+    device = next(learner.parameters()).device
+    one = Episode(
+        *(t[:1].to(device) for t in (episode.support_x, episode.support_y, episode.query_x, episode.query_y))
+    )
+    steps = config.eval_inner_steps
+
+    def adapt() -> None:
+        if steps is None:
+            learner.adapt(one.support_x, one.support_y)
+        else:
+            learner.adapt(one.support_x, one.support_y, inner_steps=steps)  # type: ignore[call-arg]
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+
+    times = []
+    with torch.no_grad():
+        adapt()
+        for _ in range(ADAPT_REPEATS):
+            started = time.perf_counter()
+            adapt()
+            times.append(time.perf_counter() - started)
+    return {"cost/adapt_ms": 1000 * float(np.median(times)), "cost/inner_steps": float(steps or 0)}
+
+
 def train(
     config: RunConfig,
     inputs: Inputs,
@@ -478,6 +511,7 @@ def _train(
             window.clear()
             if lead:
                 metrics.update(evaluate_split(state.learner, held_out.val, problem, config, "val"))
+                metrics.update(adaptation_cost(state.learner, held_out.val[0], config))
                 save_checkpoint(state, config, checkpoint)
                 _append_metrics(run_dir / METRICS, state.iteration, metrics)
             if on_eval is not None:
@@ -486,6 +520,7 @@ def _train(
         return {}
     if not metrics:  # zero iterations to go (resumed a finished run, or iterations: 0)
         metrics = evaluate_split(state.learner, held_out.val, problem, config, "val")
+        metrics.update(adaptation_cost(state.learner, held_out.val[0], config))
         save_checkpoint(state, config, checkpoint)
     if test:
         metrics.update(evaluate_split(state.learner, held_out.test, problem, config, "test"))

@@ -111,7 +111,8 @@ def column_names(keys: Sequence[str]) -> dict[str, str]:
 
 
 def trial_table(result: SweepResult) -> Table:
-    """Every trial, best first: its parameters (short names), objective, meta-iterations, outcome.
+    """Every trial, best first: its parameters (short names), objectives (and whether it is on
+    the Pareto front of a multi-objective sweep), meta-iterations, outcome.
     Cells wrap rather than cut, so the table reads at 80 columns."""
     table = Table(
         title=f"sweep {result.name}: {result.trials} trials, best first (iters: meta-iterations done)",
@@ -125,7 +126,11 @@ def trial_table(result: SweepResult) -> Table:
     for key in keys:  # a long name takes a line per part: "eval." over "inner_steps"
         parts = names[key].split(".")
         table.add_column(".\n".join(parts), min_width=max(map(len, parts)), overflow="fold")
-    table.add_column(result.objective, min_width=len(result.objective), overflow="fold")
+    for objective in (result.objective, *result.others):  # several: "cost/" over "adapt_ms"
+        parts = objective.split("/") if result.others else [objective]
+        table.add_column("/\n".join(parts), min_width=max(map(len, parts)), overflow="fold")
+    if result.others:
+        table.add_column("front", no_wrap=True)
     table.add_column("iters", no_wrap=True)
     # Outcomes: finished, stopped early, diverged, failed; "stopped early" wraps between its words.
     table.add_column("outcome", min_width=len("finished"))
@@ -133,7 +138,8 @@ def trial_table(result: SweepResult) -> Table:
         table.add_row(
             row.trial_id,
             *(_short(row.params.get(k, "")) for k in keys),
-            "" if row.metric is None else f"{row.metric:.4f}",
+            *("" if value is None else f"{value:.4f}" for value in (row.metric, *row.others)),
+            *(("yes" if row.on_front else "",) if result.others else ()),
             str(row.iteration),
             row.outcome,
         )
@@ -226,6 +232,7 @@ def sweep(
         tell=say,
     )
     stderr.print(trial_table(result))
+    say(f"champion: {result.why}")
     table = Table(title=f"sweep {result.name}: best of {result.trials} trials ({result.best_trial})")
     table.add_column("")
     table.add_column("value", justify="right")

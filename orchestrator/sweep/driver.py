@@ -33,6 +33,8 @@ from metasweep.orchestrator.errors import UserError
 from metasweep.orchestrator.problem import Problem
 from metasweep.orchestrator.redact import redact
 from metasweep.orchestrator.sweep.callback import TrackingCallback, outcome, tracking_to
+from metasweep.orchestrator.sweep.moasha import MOASHAScheduler
+from metasweep.orchestrator.sweep.pareto import FRONT_TAG, Choice, choose, front_plot, front_table
 from metasweep.orchestrator.sweep.plots import sweep_plots
 from metasweep.orchestrator.sweep.plots import warm_up as warm_plots
 from metasweep.orchestrator.sweep.space import OptunaSpace, distributions, make_sampler
@@ -84,6 +86,9 @@ class TrialRow:
     metric: float | None
     iteration: int
     outcome: str
+    others: tuple[float | None, ...] = ()
+    """The other objectives of a multi-objective sweep, in order."""
+    on_front: bool = False
 
 
 @dataclass(frozen=True)
@@ -102,22 +107,41 @@ class SweepResult:
     experiment_id: str = ""
     registration: Registration | None = None
     table: list[TrialRow] = field(default_factory=list)
+    why: str = ""
+    """Why the champion is the champion, in a sentence."""
+    others: tuple[str, ...] = ()
+    """The other objectives of a multi-objective sweep, after ``objective``."""
 
 
-def trial_rows(results: Any, metric: str, mode: str, iterations: int) -> list[TrialRow]:
-    """Every trial of a Tune ResultGrid, best first (by ``metric``; failures last)."""
+def trial_rows(
+    results: Any,
+    metric: str,
+    mode: str,
+    iterations: int,
+    others: tuple[str, ...] = (),
+    front: frozenset[str] = frozenset(),
+) -> list[TrialRow]:
+    """Every trial of a Tune ResultGrid, best first (by ``metric``; failures last), with the
+    ``others`` objectives and whether it is on the Pareto ``front`` (trial ids)."""
     rows = []
     for result in results:
         metrics = result.metrics or {}
         ended = "failed" if result.error is not None else outcome(metrics, iterations)
-        value = metrics.get(metric)
+
+        def value(key: str, metrics: dict[str, Any] = metrics, ended: str = ended) -> float | None:
+            found = metrics.get(key)
+            return float(found) if found is not None and ended != "diverged" else None
+
+        trial_id = str(metrics.get("trial_id", "?"))
         rows.append(
             TrialRow(
-                trial_id=str(metrics.get("trial_id", "?")),
+                trial_id=trial_id,
                 params=dict(result.config or {}),
-                metric=float(value) if value is not None and ended != "diverged" else None,
+                metric=value(metric),
                 iteration=int(metrics.get(ITERATION, 0)),
                 outcome=ended,
+                others=tuple(value(key) for key in others),
+                on_front=trial_id in front,
             )
         )
     sign = 1.0 if mode == "min" else -1.0
@@ -187,7 +211,8 @@ def run_sweep(
         if not resume:
             check_new_study(study_db, config.name, study_url)
     todo = plan(config, resume, study_db if resume else None)
-    metric, mode = config.objective(problem)
+    objectives = config.objectives(problem)
+    metric, mode = objectives[0]
     earlier = None if resume else warm_start(config, uri, storage, metric, mode)
     # After the checks that need no store, so that a sweep refused by them creates none.
     tracker = SweepTracker(uri, config.tracking.experiment, config.name, resume=resume)
@@ -217,7 +242,7 @@ def run_sweep(
             tracker.log_sweep({}, to_yaml(config))
             tracker.tag_sweep({"metasweep.num_samples": str(config.search.num_samples)})
         else:
-            tracker.log_sweep(_sweep_params(config, metric, mode), to_yaml(config))
+            tracker.log_sweep(_sweep_params(config, objectives), to_yaml(config))
         trainable = tune.with_resources(
             tune.with_parameters(
                 trial,
@@ -257,8 +282,9 @@ def run_sweep(
             first = [point for i, point in enumerate(first) if point not in first[:i]]
             search = StudySearch(
                 space=OptunaSpace(config.algorithm, distributions(config.search.space)),
-                metric=metric,
-                mode=mode,
+                # Lists make Tune's OptunaSearch a multi-objective study's.
+                metric=[m for m, _ in objectives] if config.multi_objective else metric,
+                mode=[d for _, d in objectives] if config.multi_objective else mode,
                 sampler=make_sampler(config.search),
                 # An extension's sampler learns from the earlier trials, which include them.
                 points_to_evaluate=None if todo.extends else first or None,
@@ -270,12 +296,12 @@ def run_sweep(
                 tracker.tag_sweep(earlier.provenance)
                 tell(f"warm start from {earlier.sweeps}: {earlier.summary}")
             if study_db is not None:
-                record_plan(study_db, config, todo, metric)
+                record_plan(study_db, config, todo, ", ".join(m for m, _ in objectives))
             tuner = tune.Tuner(
                 trainable,
                 tune_config=tune.TuneConfig(
                     search_alg=search,
-                    scheduler=_scheduler(config, metric, mode),
+                    scheduler=_scheduler(config, objectives),
                     num_samples=todo.samples,
                     max_concurrent_trials=config.search.max_concurrent,
                     time_budget_s=config.search.time_budget_s,
@@ -305,7 +331,19 @@ def run_sweep(
             for trial_id, number in numbers.items():
                 if trial_id in tracker.children:
                     tracker.tag_trial(trial_id, {"metasweep.optuna_trial": str(number)})
-        best = _best_result(results, metric, mode)
+        choice: Choice | None = None
+        if config.multi_objective or config.tracking.champion_constraints:
+            choice = choose(
+                results, objectives, config.tracking.champion_constraints, config.train.iterations
+            )
+            best, why = choice.champion.result, choice.why
+        else:
+            best, score = _best_result(results, metric, mode)
+            best_of = "highest" if mode == "max" else "lowest"
+            why = (
+                f"trial {(best.metrics or {}).get('trial_id')}: the {best_of} {metric} ({score:.4g}) "
+                f"at any evaluation of the {len(results)} trials"
+            )
         if best.checkpoint is None or best.metrics is None:
             raise UserError("no trial reported a result; see the errors above")
         best_params = dict(best.config or {})
@@ -320,12 +358,16 @@ def run_sweep(
         )
         test_metrics = evaluate_run(saved, inputs)
         tracker.outbox.drain()  # trial records buffered through a tracking-server outage
-        val_metrics = {k: float(v) for k, v in best.metrics.items() if k.startswith("val/")}
+        last = choice.champion.values if choice is not None else best.metrics
+        val_metrics = {k: float(v) for k, v in last.items() if k.startswith(("val/", "cost/"))}
         tracker.log_best(best_id, best_params, {**val_metrics, **test_metrics})
+        tracker.tag_sweep({"metasweep.champion": why})
         tell("drawing the sweep's plots and logging them to its MLflow run")
         with tempfile.TemporaryDirectory() as tmp:
             for plot in sweep_plots(results, config, problem, Path(tmp)):
                 tracker.log_artifact(plot, "plots")
+            if choice is not None and config.multi_objective:
+                _log_front(tracker, choice, objectives, config, Path(tmp))
         registration = None
         if config.tracking.registered_model:
             tell(f"registering the best model as {config.tracking.registered_model}")
@@ -345,7 +387,18 @@ def run_sweep(
             tracking_uri=uri,
             experiment_id=tracker.experiment_id,
             registration=registration,
-            table=trial_rows(results, metric, mode, config.train.iterations),
+            table=trial_rows(
+                results,
+                metric,
+                mode,
+                config.train.iterations,
+                others=tuple(m for m, _ in objectives[1:]),
+                front=frozenset(t.trial_id for t in choice.front)
+                if choice and config.multi_objective
+                else frozenset(),
+            ),
+            why=why,
+            others=tuple(m for m, _ in objectives[1:]),
         )
     except BaseException as exc:
         if not resume:  # a sweep that never got going leaves no folder behind for --resume
@@ -384,8 +437,9 @@ def _each(grid: Any) -> list[Any]:
     return [grid[i] for i in range(len(grid))]
 
 
-def _best_result(results: list[Any], metric: str, mode: str) -> Any:
-    """The trial with the best ``metric`` at any of its evaluations (Tune's ``scope="all"``)."""
+def _best_result(results: list[Any], metric: str, mode: str) -> tuple[Any, float]:
+    """The trial with the best ``metric`` at any of its evaluations (Tune's ``scope="all"``),
+    and that value."""
     sign = 1.0 if mode == "min" else -1.0
     best, score = None, math.inf
     for result in results:
@@ -399,23 +453,56 @@ def _best_result(results: list[Any], metric: str, mode: str) -> Any:
             best, score = result, min(values)
     if best is None:
         raise UserError("no trial reported a result; see the errors above")
-    return best
+    return best, sign * score
 
 
-def _sweep_params(config: SweepConfig, metric: str, mode: str) -> dict[str, Any]:
+def _log_front(
+    tracker: SweepTracker,
+    choice: Choice,
+    objectives: tuple[tuple[str, Any], ...],
+    config: SweepConfig,
+    folder: Path,
+) -> None:
+    """The Pareto front on the parent run (a CSV table and a plot, under ``pareto/``), and a tag
+    on each child run on it."""
+    table = front_table(choice, objectives, config.train.iterations, folder / "pareto_front.csv")
+    plot = front_plot(
+        choice,
+        objectives,
+        f"{config.name}: Pareto front of {len(choice.trials)} trials",
+        folder / "pareto_front.png",
+    )
+    for path in (table, plot):
+        tracker.log_artifact(path, "pareto")
+    for t in choice.front:
+        if t.trial_id in tracker.children:
+            tracker.tag_trial(t.trial_id, {FRONT_TAG: "true"})
+
+
+def _sweep_params(config: SweepConfig, objectives: tuple[tuple[str, Any], ...]) -> dict[str, Any]:
     s = config.search
     params: dict[str, Any] = {f"space.{k}": v.model_dump(exclude_none=True) for k, v in s.space.items()}
     params.update(
         {f"search.{k}": v for k, v in s.model_dump(exclude={"space"}).items()},
     )
     params["algorithm"] = config.algorithm
-    params["objective"] = f"{metric} ({mode})"
+    params["objective"] = ", ".join(f"{metric} ({mode})" for metric, mode in objectives)
     return params
 
 
-def _scheduler(config: SweepConfig, metric: str, mode: str) -> Any:
+def _scheduler(config: SweepConfig, objectives: tuple[tuple[str, Any], ...]) -> Any:
     if config.search.scheduler == "fifo":
         return FIFOScheduler()
+    metric, mode = objectives[0]
+    if config.multi_objective:  # ASHA's rungs, promotion by non-dominated sorting
+        return MOASHAScheduler(
+            [m for m, _ in objectives],
+            [d for _, d in objectives],
+            time_attr=EVALUATED,
+            max_t=config.train.iterations,
+            grace_period=min(config.search.grace_period, config.train.iterations),
+            reduction_factor=config.search.reduction_factor,
+        )
     return ASHAScheduler(
         time_attr=EVALUATED,  # progress reports between evaluations carry no new score
         metric=metric,

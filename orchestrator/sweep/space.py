@@ -68,7 +68,8 @@ class OptunaSpace:
 
 
 def make_sampler(search: SearchConfig) -> optuna.samplers.BaseSampler:
-    """The configured, seeded Optuna sampler."""
+    """The configured, seeded Optuna sampler (each of them takes one objective or several, but
+    CMA-ES, which the config refuses with several)."""
     if search.sampler == "tpe":
         # multivariate and group are "experimental" since Optuna 2.2/2.8 and what makes TPE model
         # the inner-loop parameters jointly; the warning says nothing a user can act on.
@@ -83,4 +84,10 @@ def make_sampler(search: SearchConfig) -> optuna.samplers.BaseSampler:
         return optuna.samplers.CmaEsSampler(seed=search.seed)
     if search.sampler == "gp":
         return optuna.samplers.GPSampler(seed=search.seed)
+    if search.sampler == "nsga2":
+        # Its default generation of 50 would leave a sweep of a few dozen trials random; a
+        # generation of two rounds of concurrent trials (at least 8) lets it evolve.
+        return optuna.samplers.NSGAIISampler(
+            population_size=max(8, 2 * search.max_concurrent), seed=search.seed
+        )
     return optuna.samplers.QMCSampler(seed=search.seed)

@@ -246,8 +246,9 @@ def warm_start(config: SweepConfig, tracking: str, storage: str, metric: str, mo
         attrs = study.user_attrs
         if PLANNED not in attrs:
             raise UserError(f"search.warm_start: the Optuna study {name!r} is not a metasweep sweep's")
-        if attrs.get(METRIC, metric) != metric or study.direction.name.lower()[:3] != mode:
-            what = attrs.get(METRIC, f"its metric ({study.direction.name.lower()})")
+        directions = [d.name.lower() for d in study.directions]  # two or more: multi-objective
+        if attrs.get(METRIC, metric) != metric or [d[:3] for d in directions] != [mode]:
+            what = attrs.get(METRIC, f"its metric ({', '.join(directions)})")
             raise UserError(
                 f"search.warm_start: sweep {name!r} optimised {what}; this sweep optimises {metric} "
                 f"({mode}): their results do not compare"

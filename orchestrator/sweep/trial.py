@@ -63,13 +63,13 @@ def trial(
     if checkpoint is not None and workers == 1:
         with checkpoint.as_directory() as saved:
             shutil.copy(Path(saved) / CHECKPOINT, work / CHECKPOINT)
-    metric, mode = sweep.objective(problem)
+    objectives = sweep.objectives(problem)
     node = ray.get_runtime_context().get_node_id()  # node IPs repeat when nodes share a machine
-    worst = math.inf if mode == "min" else -math.inf
+    worst = {metric: math.inf if mode == "min" else -math.inf for metric, mode in objectives}
 
-    # The previous report: when, at which meta-iteration, with which score; the training losses
+    # The previous report: when, at which meta-iteration, with which scores; the training losses
     # since the last evaluation.
-    last: dict[str, Any] = {"at": time.monotonic(), "iteration": None, "score": worst, "restarts": 0}
+    last: dict[str, Any] = {"at": time.monotonic(), "iteration": None, "scores": worst, "restarts": 0}
     losses: list[float] = []
 
     def rate(iteration: int) -> float:
@@ -93,25 +93,25 @@ def trial(
         ):
             return
         # Between evaluations, so a long first evaluation interval still shows progress: the
-        # last score is repeated (Optuna's searcher reads it from every result), without
-        # EVALUATED, so ASHA, MLflow and the plots skip it.
+        # last scores are repeated (Optuna's searcher reads them from a trial's last result),
+        # without EVALUATED, so ASHA, MLflow and the plots skip it.
         tune.report(
-            {ITERATION: iteration, RATE: rate(iteration), metric: last["score"],
+            {ITERATION: iteration, RATE: rate(iteration), **last["scores"],
              "train/loss": sum(losses) / len(losses), NODE: node}
         )  # fmt: skip
 
     def report(iteration: int, metrics: dict[str, float], saved: ray.train.Checkpoint | None) -> None:
         # Optuna refuses NaN objectives: a diverged evaluation scores the worst possible value.
-        score = metrics.get(metric, math.nan)
-        last["score"] = score if math.isfinite(score) else worst
+        scores = {m: metrics.get(m, math.nan) for m in worst}
+        last["scores"] = {m: v if math.isfinite(v) else worst[m] for m, v in scores.items()}
         losses.clear()
         # Tune's live table shows the first four metrics of a result: meta-iterations done (its
-        # own "iter" counts reports), their rate, the objective, then the training loss.
+        # own "iter" counts reports), their rate, the objectives, then the training loss.
         result: dict[str, Any] = {
             ITERATION: iteration,
             RATE: rate(iteration),
-            metric: last["score"],
-            **{k: v for k, v in metrics.items() if k != metric},
+            **last["scores"],
+            **{k: v for k, v in metrics.items() if k not in worst},
             NODE: node,
             EVALUATED: iteration,
             **({RESTARTS: last["restarts"]} if workers > 1 else {}),
@@ -149,7 +149,7 @@ def trial(
         # The worst possible score ends the trial (ASHA and Optuna learn from it); retrying
         # would diverge again.
         done = config.train.iterations
-        tune.report({metric: worst, DIVERGED: str(exc), ITERATION: done, EVALUATED: done})
+        tune.report({**worst, DIVERGED: str(exc), ITERATION: done, EVALUATED: done})
     finally:
         shutil.rmtree(work, ignore_errors=True)
 
