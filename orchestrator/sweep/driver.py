@@ -255,6 +255,7 @@ def run_sweep(
             _trial_resources(config),
         )
         experiment = todo.restore or todo.start or config.name
+        scheduler = None  # a restored sweep's is Tune's own copy
         run_config = tune.RunConfig(
             name=experiment.rsplit("/", 1)[-1],
             storage_path=f"{storage}/{experiment.rsplit('/', 1)[0]}" if "/" in experiment else storage,
@@ -297,11 +298,12 @@ def run_sweep(
                 tell(f"warm start from {earlier.sweeps}: {earlier.summary}")
             if study_db is not None:
                 record_plan(study_db, config, todo, ", ".join(m for m, _ in objectives))
+            scheduler = _scheduler(config, objectives)
             tuner = tune.Tuner(
                 trainable,
                 tune_config=tune.TuneConfig(
                     search_alg=search,
-                    scheduler=_scheduler(config, objectives),
+                    scheduler=scheduler,
                     num_samples=todo.samples,
                     max_concurrent_trials=config.search.max_concurrent,
                     time_budget_s=config.search.time_budget_s,
@@ -316,6 +318,8 @@ def run_sweep(
         with tracking_to(tracker), _stop_on_sigterm() as stopped:
             results = [*_earlier_results(storage, todo.earlier, trainable), *_each(tuner.fit())]
         warm.join()
+        if isinstance(scheduler, MOASHAScheduler):
+            tell(f"early stopping: {scheduler.debug_string()}")
         if stopped.is_set():
             raise KeyboardInterrupt(f"stopped; `--resume {config.name}` continues the sweep")
         known = {str(r.metrics["trial_id"]) for r in results if r.metrics and "trial_id" in r.metrics}
