@@ -145,13 +145,17 @@ def _why(
         rules = " and ".join(b.text(m) for m, b in constraints.items())
         kept = f" that keep {rules}"
     if len(objectives) == 1:
-        return f"trial {champion.trial_id}: the {best} {first} ({value}) of the {usable} trials{kept}"
+        return f"trial {champion.trial_id}: the {best} {first} ({value}) of the {_trials(usable)}{kept}"
     others = ", ".join(f"{m} {champion.values[m]:.4g}" for m, _ in objectives[1:])
     return (
         f"trial {champion.trial_id}: the {best} {first} ({value}; {others}) of the "
-        f"{len(candidates)} trials on the Pareto front of {', '.join(m for m, _ in objectives)}, "
-        f"among the {usable} trials{kept}"
+        f"{_trials(len(candidates))} on the Pareto front of {', '.join(m for m, _ in objectives)}, "
+        f"among the {_trials(usable)}{kept}"
     )
+
+
+def _trials(n: int) -> str:
+    return f"{n} trial{'s' * (n != 1)}"
 
 
 def _trial_id(result: Any) -> str:
