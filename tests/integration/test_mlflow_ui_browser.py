@@ -183,6 +183,8 @@ def test_mlflow_ui_shows_the_sweep_its_trials_their_curves_and_the_champion(
 
         # The best trial's val/mse curve is drawn, one marker per evaluation.
         page.goto(f"{ui_url}/#/experiments/{experiment_id}/runs/{best.info.run_id}/model-metrics")
+        # The cost/ and train/ charts come first; a user looks val/mse up as the page offers.
+        page.get_by_role("searchbox", name="Search metric charts").fill("val/mse")
         chart = page.get_by_test_id("experiment-view-compare-runs-card").filter(
             has_text=f"{best.info.run_name} (val/mse)"
         )
