@@ -36,6 +36,16 @@ def summarize(scores: Tensor, split: str, metric: str) -> dict[str, float]:
     return {f"{split}/{metric}": scores.mean().item(), f"{split}/{metric}_ci95": 1.96 * std / math.sqrt(n)}
 
 
+def adapt_with(
+    learner: MetaLearner[Any], support_x: Tensor, support_y: Tensor, inner_steps: int | None = None
+) -> Any:
+    """``learner.adapt`` on a batch of support sets, with ``inner_steps`` adaptation steps for a
+    learner with an inner loop (``None``: the learner's own)."""
+    if inner_steps is None:
+        return learner.adapt(support_x, support_y)
+    return cast(InnerLoopLearner[Any], learner).adapt(support_x, support_y, inner_steps=inner_steps)
+
+
 def evaluate(
     learner: MetaLearner[Any],
     episodes: Iterable[Episode],
@@ -71,11 +81,7 @@ def evaluate(
         for episode in episodes:
             if device is not None:
                 episode = episode.to(device)
-            if inner_steps is None:
-                adapted = learner.adapt(episode.support_x, episode.support_y)
-            else:
-                inner = cast(InnerLoopLearner[Any], learner)
-                adapted = inner.adapt(episode.support_x, episode.support_y, inner_steps=inner_steps)
+            adapted = adapt_with(learner, episode.support_x, episode.support_y, inner_steps)
             predictions = learner.predict(adapted, episode.query_x)
             scores.append(per_task_scores(predictions, episode.query_y, task_kind).cpu())
             loss_fn = learner.loss_fn

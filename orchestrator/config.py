@@ -803,11 +803,10 @@ class SweepConfig(RunConfig):
     @model_validator(mode="after")
     def _known_metrics(self) -> SweepConfig:
         known = reported_metrics(self.task_kind)
-        named = [
-            *(("search.metric", self.search.metric),) * (self.search.metric is not None),
-            *((f"search.objectives[{i}].metric", o.metric) for i, o in enumerate(self.search.objectives)),
-            *((f"tracking.champion_constraints.{m}", m) for m in self.tracking.champion_constraints),
-        ]
+        named = [(f"search.objectives[{i}].metric", o.metric) for i, o in enumerate(self.search.objectives)]
+        named += [(f"tracking.champion_constraints.{m}", m) for m in self.tracking.champion_constraints]
+        if self.search.metric is not None:
+            named.insert(0, ("search.metric", self.search.metric))
         for where, metric in named:
             if metric not in known:
                 close = difflib.get_close_matches(str(metric), known, n=1)

@@ -27,6 +27,7 @@ import torch.distributed as dist
 
 from metasweep.algorithms import MetaLearner, SinusoidTasks, TaskSource, evaluate, fixed_episodes
 from metasweep.algorithms.distributed import distributed_meta_backward
+from metasweep.algorithms.evaluation import adapt_with
 from metasweep.algorithms.memory import largest_chunk, measure_footprint, meta_backward
 from metasweep.algorithms.tasks import Episode
 from metasweep.orchestrator.config import RunConfig, load_config_dict, to_yaml
@@ -315,16 +316,11 @@ def adaptation_cost(learner: MetaLearner[Any], episode: Episode, config: RunConf
     of ``episode`` (the configured shape) with ``eval.inner_steps`` steps on the learner's
     device, and ``cost/inner_steps``, those steps (0 for a learner without an inner loop)."""
     device = next(learner.parameters()).device
-    one = Episode(
-        *(t[:1].to(device) for t in (episode.support_x, episode.support_y, episode.query_x, episode.query_y))
-    )
+    support_x, support_y = episode.support_x[:1].to(device), episode.support_y[:1].to(device)
     steps = config.eval_inner_steps
 
     def adapt() -> None:
-        if steps is None:
-            learner.adapt(one.support_x, one.support_y)
-        else:
-            learner.adapt(one.support_x, one.support_y, inner_steps=steps)  # type: ignore[call-arg]
+        adapt_with(learner, support_x, support_y, steps)
         if device.type == "cuda":
             torch.cuda.synchronize(device)
 

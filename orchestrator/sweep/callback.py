@@ -42,6 +42,11 @@ def outcome(last: Mapping[str, Any], iterations: int) -> str:
     return "finished" if int(last.get(ITERATION, 0)) >= iterations else "stopped early"
 
 
+def ended(result: Any, iterations: int) -> str:
+    """How a trial ended, from its Tune ``Result``: ``failed``, or its :func:`outcome`."""
+    return "failed" if result.error is not None else outcome(result.metrics or {}, iterations)
+
+
 class TrackingCallback(tune.Callback):
     """Mirrors Tune's trial events into MLflow child runs, from the driver.
 

@@ -32,7 +32,7 @@ from metasweep.orchestrator.data.storage import absolute, path_exists
 from metasweep.orchestrator.errors import UserError
 from metasweep.orchestrator.problem import Problem
 from metasweep.orchestrator.redact import redact
-from metasweep.orchestrator.sweep.callback import TrackingCallback, outcome, tracking_to
+from metasweep.orchestrator.sweep.callback import TrackingCallback, ended, tracking_to
 from metasweep.orchestrator.sweep.moasha import MOASHAScheduler
 from metasweep.orchestrator.sweep.pareto import FRONT_TAG, Choice, choose, front_plot, front_table
 from metasweep.orchestrator.sweep.plots import sweep_plots
@@ -52,7 +52,7 @@ from metasweep.orchestrator.sweep.study import (
     trial_numbers,
     warm_start,
 )
-from metasweep.orchestrator.sweep.trial import EVALUATED, ITERATION, trial
+from metasweep.orchestrator.sweep.trial import EVALUATED, ITERATION, evaluations, trial
 from metasweep.orchestrator.sweep.workers import start_local_ray
 from metasweep.orchestrator.tracking.model import ModelSpec
 from metasweep.orchestrator.tracking.registry import Candidate, Registration, register, scoring_protocol
@@ -126,11 +126,11 @@ def trial_rows(
     rows = []
     for result in results:
         metrics = result.metrics or {}
-        ended = "failed" if result.error is not None else outcome(metrics, iterations)
+        how = ended(result, iterations)
 
-        def value(key: str, metrics: dict[str, Any] = metrics, ended: str = ended) -> float | None:
+        def value(key: str, metrics: dict[str, Any] = metrics, how: str = how) -> float | None:
             found = metrics.get(key)
-            return float(found) if found is not None and ended != "diverged" else None
+            return float(found) if found is not None and how != "diverged" else None
 
         trial_id = str(metrics.get("trial_id", "?"))
         rows.append(
@@ -139,7 +139,7 @@ def trial_rows(
                 params=dict(result.config or {}),
                 metric=value(metric),
                 iteration=int(metrics.get(ITERATION, 0)),
-                outcome=ended,
+                outcome=how,
                 others=tuple(value(key) for key in others),
                 on_front=trial_id in front,
             )
@@ -337,9 +337,7 @@ def run_sweep(
                     tracker.tag_trial(trial_id, {"metasweep.optuna_trial": str(number)})
         choice: Choice | None = None
         if config.multi_objective or config.tracking.champion_constraints:
-            choice = choose(
-                results, objectives, config.tracking.champion_constraints, config.train.iterations
-            )
+            choice = choose(results, objectives, config.tracking.champion_constraints)
             best, why = choice.champion.result, choice.why
         else:
             best, score = _best_result(results, metric, mode)
@@ -361,17 +359,20 @@ def run_sweep(
             + (f", {steps} inner steps each" if steps is not None else "")
         )
         test_metrics = evaluate_run(saved, inputs)
+        # A Pareto front only with several objectives (one objective's candidates all share one).
+        pareto = choice if config.multi_objective else None
+        others = tuple(m for m, _ in objectives[1:])
         tracker.outbox.drain()  # trial records buffered through a tracking-server outage
         last = choice.champion.values if choice is not None else best.metrics
-        val_metrics = {k: float(v) for k, v in last.items() if k.startswith(("val/", "cost/"))}
-        tracker.log_best(best_id, best_params, {**val_metrics, **test_metrics})
+        best_metrics = {k: float(v) for k, v in last.items() if k.startswith(("val/", "cost/"))}
+        tracker.log_best(best_id, best_params, {**best_metrics, **test_metrics})
         tracker.tag_sweep({"metasweep.champion": why})
         tell("drawing the sweep's plots and logging them to its MLflow run")
         with tempfile.TemporaryDirectory() as tmp:
             for plot in sweep_plots(results, config, problem, Path(tmp)):
                 tracker.log_artifact(plot, "plots")
-            if choice is not None and config.multi_objective:
-                _log_front(tracker, choice, objectives, config, Path(tmp))
+            if pareto is not None:
+                _log_front(tracker, pareto, objectives, config, Path(tmp))
         registration = None
         if config.tracking.registered_model:
             tell(f"registering the best model as {config.tracking.registered_model}")
@@ -384,7 +385,7 @@ def run_sweep(
             objective=metric,
             best_trial=best_id,
             best_params=best_params,
-            best_metrics=val_metrics,
+            best_metrics=best_metrics,
             test_metrics=test_metrics,
             trials=len(results),
             parent_run_id=tracker.parent_id,
@@ -396,13 +397,11 @@ def run_sweep(
                 metric,
                 mode,
                 config.train.iterations,
-                others=tuple(m for m, _ in objectives[1:]),
-                front=frozenset(t.trial_id for t in choice.front)
-                if choice and config.multi_objective
-                else frozenset(),
+                others=others,
+                front=frozenset(t.trial_id for t in pareto.front) if pareto else frozenset(),
             ),
             why=why,
-            others=tuple(m for m, _ in objectives[1:]),
+            others=others,
         )
     except BaseException as exc:
         if not resume:  # a sweep that never got going leaves no folder behind for --resume
@@ -447,11 +446,9 @@ def _best_result(results: list[Any], metric: str, mode: str) -> tuple[Any, float
     sign = 1.0 if mode == "min" else -1.0
     best, score = None, math.inf
     for result in results:
-        frame = result.metrics_dataframe
+        frame = evaluations(result.metrics_dataframe)
         if frame is None or metric not in frame:
             continue
-        if EVALUATED in frame:
-            frame = frame[frame[EVALUATED].notna()]
         values = [sign * float(v) for v in frame[metric] if v is not None and math.isfinite(float(v))]
         if values and min(values) < score:
             best, score = result, min(values)

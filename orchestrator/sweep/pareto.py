@@ -21,9 +21,9 @@ import numpy as np
 
 from metasweep.orchestrator.config import Bound
 from metasweep.orchestrator.errors import UserError
-from metasweep.orchestrator.sweep.callback import outcome
+from metasweep.orchestrator.sweep.callback import ended
 from metasweep.orchestrator.sweep.moasha import pareto_fronts
-from metasweep.orchestrator.sweep.trial import DIVERGED, EVALUATED
+from metasweep.orchestrator.sweep.trial import DIVERGED, evaluations
 
 FRONT_TAG = "metasweep.pareto_front"
 """The tag of a child run on the Pareto front (``true``)."""
@@ -65,12 +65,8 @@ class Choice:
 
 def last_evaluation(result: Any) -> dict[str, float] | None:
     """The metrics of a trial's last evaluation (progress reports between them carry none)."""
-    frame = result.metrics_dataframe
+    frame = evaluations(result.metrics_dataframe)
     if frame is None or len(frame) == 0:
-        return None
-    if EVALUATED in frame:
-        frame = frame[frame[EVALUATED].notna()]
-    if len(frame) == 0:
         return None
     row = frame.iloc[-1]
     return {
@@ -82,7 +78,6 @@ def choose(
     results: Sequence[Any],
     objectives: Sequence[tuple[str, str]],
     constraints: Mapping[str, Bound],
-    iterations: int,
 ) -> Choice:
     """The champion of ``results`` (Tune ``Result``\\ s) under ``objectives`` (``(metric, mode)``,
     the first picks) and ``constraints`` (by metric).
@@ -112,10 +107,9 @@ def choose(
 
     feasible = [(r, v) for r, v in usable if keeps(v)]
     if not feasible:
-        rules = " and ".join(b.text(m) for m, b in constraints.items())
         raise UserError(
             f"none of the {len(usable)} trials that reported keeps tracking.champion_constraints "
-            f"({rules}), so nothing is scored or registered; `--resume NAME --set "
+            f"({_rules(constraints)}), so nothing is scored or registered; `--resume NAME --set "
             "tracking.champion_constraints=...` with other limits picks again, and --set "
             "search.num_samples=N with more trials searches further"
         )
@@ -140,10 +134,7 @@ def _why(
     first, mode = objectives[0]
     best = "highest" if mode == "max" else "lowest"
     value = f"{champion.values[first]:.4g}"
-    kept = ""
-    if constraints:
-        rules = " and ".join(b.text(m) for m, b in constraints.items())
-        kept = f" that keep {rules}"
+    kept = f" that keep {_rules(constraints)}" if constraints else ""
     if len(objectives) == 1:
         return f"trial {champion.trial_id}: the {best} {first} ({value}) of the {_trials(usable)}{kept}"
     others = ", ".join(f"{m} {champion.values[m]:.4g}" for m, _ in objectives[1:])
@@ -152,6 +143,10 @@ def _why(
         f"{_trials(len(candidates))} on the Pareto front of {', '.join(m for m, _ in objectives)}, "
         f"among the {_trials(usable)}{kept}"
     )
+
+
+def _rules(constraints: Mapping[str, Bound]) -> str:
+    return " and ".join(b.text(m) for m, b in constraints.items())
 
 
 def _trials(n: int) -> str:
@@ -171,7 +166,6 @@ def front_table(choice: Choice, objectives: Sequence[tuple[str, str]], iteration
         writer = csv.writer(f)
         writer.writerow(["trial", *metrics, "pareto_front", "keeps_constraints", "champion", "outcome"])
         for t in choice.trials:
-            ended = "failed" if t.result.error is not None else outcome(t.result.metrics or {}, iterations)
             writer.writerow(
                 [
                     t.trial_id,
@@ -179,7 +173,7 @@ def front_table(choice: Choice, objectives: Sequence[tuple[str, str]], iteration
                     "" if t.front is None else t.front,
                     t.feasible,
                     t is choice.champion,
-                    ended,
+                    ended(t.result, iterations),
                 ]
             )
     return path

@@ -16,7 +16,7 @@ import optuna
 from metasweep.orchestrator.config import SweepConfig
 from metasweep.orchestrator.problem import Problem
 from metasweep.orchestrator.sweep.space import distribution
-from metasweep.orchestrator.sweep.trial import EVALUATED, ITERATION
+from metasweep.orchestrator.sweep.trial import ITERATION, evaluations
 
 log = logging.getLogger(__name__)
 
@@ -38,11 +38,9 @@ def sweep_plots(results: Any, config: SweepConfig, problem: Problem, folder: Pat
     fig, ax = plt.subplots(figsize=(7, 4))
     finished = []
     for result in results:
-        frame = result.metrics_dataframe
+        frame = evaluations(result.metrics_dataframe)
         if frame is None or metric not in frame or ITERATION not in frame:
             continue
-        if EVALUATED in frame:  # evaluations only, not the progress reports between them
-            frame = frame[frame[EVALUATED].notna()]
         ax.plot(
             frame[ITERATION],
             frame[metric],

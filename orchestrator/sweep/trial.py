@@ -34,6 +34,14 @@ DIVERGED = "diverged"
 """Present in a trial's last result when its training diverged, with the reason."""
 
 
+def evaluations(frame: Any) -> Any:
+    """The rows of a trial's results (Tune's ``metrics_dataframe``, or ``None``) that hold an
+    evaluation, not the progress reports between them."""
+    if frame is None or EVALUATED not in frame:
+        return frame
+    return frame[frame[EVALUATED].notna()]
+
+
 def trial(
     params: dict[str, Any],
     *,

@@ -116,7 +116,7 @@ def test_the_front_and_the_champion_come_from_each_trials_last_evaluation() -> N
         trial_result("e", [point(0.99, 0.1)], error=True),  # failed: never a candidate
         trial_result("f", [point(0.95, 0.5)], diverged=True),
     ]
-    choice = choose(results, [ACC, COST], {}, iterations=100)
+    choice = choose(results, [ACC, COST], {})
     assert choice.champion.trial_id == "a"
     assert [t.trial_id for t in choice.front] == ["a", "b", "d"]
     standing = {t.trial_id: t.front for t in choice.trials}
@@ -134,14 +134,14 @@ def test_constraints_choose_among_the_trials_that_keep_them() -> None:
         trial_result("c", [point(0.70, 4.0)]),
     ]
     limits = {"cost/adapt_ms": Bound(max=5)}
-    choice = choose(results, [ACC, COST], limits, iterations=100)
+    choice = choose(results, [ACC, COST], limits)
     assert choice.champion.trial_id == "b"
     assert {t.trial_id: t.feasible for t in choice.trials} == {"a": False, "b": True, "c": True}
     assert choice.why.endswith("among the 3 trials that keep cost/adapt_ms <= 5")
     # One objective, a constraint on a metric that is not one: the best of those that keep it.
-    one = choose(results, [ACC], {"cost/adapt_ms": Bound(min=3.5)}, iterations=100)
+    one = choose(results, [ACC], {"cost/adapt_ms": Bound(min=3.5)})
     assert one.champion.trial_id == "a"
-    one = choose(results, [ACC], {"cost/adapt_ms": Bound(min=3.5, max=5)}, iterations=100)
+    one = choose(results, [ACC], {"cost/adapt_ms": Bound(min=3.5, max=5)})
     assert one.champion.trial_id == "c"
     assert one.why == (
         "trial c: the highest val/accuracy (0.7) of the 3 trials that keep "
@@ -152,16 +152,16 @@ def test_constraints_choose_among_the_trials_that_keep_them() -> None:
 def test_no_trial_keeping_the_constraints_is_a_clear_error() -> None:
     results = [trial_result("a", [point(0.90, 9.0)])]
     with pytest.raises(UserError, match=r"none of the 1 trials that reported keeps .*cost/adapt_ms <= 5"):
-        choose(results, [ACC, COST], {"cost/adapt_ms": Bound(max=5)}, iterations=100)
+        choose(results, [ACC, COST], {"cost/adapt_ms": Bound(max=5)})
     with pytest.raises(UserError, match="no trial reported a result"):
-        choose([trial_result("e", [point(0.9, 1.0)], error=True)], [ACC, COST], {}, iterations=100)
+        choose([trial_result("e", [point(0.9, 1.0)], error=True)], [ACC, COST], {})
 
 
 def test_the_front_is_written_as_a_table_and_drawn(tmp_path: Path) -> None:
     results = [
         trial_result(t, [point(a, c)]) for t, a, c in [("a", 0.9, 9.0), ("b", 0.8, 3.0), ("c", 0.7, 4.0)]
     ]
-    choice = choose(results, [ACC, COST], {}, iterations=100)
+    choice = choose(results, [ACC, COST], {})
     table = front_table(choice, [ACC, COST], 100, tmp_path / "front.csv").read_text().splitlines()
     assert table[0] == "trial,val/accuracy,cost/adapt_ms,pareto_front,keeps_constraints,champion,outcome"
     assert table[1:] == [
