@@ -700,10 +700,6 @@ class SearchConfig(_Section):
                 "sampler=cmaes optimises one objective; with objectives use tpe "
                 "(multi-objective TPE), nsga2, gp, random or qmc"
             )
-        if self.warm_start.sweep:
-            raise ValueError(
-                "warm_start does not yet take a multi-objective sweep's study; drop warm_start or objectives"
-            )
         return self
 
     @property
@@ -730,7 +726,7 @@ class TrackingConfig(_Section):
 
     champion_constraints: dict[str, Bound] = Field(
         default_factory=dict,
-        description="limits the champion must keep to at its last evaluation, by metric, e.g. "
+        description="limits the champion must keep to at its last evaluation, by objective, e.g. "
         "{cost/adapt_ms: {max: 5}}; among the trials that keep them it is the best on the "
         "objective (with search.objectives: on the first, among those on the Pareto front)",
     )
@@ -814,6 +810,15 @@ class SweepConfig(RunConfig):
                 raise ValueError(
                     f"{where}: {metric} is not a metric a {self.task_kind} run reports; {hint}"
                     f"one of {', '.join(known)}"
+                )
+        # A limit on a metric the search does not weigh would pick off the front it built.
+        optimised = [o.metric for o in self.search.objectives] or [self.search.metric or known[0]]
+        for metric in self.tracking.champion_constraints:
+            if metric not in optimised:
+                raise ValueError(
+                    f"tracking.champion_constraints.{metric}: {metric} is not an objective of this "
+                    f"sweep ({', '.join(optimised)}); constrain an objective, or add {metric} to "
+                    "search.objectives"
                 )
         return self
 

@@ -213,7 +213,7 @@ def run_sweep(
     todo = plan(config, resume, study_db if resume else None)
     objectives = config.objectives(problem)
     metric, mode = objectives[0]
-    earlier = None if resume else warm_start(config, uri, storage, metric, mode)
+    earlier = None if resume else warm_start(config, uri, storage, objectives)
     # After the checks that need no store, so that a sweep refused by them creates none.
     tracker = SweepTracker(uri, config.tracking.experiment, config.name, resume=resume)
     if resume and study_db is None:  # as Tune left it, which can finish the trials it planned only
@@ -337,7 +337,7 @@ def run_sweep(
                     tracker.tag_trial(trial_id, {"metasweep.optuna_trial": str(number)})
         choice: Choice | None = None
         if config.multi_objective or config.tracking.champion_constraints:
-            choice = choose(results, objectives, config.tracking.champion_constraints)
+            choice = choose(results, objectives, config.tracking.champion_constraints, config.name)
             best, why = choice.champion.result, choice.why
         else:
             best, score = _best_result(results, metric, mode)
@@ -464,8 +464,8 @@ def _log_front(
     config: SweepConfig,
     folder: Path,
 ) -> None:
-    """The Pareto front on the parent run (a CSV table and a plot, under ``pareto/``), and a tag
-    on each child run on it."""
+    """The Pareto front on the parent run (a CSV table and a plot, under ``pareto/``), and on
+    each child run whether it is on it (an extended sweep's front moves: its old tags go)."""
     table = front_table(choice, objectives, config.train.iterations, folder / "pareto_front.csv")
     plot = front_plot(
         choice,
@@ -475,9 +475,9 @@ def _log_front(
     )
     for path in (table, plot):
         tracker.log_artifact(path, "pareto")
-    for t in choice.front:
+    for t in choice.trials:
         if t.trial_id in tracker.children:
-            tracker.tag_trial(t.trial_id, {FRONT_TAG: "true"})
+            tracker.tag_trial(t.trial_id, {FRONT_TAG: str(t.front == 0).lower()})
 
 
 def _sweep_params(config: SweepConfig, objectives: tuple[tuple[str, Any], ...]) -> dict[str, Any]:

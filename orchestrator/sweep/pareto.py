@@ -26,7 +26,7 @@ from metasweep.orchestrator.sweep.moasha import pareto_fronts
 from metasweep.orchestrator.sweep.trial import DIVERGED, evaluations
 
 FRONT_TAG = "metasweep.pareto_front"
-"""The tag of a child run on the Pareto front (``true``)."""
+"""The tag of a child run: ``true`` on the Pareto front, ``false`` off it."""
 
 
 @dataclass(frozen=True)
@@ -78,9 +78,10 @@ def choose(
     results: Sequence[Any],
     objectives: Sequence[tuple[str, str]],
     constraints: Mapping[str, Bound],
+    sweep: str,
 ) -> Choice:
-    """The champion of ``results`` (Tune ``Result``\\ s) under ``objectives`` (``(metric, mode)``,
-    the first picks) and ``constraints`` (by metric).
+    """The champion of ``results`` (Tune ``Result``\\ s) of ``sweep`` under ``objectives``
+    (``(metric, mode)``, the first picks) and ``constraints`` (by metric).
 
     Raises:
         UserError: no trial reported an evaluation, or none keeps the constraints.
@@ -109,7 +110,7 @@ def choose(
     if not feasible:
         raise UserError(
             f"none of the {len(usable)} trials that reported keeps tracking.champion_constraints "
-            f"({_rules(constraints)}), so nothing is scored or registered; `--resume NAME --set "
+            f"({_rules(constraints)}), so nothing is scored or registered; `--resume {sweep} --set "
             "tracking.champion_constraints=...` with other limits picks again, and --set "
             "search.num_samples=N with more trials searches further"
         )
@@ -121,27 +122,27 @@ def choose(
     candidates = [t for t in judged if t.front == 0]
     champion = min(candidates, key=lambda t: sign * t.values[first])
     judged.sort(key=lambda t: (t.front is None, t.front or 0, sign * t.values.get(first, math.inf)))
-    return Choice(champion, _why(champion, candidates, len(usable), objectives, constraints), tuple(judged))
+    return Choice(champion, _why(champion, candidates, len(feasible), objectives, constraints), tuple(judged))
 
 
 def _why(
     champion: Judged,
     candidates: Sequence[Judged],
-    usable: int,
+    feasible: int,
     objectives: Sequence[tuple[str, str]],
     constraints: Mapping[str, Bound],
 ) -> str:
     first, mode = objectives[0]
     best = "highest" if mode == "max" else "lowest"
     value = f"{champion.values[first]:.4g}"
-    kept = f" that keep {_rules(constraints)}" if constraints else ""
+    kept = f" that {'keeps' if feasible == 1 else 'keep'} {_rules(constraints)}" if constraints else ""
     if len(objectives) == 1:
-        return f"trial {champion.trial_id}: the {best} {first} ({value}) of the {_trials(usable)}{kept}"
+        return f"trial {champion.trial_id}: the {best} {first} ({value}) of the {_trials(feasible)}{kept}"
     others = ", ".join(f"{m} {champion.values[m]:.4g}" for m, _ in objectives[1:])
     return (
         f"trial {champion.trial_id}: the {best} {first} ({value}; {others}) of the "
         f"{_trials(len(candidates))} on the Pareto front of {', '.join(m for m, _ in objectives)}, "
-        f"among the {_trials(usable)}{kept}"
+        f"among the {_trials(feasible)}{kept}"
     )
 
 

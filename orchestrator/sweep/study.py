@@ -19,11 +19,12 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import optuna
 from optuna.distributions import BaseDistribution
 from optuna.trial import TrialState
@@ -33,6 +34,7 @@ from ray.tune.search.optuna import OptunaSearch
 from metasweep.orchestrator.config import SweepConfig, applies
 from metasweep.orchestrator.errors import UserError
 from metasweep.orchestrator.redact import redact, uri_scheme
+from metasweep.orchestrator.sweep.moasha import pareto_fronts
 from metasweep.orchestrator.sweep.space import distributions
 from metasweep.orchestrator.sweep.trial import EVALUATED
 
@@ -209,32 +211,37 @@ class WarmStart:
         return {"metasweep.warm_start": self.sweeps, "metasweep.warm_start_trials": self.summary}
 
 
-def warm_start(config: SweepConfig, tracking: str, storage: str, metric: str, mode: str) -> WarmStart | None:
+def warm_start(
+    config: SweepConfig, tracking: str, storage: str, objectives: Sequence[tuple[str, str]]
+) -> WarmStart | None:
     """Read the sweeps ``search.warm_start`` names, where their studies are kept.
 
     A trial fits the new sweep when it searched the same fields (for its algorithm), each value
     lies in the new space, and its settings make a valid run of the new config; the others are
     skipped, with a warning that says how many. Trials an earlier sweep was itself warmed with
-    are not read again.
+    are not read again. With several objectives, the best settings are those of the first
+    non-dominated front, then the next front's, each front best on the first objective first.
 
     Args:
         config: the new sweep.
         tracking: the resolved MLflow tracking URI (a PostgreSQL store holds the studies).
         storage: the sweeps' Tune storage, where SQLite studies are kept.
-        metric, mode: what the new sweep optimises.
+        objectives: ``(metric, mode)`` of what the new sweep optimises, as the earlier sweeps
+            must have.
 
     Returns:
         ``None`` without ``search.warm_start.sweep``.
 
     Raises:
         UserError: a sweep without a kept study, a study that is not a sweep's, one that
-            optimised another metric or in the other direction, or one without a finished trial.
+            optimised other metrics or in other directions, or one without a finished trial.
     """
     settings = config.search.warm_start
     if not settings.sweep:
         return None
     space = distributions(config.search.space)
-    fitting: list[tuple[float, optuna.trial.FrozenTrial, str]] = []
+    wanted, modes = ", ".join(m for m, _ in objectives), [mode for _, mode in objectives]
+    fitting: list[tuple[optuna.trial.FrozenTrial, str]] = []
     skipped = read = 0
     for name in settings.sweep:
         if name == config.name:
@@ -246,25 +253,24 @@ def warm_start(config: SweepConfig, tracking: str, storage: str, metric: str, mo
         attrs = study.user_attrs
         if PLANNED not in attrs:
             raise UserError(f"search.warm_start: the Optuna study {name!r} is not a metasweep sweep's")
-        directions = [d.name.lower() for d in study.directions]  # two or more: multi-objective
-        if attrs.get(METRIC, metric) != metric or [d[:3] for d in directions] != [mode]:
-            what = attrs.get(METRIC, f"its metric ({', '.join(directions)})")
+        directions = [d.name.lower()[:3] for d in study.directions]
+        if attrs.get(METRIC, wanted) != wanted or directions != modes:
+            what = attrs.get(METRIC, "its metrics")
             raise UserError(
-                f"search.warm_start: sweep {name!r} optimised {what}; this sweep optimises {metric} "
-                f"({mode}): their results do not compare"
+                f"search.warm_start: sweep {name!r} optimised {what} ({', '.join(directions)}); this "
+                f"sweep optimises {wanted} ({', '.join(modes)}): their results do not compare"
             )
         own = [
             t
             for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
-            if WARMED_FROM not in t.user_attrs and t.value is not None
+            if WARMED_FROM not in t.user_attrs and t.values is not None
         ]
         if not own:
             raise UserError(f"search.warm_start: sweep {name!r} has no finished trial to start from")
         read += len(own)
         for t in own:
             if _fits(config, space, t.params):
-                value = float(t.value)  # type: ignore[arg-type]
-                fitting.append((value if mode == "min" else -value, t, name))
+                fitting.append((t, name))
             else:
                 skipped += 1
     if skipped:
@@ -273,19 +279,24 @@ def warm_start(config: SweepConfig, tracking: str, storage: str, metric: str, mo
             "values outside this sweep's space or run schema",
             skipped, read,
         )  # fmt: skip
-    fitting.sort(key=lambda item: item[0])
+    if fitting:  # best first: by front, then on the first objective
+        signs = np.array([1.0 if mode == "min" else -1.0 for mode in modes])
+        signed = np.array([signs * np.array(t.values, dtype=float) for t, _ in fitting])
+        fronts = pareto_fronts(signed) if len(modes) > 1 else np.zeros(len(fitting), dtype=int)
+        order = sorted(range(len(fitting)), key=lambda i: (int(fronts[i]), float(signed[i, 0])))
+        fitting = [fitting[i] for i in order]
     points: list[dict[str, Any]] = []
-    for _, t, _ in fitting:
+    for t, _ in fitting:
         if len(points) < settings.top and t.params not in points:
             points.append(dict(t.params))
     trials = tuple(
         optuna.trial.create_trial(
             params=t.params,
             distributions={k: space[k] for k in t.params},
-            value=t.value,
+            values=list(t.values),
             user_attrs={WARMED_FROM: name},
         )
-        for _, t, name in fitting
+        for t, name in fitting
     )
     return WarmStart(", ".join(settings.sweep), tuple(points), trials, read)
 

@@ -44,6 +44,34 @@ def dominates(a: tuple[float, float], b: tuple[float, float]) -> bool:
     return all(x <= y for x, y in zip(a, b, strict=True)) and a != b
 
 
+def check_front(client: MlflowClient, stderr: str, summary: dict, expected: int) -> tuple:
+    """The sweep's parent run, its front and its champion, once its ``expected`` child runs are
+    checked against what the sweep tagged: the front among the trials that keep the constraint is
+    computed here from each one's last evaluation (MLflow keeps a metric's latest value), not by
+    metasweep."""
+    experiment = client.get_experiment_by_name("it")
+    runs = client.search_runs([experiment.experiment_id])
+    parent = next(r for r in runs if "metasweep.trial_id" not in r.data.tags)
+    trials = [r for r in runs if "metasweep.trial_id" in r.data.tags]
+    assert len(trials) == expected
+    points = {
+        r.data.tags["metasweep.trial_id"]: (r.data.metrics["val/mse"], r.data.metrics["cost/inner_steps"])
+        for r in trials
+    }
+    for r in trials:  # the adaptation steps are the trial's own
+        assert points[r.data.tags["metasweep.trial_id"]][1] == float(r.data.params["eval.inner_steps"])
+    feasible = {t: p for t, p in points.items() if p[1] <= 6}
+    front = {t for t, p in feasible.items() if not any(dominates(q, p) for q in feasible.values())}
+    assert {r.data.tags[FRONT_TAG] for r in trials} <= {"true", "false"}  # every trial says
+    tagged = {r.data.tags["metasweep.trial_id"] for r in trials if r.data.tags[FRONT_TAG] == "true"}
+    assert tagged == front and front
+    champion = min(front, key=lambda t: feasible[t][0])
+    assert summary["best_trial"] == champion
+    assert f"champion: trial {champion}: the lowest val/mse" in stderr
+    assert f"on the Pareto front of val/mse, cost/inner_steps, among the {len(feasible)} " in stderr
+    return parent, front, champion
+
+
 def test_a_multi_objective_sweep_tags_its_front_and_picks_the_champion_on_it(run_cli, migrated_store) -> None:
     Path("sweep.yaml").write_text(SWEEP)
     migrated_store()
@@ -54,32 +82,7 @@ def test_a_multi_objective_sweep_tags_its_front_and_picks_the_champion_on_it(run
     summary = json.loads(result.stdout.strip().splitlines()[-1])
 
     client = MlflowClient(uri)
-    experiment = client.get_experiment_by_name("it")
-    runs = client.search_runs([experiment.experiment_id])
-    parent = next(r for r in runs if "metasweep.trial_id" not in r.data.tags)
-    trials = [r for r in runs if "metasweep.trial_id" in r.data.tags]
-    assert len(trials) == 6
-    # Each trial's last evaluation (MLflow keeps a metric's latest value), the front among the
-    # trials that keep the constraint, and its best error: computed here, not by metasweep.
-    points = {
-        r.data.tags["metasweep.trial_id"]: (r.data.metrics["val/mse"], r.data.metrics["cost/inner_steps"])
-        for r in trials
-    }
-    assert {steps for _, steps in points.values()} <= set(map(float, range(1, 9)))
-    for trial, (_, steps) in points.items():  # the adaptation steps are the trial's own
-        assert steps == float(
-            next(r for r in trials if r.data.tags["metasweep.trial_id"] == trial).data.params[
-                "eval.inner_steps"
-            ]
-        )
-    feasible = {t: p for t, p in points.items() if p[1] <= 6}
-    front = {t for t, p in feasible.items() if not any(dominates(q, p) for q in feasible.values())}
-    tagged = {r.data.tags["metasweep.trial_id"] for r in trials if r.data.tags.get(FRONT_TAG) == "true"}
-    assert tagged == front and front
-    champion = min(front, key=lambda t: feasible[t][0])
-    assert summary["best_trial"] == champion
-    assert f"champion: trial {champion}: the lowest val/mse" in result.stderr
-    assert f"of the {len(front)} trials on the Pareto front of val/mse, cost/inner_steps" in result.stderr
+    parent, front, champion = check_front(client, result.stderr, summary, 6)
     assert "that keep cost/inner_steps <= 6" in parent.data.tags["metasweep.champion"]
     assert {"test/mse", "val/mse", "cost/adapt_ms", "cost/inner_steps"} <= set(parent.data.metrics)
 
@@ -99,3 +102,15 @@ def test_a_multi_objective_sweep_tags_its_front_and_picks_the_champion_on_it(run
     assert [d.name for d in study.directions] == ["MINIMIZE", "MINIMIZE"]
     done = study.get_trials(states=(optuna.trial.TrialState.COMPLETE,))
     assert len(done) == 6 and all(len(t.values) == 2 for t in done)
+
+    # Extended by two trials: MOASHA runs the new ones, the front and champion cover all eight
+    # (a trial the new ones dominate leaves the front, and its tag says so).
+    result = run_cli(
+        "sweep", "sweep.yaml", "--resume", "mo", "--set", f"tracking.uri={uri}",
+        "--set", "search.num_samples=8", timeout=600,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "extending sweep mo by 2 trials to 8" in result.stderr
+    summary = json.loads(result.stdout.strip().splitlines()[-1])
+    check_front(client, result.stderr, summary, 8)
+    assert len(study.get_trials(states=(optuna.trial.TrialState.COMPLETE,))) == 8

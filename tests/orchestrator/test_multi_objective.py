@@ -44,7 +44,6 @@ TWO = "search.objectives=[{metric: val/mse}, {metric: cost/adapt_ms}]"
         (["search.objectives=[{metric: val/mse}, {metric: val/mse}]"], "objectives names val/mse twice"),
         ([TWO, "search.metric=val/loss"], "metric=val/loss and objectives both set"),
         ([TWO, "search.sampler=cmaes"], "sampler=cmaes optimises one objective"),
-        ([TWO, "search.warm_start={sweep: old}"], "warm_start does not yet take a multi-objective"),
         (["search.objectives=[{metric: val/mse}, {metric: cost/adapt}]"],
          "search.objectives[1].metric: cost/adapt is not a metric a regression run reports; did you "
          "mean cost/adapt_ms?"),
@@ -55,6 +54,11 @@ TWO = "search.objectives=[{metric: val/mse}, {metric: cost/adapt_ms}]"
         (["tracking.champion_constraints={cost/adapt_ms: {min: 5, max: 1}}"], "min=5 is above max=1"),
         (["tracking.champion_constraints={cost/memory: {max: 1}}"],
          "tracking.champion_constraints.cost/memory: cost/memory is not a metric"),
+        (["tracking.champion_constraints={cost/adapt_ms: {max: 5}}"],
+         "tracking.champion_constraints.cost/adapt_ms: cost/adapt_ms is not an objective of this sweep "
+         "(val/mse); constrain an objective, or add cost/adapt_ms to search.objectives"),
+        ([TWO, "tracking.champion_constraints={val/loss: {max: 5}}"],
+         "val/loss is not an objective of this sweep (val/mse, cost/adapt_ms)"),
         ([TWO, "search.objectives[0].mode=up"], "search.objectives"),
     ],
 )  # fmt: skip
@@ -116,7 +120,7 @@ def test_the_front_and_the_champion_come_from_each_trials_last_evaluation() -> N
         trial_result("e", [point(0.99, 0.1)], error=True),  # failed: never a candidate
         trial_result("f", [point(0.95, 0.5)], diverged=True),
     ]
-    choice = choose(results, [ACC, COST], {})
+    choice = choose(results, [ACC, COST], {}, "s")
     assert choice.champion.trial_id == "a"
     assert [t.trial_id for t in choice.front] == ["a", "b", "d"]
     standing = {t.trial_id: t.front for t in choice.trials}
@@ -134,34 +138,34 @@ def test_constraints_choose_among_the_trials_that_keep_them() -> None:
         trial_result("c", [point(0.70, 4.0)]),
     ]
     limits = {"cost/adapt_ms": Bound(max=5)}
-    choice = choose(results, [ACC, COST], limits)
+    choice = choose(results, [ACC, COST], limits, "s")
     assert choice.champion.trial_id == "b"
     assert {t.trial_id: t.feasible for t in choice.trials} == {"a": False, "b": True, "c": True}
-    assert choice.why.endswith("among the 3 trials that keep cost/adapt_ms <= 5")
-    # One objective, a constraint on a metric that is not one: the best of those that keep it.
-    one = choose(results, [ACC], {"cost/adapt_ms": Bound(min=3.5)})
-    assert one.champion.trial_id == "a"
-    one = choose(results, [ACC], {"cost/adapt_ms": Bound(min=3.5, max=5)})
+    assert choice.why.endswith("among the 2 trials that keep cost/adapt_ms <= 5")
+    # One objective, with limits on it: the best of the trials that keep them.
+    one = choose(results, [ACC], {"val/accuracy": Bound(max=0.85)}, "s")
+    assert one.champion.trial_id == "b"
+    one = choose(results, [ACC], {"val/accuracy": Bound(min=0.65, max=0.75)}, "s")
     assert one.champion.trial_id == "c"
     assert one.why == (
-        "trial c: the highest val/accuracy (0.7) of the 3 trials that keep "
-        "cost/adapt_ms >= 3.5 and cost/adapt_ms <= 5"
+        "trial c: the highest val/accuracy (0.7) of the 1 trial that keeps "
+        "val/accuracy >= 0.65 and val/accuracy <= 0.75"
     )
 
 
 def test_no_trial_keeping_the_constraints_is_a_clear_error() -> None:
     results = [trial_result("a", [point(0.90, 9.0)])]
     with pytest.raises(UserError, match=r"none of the 1 trials that reported keeps .*cost/adapt_ms <= 5"):
-        choose(results, [ACC, COST], {"cost/adapt_ms": Bound(max=5)})
+        choose(results, [ACC, COST], {"cost/adapt_ms": Bound(max=5)}, "s")
     with pytest.raises(UserError, match="no trial reported a result"):
-        choose([trial_result("e", [point(0.9, 1.0)], error=True)], [ACC, COST], {})
+        choose([trial_result("e", [point(0.9, 1.0)], error=True)], [ACC, COST], {}, "s")
 
 
 def test_the_front_is_written_as_a_table_and_drawn(tmp_path: Path) -> None:
     results = [
         trial_result(t, [point(a, c)]) for t, a, c in [("a", 0.9, 9.0), ("b", 0.8, 3.0), ("c", 0.7, 4.0)]
     ]
-    choice = choose(results, [ACC, COST], {})
+    choice = choose(results, [ACC, COST], {}, "s")
     table = front_table(choice, [ACC, COST], 100, tmp_path / "front.csv").read_text().splitlines()
     assert table[0] == "trial,val/accuracy,cost/adapt_ms,pareto_front,keeps_constraints,champion,outcome"
     assert table[1:] == [

@@ -27,6 +27,7 @@ from metasweep.orchestrator.sweep.study import (
 )
 
 SPACE = {"train.inner_lr": {"type": "loguniform", "low": 0.001, "high": 0.1}}
+MSE, STEPS = ("val/mse", "min"), ("cost/inner_steps", "min")
 
 
 def sweep(**search: object) -> SweepConfig:
@@ -156,20 +157,24 @@ def test_a_sweep_is_started_continued_or_extended_as_its_study_records(tmp_path:
         plan(SweepConfig.model_validate({"name": "foreign", "search": {"space": SPACE}}), True, storage)
 
 
-def old_sweep(storage_dir: Path, name: str, trials: list[tuple[dict, float]], **attrs: object) -> None:
+def old_sweep(
+    storage_dir: Path, name: str, trials: list[tuple[dict, float | list[float]]], **attrs: object
+) -> None:
     """A finished sweep's study where a sweep keeps it (``<storage>/<name>/optuna.db``), as
-    record_plan leaves it, holding ``trials`` (settings, val/mse) and one trial still running."""
+    record_plan leaves it, holding ``trials`` (settings, val/mse or a value per objective) and
+    one trial still running."""
     url = f"sqlite:///{storage_dir / name / STUDY_FILE}"
     storage = open_storage(url)
     old = sweep(num_samples=max(len(trials), 1)).model_copy(update={"name": name})
     study = optuna.create_study(
-        study_name=name, storage=storage, direction=attrs.pop("direction", "minimize")
+        study_name=name, storage=storage, directions=attrs.pop("directions", ["minimize"])
     )
     record_plan(storage, old, plan(old, resume=False, storage=None), str(attrs.pop("metric", "val/mse")))
     for params, value in trials:
         dists = {k: optuna.distributions.FloatDistribution(1e-6, 10.0, log=True) if "lr" in k
                  else optuna.distributions.IntDistribution(0, 100) for k in params}  # fmt: skip
-        study.add_trial(optuna.trial.create_trial(params=params, distributions=dists, value=value))
+        values = value if isinstance(value, list) else [value]
+        study.add_trial(optuna.trial.create_trial(params=params, distributions=dists, values=values))
     study.ask()  # a trial that never ended is not read
 
 
@@ -191,7 +196,7 @@ def test_a_warm_start_evaluates_the_best_settings_that_fit_first_and_gives_the_s
     )
     config = sweep(warm_start={"sweep": "old", "top": 2})
     with caplog.at_level("WARNING"):
-        warm = warm_start(config, "sqlite:///mlflow.db", str(tmp_path), "val/mse", "min")
+        warm = warm_start(config, "sqlite:///mlflow.db", str(tmp_path), [MSE])
     assert warm is not None
     assert warm.points == ({"train.inner_lr": 0.05}, {"train.inner_lr": 0.02})
     assert [t.value for t in warm.trials] == [0.2, 0.3, 0.5]
@@ -211,18 +216,20 @@ def test_a_warm_start_evaluates_the_best_settings_that_fit_first_and_gives_the_s
     study = optuna.load_study(study_name="s", storage=new_storage)
     assert [t.value for t in study.trials] == [0.2, 0.3, 0.5] and study.best_trial.params == warm.points[0]
     assert trial_numbers(new_storage, "s") == {}  # none of them is a Tune trial of this sweep
-    assert warm_start(sweep(), "sqlite:///mlflow.db", str(tmp_path), "val/mse", "min") is None
+    assert warm_start(sweep(), "sqlite:///mlflow.db", str(tmp_path), [MSE]) is None
 
 
 def test_warm_starts_that_cannot_work_are_refused(tmp_path: Path) -> None:
     from metasweep.orchestrator.sweep.study import warm_start
 
     old_sweep(tmp_path, "old", [({"train.inner_lr": 0.01}, 0.5)])
-    old_sweep(tmp_path, "acc", [({"train.inner_lr": 0.01}, 0.5)], metric="val/accuracy", direction="maximize")
+    old_sweep(
+        tmp_path, "acc", [({"train.inner_lr": 0.01}, 0.5)], metric="val/accuracy", directions=["maximize"]
+    )
     old_sweep(tmp_path, "empty", [])
     cases = {
         "missing": "no Optuna study of sweep 'missing'",
-        "acc": "sweep 'acc' optimised val/accuracy; this sweep optimises val/mse (min)",
+        "acc": "sweep 'acc' optimised val/accuracy (max); this sweep optimises val/mse (min)",
         "empty": "sweep 'empty' has no finished trial to start from",
         "s": "sweep 's' is this sweep",
     }
@@ -232,7 +239,63 @@ def test_warm_starts_that_cannot_work_are_refused(tmp_path: Path) -> None:
                 sweep(warm_start={"sweep": ["old", name]}),
                 "sqlite:///mlflow.db",
                 str(tmp_path),
-                "val/mse",
-                "min",
+                [MSE],
             )
     assert not (tmp_path / "missing").exists(), "looking for a study creates none"
+
+
+def test_a_multi_objective_warm_start_runs_the_front_first_and_reads_only_the_same_objectives(
+    tmp_path: Path,
+) -> None:
+    from metasweep.orchestrator.sweep.study import warm_start
+
+    two = {"metric": "val/mse, cost/inner_steps", "directions": ["minimize", "minimize"]}
+    old_sweep(
+        tmp_path,
+        "mo",
+        [
+            ({"train.inner_lr": 0.01}, [0.5, 2.0]),  # front 1: (0.4, 2) dominates it
+            ({"train.inner_lr": 0.02}, [0.2, 6.0]),  # front 0, the lowest error
+            ({"train.inner_lr": 0.03}, [0.4, 2.0]),  # front 0
+            ({"train.inner_lr": 0.04}, [0.3, 7.0]),  # front 1: (0.2, 6) dominates it
+            ({"train.inner_lr": 0.05}, [0.9, 1.0]),  # front 0, the fewest steps
+        ],
+        **two,
+    )
+    config = sweep(
+        warm_start={"sweep": "mo", "top": 4},
+        objectives=[{"metric": "val/mse"}, {"metric": "cost/inner_steps"}],
+    )
+    warm = warm_start(config, "sqlite:///mlflow.db", str(tmp_path), [MSE, STEPS])
+    assert warm is not None
+    assert [p["train.inner_lr"] for p in warm.points] == [0.02, 0.03, 0.05, 0.04]
+    assert [t.values for t in warm.trials][:3] == [[0.2, 6.0], [0.4, 2.0], [0.9, 1.0]]
+    # The new sweep's two-objective study takes them as finished trials.
+    new_storage = open_storage(f"sqlite:///{tmp_path / 'new.db'}")
+    search = StudySearch(
+        space=OptunaSpace("maml", distributions(config.search.space)),
+        metric=["val/mse", "cost/inner_steps"], mode=["min", "min"],
+        sampler=make_sampler(config.search), study_name="s", storage=new_storage,
+    )  # fmt: skip
+    search.add_observations(warm.trials)
+    study = optuna.load_study(study_name="s", storage=new_storage)
+    assert sorted(t.params["train.inner_lr"] for t in study.best_trials) == [0.02, 0.03, 0.05]
+
+    # Other objectives, another order of them, other directions, or one objective: refused.
+    old_sweep(tmp_path, "single", [({"train.inner_lr": 0.01}, 0.5)])
+    refused = {
+        (MSE, ("cost/adapt_ms", "min")): "sweep 'mo' optimised val/mse, cost/inner_steps (min, min); "
+        "this sweep optimises val/mse, cost/adapt_ms (min, min)",
+        (STEPS, MSE): "this sweep optimises cost/inner_steps, val/mse (min, min)",
+        (MSE, ("cost/inner_steps", "max")): "this sweep optimises val/mse, cost/inner_steps (min, max)",
+    }
+    for objectives, message in refused.items():
+        with pytest.raises(UserError, match=re.escape(message)):
+            warm_start(config, "sqlite:///mlflow.db", str(tmp_path), list(objectives))
+    with pytest.raises(UserError, match=re.escape("sweep 'mo' optimised val/mse, cost/inner_steps")):
+        warm_start(sweep(warm_start={"sweep": "mo"}), "sqlite:///mlflow.db", str(tmp_path), [MSE])
+    with pytest.raises(UserError, match=re.escape("sweep 'single' optimised val/mse (min); this sweep")):
+        warm_start(
+            sweep(warm_start={"sweep": "single"}, objectives=config.search.objectives),
+            "sqlite:///mlflow.db", str(tmp_path), [MSE, STEPS],
+        )  # fmt: skip
