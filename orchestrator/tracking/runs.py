@@ -313,13 +313,15 @@ class SweepTracker:
         self.write("the sweep's tags", lambda: self.client.log_batch(self.parent_id, tags=batch))
 
     def log_best(self, trial_id: str, params: Mapping[str, Any], metrics: Mapping[str, float]) -> None:
-        """The best trial's hyperparameters and metrics on the parent run."""
-        tags = [RunTag("metasweep.best_trial", trial_id)]
-        best = [Param(f"best.{key}", param_value(value)) for key, value in params.items()]
+        """The best trial's hyperparameters (tags ``best.<field>``) and metrics on the parent run.
+
+        Tags, not params: MLflow never changes a param, and an extended sweep can find a new
+        champion."""
+        best = [RunTag(f"best.{key}", param_value(value)) for key, value in params.items()]
+        tags = [RunTag("metasweep.best_trial", trial_id), *best]
         batch = metric_batch(metrics, step=0)
         self.write(
-            "the best trial",
-            lambda: self.client.log_batch(self.parent_id, metrics=batch, params=best, tags=tags),
+            "the best trial", lambda: self.client.log_batch(self.parent_id, metrics=batch, tags=tags)
         )
 
     def log_artifact(self, path: Path, folder: str | None = None) -> None:

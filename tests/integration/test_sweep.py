@@ -173,7 +173,11 @@ def test_sweep_tracks_every_trial_as_a_child_run_and_extends_when_finished(
     assert len(study.trials) == 6 and all(t.state.is_finished() for t in study.trials)
     assert [t.params for t in study.trials].count({"train.inner_lr": 0.01, "train.inner_steps": 1}) == 1
     assert len(client.search_model_versions("name = 's1-sine'")) == 2  # registered again
-    assert client.get_run(parent.info.run_id).data.tags["metasweep.num_samples"] == "6"
+    tags = client.get_run(parent.info.run_id).data.tags
+    assert tags["metasweep.num_samples"] == "6"
+    best = json.loads(extended.stdout.strip().splitlines()[-1])  # a new champion or the old one
+    assert tags["metasweep.best_trial"] == best["best_trial"]
+    assert float(tags["best.train.inner_lr"]) == best["train.inner_lr"]
 
     # A new sweep warm-started from it: its two trials are s1's two best settings, its sampler
     # holds s1's six trials, and its parent run says where they came from.

@@ -108,7 +108,9 @@ def test_config_is_frozen() -> None:
         cfg.seed = 3  # type: ignore[misc]
 
 
-@pytest.mark.parametrize("name", ["sweep_sinusoid_maml.yaml", "sweep_omniglot_maml.yaml"])
+@pytest.mark.parametrize(
+    "name", ["sweep_sinusoid_maml.yaml", "sweep_omniglot_maml.yaml", "sweep_sinusoid_maml_1step.yaml"]
+)
 def test_sweep_examples_validate(name: str) -> None:
     from metasweep.orchestrator.config import SweepConfig
 

@@ -155,6 +155,16 @@ def test_a_resumed_tracker_continues_the_sweep_and_its_trials(tracker: SweepTrac
         SweepTracker(f"sqlite:///{store}", "experiment", "other", resume=True)
 
 
+def test_an_extended_sweep_that_finds_a_new_champion_records_it(tracker: SweepTracker, store: Path) -> None:
+    tracker.log_best("t1", {"train.inner_lr": 0.1}, {"val/mse": 0.5})
+    extended = SweepTracker(f"sqlite:///{store}", "experiment", "sweep", resume=True, retry_s=0.0)
+    extended.open(resume=True)
+    extended.log_best("t7", {"train.inner_lr": 0.02}, {"val/mse": 0.25})
+    run = MlflowClient(extended.uri).get_run(extended.parent_id)
+    assert run.data.tags["metasweep.best_trial"] == "t7" and run.data.tags["best.train.inner_lr"] == "0.02"
+    assert run.data.metrics["val/mse"] == 0.25
+
+
 def test_runs_an_earlier_driver_left_running_that_tune_no_longer_knows_end_as_lost(
     tracker: SweepTracker, store: Path
 ) -> None:
