@@ -631,6 +631,12 @@ class SearchConfig(_Section):
         description="TPE: count running trials as the worst result so far, so that concurrent "
         "trials spread out instead of sampling the same region (benchmarks/parallel_sampling.py)",
     )
+    startup_trials: int | None = Field(
+        None,
+        ge=1,
+        description="tpe and gp: trials sampled at random before the model takes over (default: "
+        "Optuna's 10, so that a sweep of 20 trials is half random search: docs/results.md)",
+    )
     initial_points: tuple[dict[str, Any], ...] = Field(
         (), description="settings to evaluate first (e.g. the paper's), by dotted name"
     )
@@ -677,6 +683,14 @@ class SearchConfig(_Section):
     @classmethod
     def _rdb_url(cls, url: str | None) -> str | None:
         return _database_url(url)
+
+    @model_validator(mode="after")
+    def _startup_of_a_model(self) -> SearchConfig:
+        if self.startup_trials is not None and self.sampler not in ("tpe", "gp"):
+            raise ValueError(
+                f"startup_trials applies to the tpe and gp samplers, not sampler={self.sampler}; drop it"
+            )
+        return self
 
     @model_validator(mode="after")
     def _several_objectives(self) -> SearchConfig:

@@ -70,20 +70,27 @@ class OptunaSpace:
 def make_sampler(search: SearchConfig) -> optuna.samplers.BaseSampler:
     """The configured, seeded Optuna sampler (each of them takes one objective or several, but
     CMA-ES, which the config refuses with several)."""
+    startup: dict[str, Any] = {}  # Optuna's own default (10) unless the sweep says
+    if search.startup_trials is not None:
+        startup["n_startup_trials"] = search.startup_trials
     if search.sampler == "tpe":
         # multivariate and group are "experimental" since Optuna 2.2/2.8 and what makes TPE model
         # the inner-loop parameters jointly; the warning says nothing a user can act on.
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
             return optuna.samplers.TPESampler(
-                seed=search.seed, multivariate=True, group=True, constant_liar=search.constant_liar
+                seed=search.seed,
+                multivariate=True,
+                group=True,
+                constant_liar=search.constant_liar,
+                **startup,
             )
     if search.sampler == "random":
         return optuna.samplers.RandomSampler(seed=search.seed)
     if search.sampler == "cmaes":
         return optuna.samplers.CmaEsSampler(seed=search.seed)
     if search.sampler == "gp":
-        return optuna.samplers.GPSampler(seed=search.seed)
+        return optuna.samplers.GPSampler(seed=search.seed, **startup)
     if search.sampler == "nsga2":
         # Its default generation of 50 would leave a sweep of a few dozen trials random; a
         # generation of two rounds of concurrent trials (at least 8) lets it evolve.

@@ -320,9 +320,7 @@ class SweepTracker:
         best = [RunTag(f"best.{key}", param_value(value)) for key, value in params.items()]
         tags = [RunTag("metasweep.best_trial", trial_id), *best]
         batch = metric_batch(metrics, step=0)
-        self.write(
-            "the best trial", lambda: self.client.log_batch(self.parent_id, metrics=batch, tags=tags)
-        )
+        self.write("the best trial", lambda: self.client.log_batch(self.parent_id, metrics=batch, tags=tags))
 
     def log_artifact(self, path: Path, folder: str | None = None) -> None:
         """Attach a file (plot, HTML) to the parent run."""

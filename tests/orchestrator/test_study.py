@@ -299,3 +299,17 @@ def test_a_multi_objective_warm_start_runs_the_front_first_and_reads_only_the_sa
             sweep(warm_start={"sweep": "single"}, objectives=config.search.objectives),
             "sqlite:///mlflow.db", str(tmp_path), [MSE, STEPS],
         )  # fmt: skip
+
+
+def test_tpe_searches_at_random_for_its_startup_trials_then_models() -> None:
+    def settings(sampler: optuna.samplers.BaseSampler, n: int) -> list[float]:
+        study = optuna.create_study(sampler=sampler)
+        study.optimize(lambda t: (t.suggest_float("x", -3.0, 3.0) - 1.0) ** 2, n_trials=n)
+        return [t.params["x"] for t in study.trials]
+
+    random = settings(optuna.samplers.RandomSampler(seed=3), 6)
+    assert settings(make_sampler(sweep(seed=3).search), 6) == random  # Optuna's 10 by default
+    mine = settings(make_sampler(sweep(seed=3, startup_trials=3).search), 6)
+    assert mine[:3] == random[:3] and mine[3:] != random[3:]
+    with pytest.raises(ValueError, match="startup_trials applies to the tpe and gp samplers, not sampler="):
+        sweep(sampler="random", startup_trials=3)
