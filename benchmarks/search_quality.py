@@ -152,9 +152,7 @@ def sweep(workdir: Path, raw: dict[str, Any], *extra: str) -> dict[str, Any]:
         "--set",
         f"tracking.uri={uri}",
     ]
-    done = subprocess.run(
-        [*command, *extra], cwd=workdir, capture_output=True, text=True, check=False, env=os.environ.copy()
-    )
+    done = subprocess.run([*command, *extra], cwd=workdir, capture_output=True, text=True, check=False)
     if done.returncode != 0:
         sys.exit(f"metasweep sweep {raw['name']} failed ({done.returncode}):\n{done.stderr[-3000:]}")
     return json.loads(done.stdout.strip().splitlines()[-1])

@@ -6,9 +6,8 @@ every trial that reached it before, on all objectives at once. The points are or
 non-dominated sorting (Deb et al., 2002: NSGA-II's fronts), ties within a front broken by
 crowding distance (the more isolated point first, so the front's spread survives), and the trial
 goes on only if it is in the first ``1 / reduction_factor`` of that order. As in ASHA, the first
-trial at a rung always goes on, and no decision waits for other trials.
-
-Not yet wired into ``search``'s config: a sweep still takes one objective (issue 12).
+trial at a rung always goes on, and no decision waits for other trials. A sweep with
+``search.objectives`` and ``scheduler: asha`` runs it.
 """
 
 from __future__ import annotations
@@ -19,6 +18,12 @@ from typing import Any, Literal
 
 import numpy as np
 from ray.tune.schedulers import FIFOScheduler, TrialScheduler
+
+
+def signs(modes: Sequence[str]) -> np.ndarray:
+    """``1`` for each objective to minimise, ``-1`` for each to maximise: values times these are
+    all minimised, as :func:`pareto_fronts` takes them."""
+    return np.array([1.0 if mode == "min" else -1.0 for mode in modes])
 
 
 def pareto_fronts(points: np.ndarray) -> np.ndarray:
@@ -112,7 +117,7 @@ class MOASHAScheduler(FIFOScheduler):
         if grace_period <= 0 or max_t < grace_period or reduction_factor <= 1:
             raise ValueError("need 0 < grace_period <= max_t and reduction_factor > 1")
         self.metrics, self.time_attr, self.max_t = tuple(metrics), time_attr, max_t
-        self.signs = np.array([1.0 if mode == "min" else -1.0 for mode in modes])
+        self.signs = signs(modes)
         self.reduction_factor = reduction_factor
         rungs, t = [], float(grace_period)
         while t < max_t:

@@ -22,7 +22,7 @@ import numpy as np
 from metasweep.orchestrator.config import Bound
 from metasweep.orchestrator.errors import UserError
 from metasweep.orchestrator.sweep.callback import ended
-from metasweep.orchestrator.sweep.moasha import pareto_fronts
+from metasweep.orchestrator.sweep.moasha import pareto_fronts, signs
 from metasweep.orchestrator.sweep.trial import DIVERGED, evaluations
 
 FRONT_TAG = "metasweep.pareto_front"
@@ -86,7 +86,7 @@ def choose(
     Raises:
         UserError: no trial reported an evaluation, or none keeps the constraints.
     """
-    signs = np.array([1.0 if mode == "min" else -1.0 for _, mode in objectives])
+    minimised = signs([mode for _, mode in objectives])
     metrics = [metric for metric, _ in objectives]
     seen: list[tuple[Any, dict[str, float], bool]] = []
     for result in results:
@@ -114,11 +114,11 @@ def choose(
             "tracking.champion_constraints=...` with other limits picks again, and --set "
             "search.num_samples=N with more trials searches further"
         )
-    points = np.stack([signs * np.array([v[m] for m in metrics]) for _, v in feasible])
+    points = np.stack([minimised * np.array([v[m] for m in metrics]) for _, v in feasible])
     fronts = pareto_fronts(points) if len(metrics) > 1 else np.zeros(len(feasible), dtype=int)
     rank = {id(r): int(f) for (r, _), f in zip(feasible, fronts, strict=True)}
     judged = [Judged(_trial_id(r), r, v, rank.get(id(r)), keeps(v)) for r, v, _ in seen]
-    first, sign = metrics[0], signs[0]
+    first, sign = metrics[0], minimised[0]
     candidates = [t for t in judged if t.front == 0]
     champion = min(candidates, key=lambda t: sign * t.values[first])
     judged.sort(key=lambda t: (t.front is None, t.front or 0, sign * t.values.get(first, math.inf)))

@@ -34,7 +34,7 @@ from ray.tune.search.optuna import OptunaSearch
 from metasweep.orchestrator.config import SweepConfig, applies
 from metasweep.orchestrator.errors import UserError
 from metasweep.orchestrator.redact import redact, uri_scheme
-from metasweep.orchestrator.sweep.moasha import pareto_fronts
+from metasweep.orchestrator.sweep.moasha import pareto_fronts, signs
 from metasweep.orchestrator.sweep.space import distributions
 from metasweep.orchestrator.sweep.trial import EVALUATED
 
@@ -280,9 +280,8 @@ def warm_start(
             skipped, read,
         )  # fmt: skip
     if fitting:  # best first: by front, then on the first objective
-        signs = np.array([1.0 if mode == "min" else -1.0 for mode in modes])
-        signed = np.array([signs * np.array(t.values, dtype=float) for t, _ in fitting])
-        fronts = pareto_fronts(signed) if len(modes) > 1 else np.zeros(len(fitting), dtype=int)
+        signed = np.array([signs(modes) * np.array(t.values, dtype=float) for t, _ in fitting])
+        fronts = pareto_fronts(signed)  # with one objective, the ranks: the order is the same
         order = sorted(range(len(fitting)), key=lambda i: (int(fronts[i]), float(signed[i, 0])))
         fitting = [fitting[i] for i in order]
     points: list[dict[str, Any]] = []
