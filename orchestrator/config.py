@@ -826,7 +826,7 @@ class SweepConfig(RunConfig):
                     f"one of {', '.join(known)}"
                 )
         # A limit on a metric the search does not weigh would pick off the front it built.
-        optimised = [o.metric for o in self.search.objectives] or [self.search.metric or known[0]]
+        optimised = self.objective_metrics
         for metric in self.tracking.champion_constraints:
             if metric not in optimised:
                 raise ValueError(
@@ -890,10 +890,19 @@ class SweepConfig(RunConfig):
     def objectives(self, problem: Problem) -> tuple[tuple[str, Mode], ...]:
         """Every ``(metric, mode)`` the sweep optimises: ``search.objectives``, or the one
         objective (:meth:`objective`)."""
+        modes = [o.mode for o in self.search.objectives] or [None]
+        return tuple(
+            (metric, mode or mode_of(metric, problem))
+            for metric, mode in zip(self.objective_metrics, modes, strict=True)
+        )
+
+    @property
+    def objective_metrics(self) -> tuple[str, ...]:
+        """The metrics the sweep optimises, in order: ``search.objectives``', else
+        ``search.metric``, else the task's validation score (``val/accuracy`` or ``val/mse``)."""
         if self.search.objectives:
-            return tuple((o.metric, o.mode or mode_of(o.metric, problem)) for o in self.search.objectives)
-        metric = self.search.metric or f"val/{problem.metric}"
-        return ((metric, mode_of(metric, problem)),)
+            return tuple(o.metric for o in self.search.objectives)
+        return (self.search.metric or reported_metrics(self.task_kind)[0],)
 
     @property
     def multi_objective(self) -> bool:

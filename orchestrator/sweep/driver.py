@@ -25,7 +25,6 @@ import ray
 import torch
 from ray import tune
 from ray.tune.logger import CSVLoggerCallback, JsonLoggerCallback
-from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
 
 from metasweep.orchestrator.config import SWEEP_STORAGE, RunConfig, SweepConfig, applies, to_yaml
 from metasweep.orchestrator.data.storage import absolute, path_exists
@@ -33,10 +32,10 @@ from metasweep.orchestrator.errors import UserError
 from metasweep.orchestrator.problem import Problem
 from metasweep.orchestrator.redact import redact
 from metasweep.orchestrator.sweep.callback import TrackingCallback, ended, tracking_to
-from metasweep.orchestrator.sweep.moasha import MOASHAScheduler
 from metasweep.orchestrator.sweep.pareto import FRONT_TAG, Choice, choose, front_plot, front_table
 from metasweep.orchestrator.sweep.plots import sweep_plots
 from metasweep.orchestrator.sweep.plots import warm_up as warm_plots
+from metasweep.orchestrator.sweep.schedulers import carry_rungs, make_scheduler, stopping_summary
 from metasweep.orchestrator.sweep.space import OptunaSpace, distributions, make_sampler
 from metasweep.orchestrator.sweep.study import (
     StudySearch,
@@ -52,7 +51,7 @@ from metasweep.orchestrator.sweep.study import (
     trial_numbers,
     warm_start,
 )
-from metasweep.orchestrator.sweep.trial import EVALUATED, ITERATION, evaluations, trial
+from metasweep.orchestrator.sweep.trial import ITERATION, evaluations, trial
 from metasweep.orchestrator.sweep.workers import start_local_ray
 from metasweep.orchestrator.tracking.model import ModelSpec
 from metasweep.orchestrator.tracking.registry import Candidate, Registration, register, scoring_protocol
@@ -255,6 +254,7 @@ def run_sweep(
             _trial_resources(config),
         )
         experiment = todo.restore or todo.start or config.name
+        earlier_results = _earlier_results(storage, todo.earlier, trainable)
         scheduler = None  # a restored sweep's is Tune's own copy
         run_config = tune.RunConfig(
             name=experiment.rsplit("/", 1)[-1],
@@ -298,7 +298,10 @@ def run_sweep(
                 tell(f"warm start from {earlier.sweeps}: {earlier.summary}")
             if study_db is not None:
                 record_plan(study_db, config, todo, ", ".join(m for m, _ in objectives))
-            scheduler = _scheduler(config, objectives)
+            scheduler = make_scheduler(config, objectives)
+            carried = carry_rungs(scheduler, earlier_results) if todo.extends else 0
+            if carried:
+                tell(f"early stopping: the new trials are judged with {carried} earlier trials at each rung")
             tuner = tune.Tuner(
                 trainable,
                 tune_config=tune.TuneConfig(
@@ -316,10 +319,10 @@ def run_sweep(
         warm = threading.Thread(target=_warm_closing_steps, name="metasweep-warm-up", daemon=True)
         warm.start()
         with tracking_to(tracker), _stop_on_sigterm() as stopped:
-            results = [*_earlier_results(storage, todo.earlier, trainable), *_each(tuner.fit())]
+            results = [*earlier_results, *_each(tuner.fit())]
         warm.join()
-        if isinstance(scheduler, MOASHAScheduler):
-            tell(f"early stopping: {scheduler.debug_string()}")
+        if scheduler is not None and (stopping := stopping_summary(scheduler)):
+            tell(f"early stopping: {stopping}")
         if stopped.is_set():
             raise KeyboardInterrupt(f"stopped; `--resume {config.name}` continues the sweep")
         known = {str(r.metrics["trial_id"]) for r in results if r.metrics and "trial_id" in r.metrics}
@@ -489,29 +492,6 @@ def _sweep_params(config: SweepConfig, objectives: tuple[tuple[str, Any], ...]) 
     params["algorithm"] = config.algorithm
     params["objective"] = ", ".join(f"{metric} ({mode})" for metric, mode in objectives)
     return params
-
-
-def _scheduler(config: SweepConfig, objectives: tuple[tuple[str, Any], ...]) -> Any:
-    if config.search.scheduler == "fifo":
-        return FIFOScheduler()
-    metric, mode = objectives[0]
-    if config.multi_objective:  # ASHA's rungs, promotion by non-dominated sorting
-        return MOASHAScheduler(
-            [m for m, _ in objectives],
-            [d for _, d in objectives],
-            time_attr=EVALUATED,
-            max_t=config.train.iterations,
-            grace_period=min(config.search.grace_period, config.train.iterations),
-            reduction_factor=config.search.reduction_factor,
-        )
-    return ASHAScheduler(
-        time_attr=EVALUATED,  # progress reports between evaluations carry no new score
-        metric=metric,
-        mode=mode,
-        max_t=config.train.iterations,
-        grace_period=min(config.search.grace_period, config.train.iterations),
-        reduction_factor=config.search.reduction_factor,
-    )
 
 
 @contextmanager

@@ -135,9 +135,30 @@ class MOASHAScheduler(FIFOScheduler):
     def on_trial_complete(self, tune_controller: Any, trial: Any, result: dict[str, Any]) -> None:
         self._decide(trial.trial_id, result)  # a trial that ended at a rung still counts there
 
+    def record(self, trial_id: str, result: dict[str, Any]) -> None:
+        """Note ``trial_id``'s point at the highest rung ``result`` reaches that it has no point
+        at yet, as the trial's own report would have, deciding nothing about it (the earlier
+        trials of an extended sweep)."""
+        self._place(trial_id, result)
+
     def _decide(self, trial_id: str, result: dict[str, Any]) -> str:
-        if self.time_attr not in result or any(m not in result for m in self.metrics):
+        placed = self._place(trial_id, result)
+        if placed is None or not placed[0]:  # below the rungs, or the first trial at its rung
             return TrialScheduler.CONTINUE
+        others, point = placed
+        order = promotion_order(np.stack([*others, point]))
+        position = int(np.flatnonzero(order == len(others))[0])
+        keep = math.ceil((len(others) + 1) / self.reduction_factor)
+        if position >= keep:
+            self.stopped += 1
+            return TrialScheduler.STOP
+        return TrialScheduler.CONTINUE
+
+    def _place(self, trial_id: str, result: dict[str, Any]) -> tuple[list[np.ndarray], np.ndarray] | None:
+        """Record the trial's point at its highest new rung; the points recorded there before it
+        and its own, or ``None`` when it reached no new rung (or lacks an objective)."""
+        if self.time_attr not in result or any(m not in result for m in self.metrics):
+            return None
         t = float(result[self.time_attr])
         point = self.signs * np.array([float(result[m]) for m in self.metrics])
         if not np.isfinite(point).all():
@@ -148,16 +169,12 @@ class MOASHAScheduler(FIFOScheduler):
                 continue
             others = list(recorded.values())
             recorded[trial_id] = point
-            if not others:
-                return TrialScheduler.CONTINUE
-            order = promotion_order(np.stack([*others, point]))
-            position = int(np.flatnonzero(order == len(others))[0])
-            keep = math.ceil((len(others) + 1) / self.reduction_factor)
-            if position >= keep:
-                self.stopped += 1
-                return TrialScheduler.STOP
-            return TrialScheduler.CONTINUE
-        return TrialScheduler.CONTINUE
+            return others, point
+        return None
+
+    def rung_sizes(self) -> dict[float, int]:
+        """How many trials have a point at each rung, lowest rung first."""
+        return {rung: len(points) for rung, points in sorted(self.rungs.items())}
 
     def debug_string(self) -> str:
         sizes = ", ".join(f"{rung:g}: {len(points)}" for rung, points in self.rungs.items())

@@ -244,6 +244,10 @@ class SweepTracker:
         self.children: dict[str, str] = {
             r.data.tags[TRIAL_TAG]: r.info.run_id for r in existing if TRIAL_TAG in r.data.tags
         }
+        # Each child run's tags as the store holds them: a tag set again to its value is not sent.
+        self._trial_tags: dict[str, dict[str, str]] = {
+            r.data.tags[TRIAL_TAG]: dict(r.data.tags) for r in existing if TRIAL_TAG in r.data.tags
+        }
         # Trials whose run an earlier driver left running: continued if Tune restores them.
         self._left_running = {
             r.data.tags[TRIAL_TAG]
@@ -429,8 +433,14 @@ class SweepTracker:
             self.outbox.send(trial_id, lambda: self.client.log_batch(self.children[trial_id], metrics=batch))
 
     def tag_trial(self, trial_id: str, tags: Mapping[str, str]) -> None:
-        """Set tags on a trial's child run."""
-        batch = [RunTag(key, redact(value)) for key, value in tags.items()]
+        """Set tags on a trial's child run; those it holds with the same value already are not
+        sent again (a sweep's end tags every trial, and an extended sweep's trials are mostly
+        tagged as they were)."""
+        held = self._trial_tags.setdefault(trial_id, {})
+        batch = [RunTag(key, redact(value)) for key, value in tags.items() if held.get(key) != redact(value)]
+        if not batch:
+            return
+        held.update((tag.key, tag.value) for tag in batch)
         self.outbox.send(trial_id, lambda: self.client.log_batch(self.children[trial_id], tags=batch))
 
     def end_trial(self, trial_id: str, status: str) -> None:

@@ -78,7 +78,7 @@ def test_a_multi_objective_sweep_tags_its_front_and_picks_the_champion_on_it(run
     uri = f"sqlite:///{Path('mlflow.db').absolute()}"
     result = run_cli("sweep", "sweep.yaml", "--set", f"tracking.uri={uri}", timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
-    assert "early stopping: MOASHA on val/mse, cost/inner_steps: " in result.stderr
+    assert "early stopping: MOASHA on val/mse, cost/inner_steps stopped " in result.stderr
     summary = json.loads(result.stdout.strip().splitlines()[-1])
 
     client = MlflowClient(uri)
@@ -111,6 +111,7 @@ def test_a_multi_objective_sweep_tags_its_front_and_picks_the_champion_on_it(run
     )  # fmt: skip
     assert result.returncode == 0, result.stderr[-3000:]
     assert "extending sweep mo by 2 trials to 8" in result.stderr
+    assert "the new trials are judged with 6 earlier trials at each rung" in result.stderr  # MOASHA's
     summary = json.loads(result.stdout.strip().splitlines()[-1])
     check_front(client, result.stderr, summary, 8)
     assert len(study.get_trials(states=(optuna.trial.TrialState.COMPLETE,))) == 8

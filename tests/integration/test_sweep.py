@@ -140,8 +140,8 @@ def test_sweep_tracks_every_trial_as_a_child_run_and_extends_when_finished(
             numbers[child.data.tags["metasweep.trial_id"]]
         )
 
-    # Extended: two more trials, sampled with the four earlier ones in view; no earlier trial
-    # runs again; the same parent run gains their child runs; the summary covers all six and the
+    # Extended: two more trials, sampled and early-stopped with the four earlier ones in view; no
+    # earlier trial runs again; the same parent run gains their child runs; the summary covers all six and the
     # registry step runs again. Lowering the count, or another space, is refused first.
     here = ("--set", f"tracking.uri={uri()}")  # MLflow keeps one engine per URI string in a process
     lower = cli("sweep", "sweep.yaml", "--resume", "s1", "--set", "search.num_samples=3", *here)
@@ -159,6 +159,9 @@ def test_sweep_tracks_every_trial_as_a_child_run_and_extends_when_finished(
     )  # fmt: skip
     assert extended.returncode == 0, extended.stderr[-3000:]
     assert "extending sweep s1 by 2 trials to 6" in extended.stderr
+    # Its ASHA judges the two new trials with the four earlier ones at each rung.
+    assert "the new trials are judged with 4 earlier trials at each rung" in extended.stderr
+    assert "trials scored at each rung (meta-iteration: trials) 20: 6, 40: " in extended.stderr
     assert "s1: 6 trials, best first" in extended.stderr
     runs = client.search_runs([experiment.experiment_id])
     assert [r.info.run_id for r in runs if "mlflow.parentRunId" not in r.data.tags] == [parent.info.run_id]

@@ -165,6 +165,29 @@ def test_an_extended_sweep_that_finds_a_new_champion_records_it(tracker: SweepTr
     assert run.data.metrics["val/mse"] == 0.25
 
 
+def test_a_tag_a_trial_holds_already_is_not_sent_again(tracker: SweepTracker, store: Path) -> None:
+    for trial_id in ("t1", "t2"):
+        tracker.start_trial(trial_id, {"x": 1}, {})
+        tracker.tag_trial(trial_id, {"metasweep.pareto_front": "true"})
+    resumed = SweepTracker(f"sqlite:///{store}", "experiment", "sweep", resume=True, retry_s=0.0)
+    resumed.open(resume=True)
+    sent: list[tuple[str, list[str]]] = []
+    log_batch = resumed.client.log_batch
+
+    def counted(run_id: str, **kwargs: Any) -> None:
+        sent.append((run_id, [tag.key for tag in kwargs.get("tags", ())]))
+        log_batch(run_id, **kwargs)
+
+    resumed.client.log_batch = counted  # type: ignore[method-assign]
+    resumed.tag_trial("t1", {"metasweep.pareto_front": "true"})  # as the store holds it
+    resumed.tag_trial("t2", {"metasweep.pareto_front": "false", "metasweep.optuna_trial": "1"})
+    resumed.tag_trial("t2", {"metasweep.pareto_front": "false"})
+    resumed.outbox.flush(wait=True)
+    assert sent == [(resumed.children["t2"], ["metasweep.pareto_front", "metasweep.optuna_trial"])]
+    tags = MlflowClient(resumed.uri).get_run(resumed.children["t2"]).data.tags
+    assert tags["metasweep.pareto_front"] == "false" and tags["metasweep.optuna_trial"] == "1"
+
+
 def test_runs_an_earlier_driver_left_running_that_tune_no_longer_knows_end_as_lost(
     tracker: SweepTracker, store: Path
 ) -> None:
