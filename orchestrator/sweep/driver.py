@@ -321,7 +321,7 @@ def run_sweep(
         with tracking_to(tracker), _stop_on_sigterm() as stopped:
             results = [*earlier_results, *_each(tuner.fit())]
         warm.join()
-        if scheduler is not None and (stopping := stopping_summary(scheduler)):
+        if stopping := stopping_summary(scheduler):  # None for a restored sweep's (Tune's copy)
             tell(f"early stopping: {stopping}")
         if stopped.is_set():
             raise KeyboardInterrupt(f"stopped; `--resume {config.name}` continues the sweep")

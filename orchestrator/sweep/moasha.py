@@ -177,5 +177,5 @@ class MOASHAScheduler(FIFOScheduler):
         return {rung: len(points) for rung, points in sorted(self.rungs.items())}
 
     def debug_string(self) -> str:
-        sizes = ", ".join(f"{rung:g}: {len(points)}" for rung, points in self.rungs.items())
+        sizes = ", ".join(f"{rung:g}: {n}" for rung, n in self.rung_sizes().items())
         return f"MOASHA on {', '.join(self.metrics)}: {self.stopped} stopped; trials per rung {sizes}"

@@ -437,7 +437,8 @@ class SweepTracker:
         sent again (a sweep's end tags every trial, and an extended sweep's trials are mostly
         tagged as they were)."""
         held = self._trial_tags.setdefault(trial_id, {})
-        batch = [RunTag(key, redact(value)) for key, value in tags.items() if held.get(key) != redact(value)]
+        wanted = {key: redact(value) for key, value in tags.items()}
+        batch = [RunTag(key, value) for key, value in wanted.items() if held.get(key) != value]
         if not batch:
             return
         held.update((tag.key, tag.value) for tag in batch)
