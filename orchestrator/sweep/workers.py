@@ -178,7 +178,7 @@ def train_on_workers(
     finally:
         if thread.is_alive() and controller is not None:
             # The caller stopped listening (Tune stopped the trial, Ctrl-C): the workers go too.
-            ray.kill(controller)
+            _abort(controller)
         thread.join(timeout=30)
         ray.kill(cast(Any, queue.actor))
     error = outcome.get("error")
@@ -254,6 +254,28 @@ RAY_AUTH_LOGGER = "ray._private.authentication.authentication_token_setup"
 def _token_auth_notice(record: logging.LogRecord) -> bool:
     """A log filter: drops Ray's "token authentication is enabled" notice, keeps the rest."""
     return not record.getMessage().startswith("Token authentication is enabled for this Ray cluster")
+
+
+ABORT_TIMEOUT_S = 60.0
+"""How long a run's controller gets to stop its workers and free their placement group."""
+
+
+def _abort(controller: Any) -> None:
+    """End a Train run whose caller stopped listening, freeing its workers' resources.
+
+    The controller's own ``abort`` stops the workers and removes their placement group. Killing
+    the controller instead would leave that group's reservation to Train's placement-group
+    cleaner, which asks Ray's state API whether the controller lives: without a dashboard (a
+    sweep's local Ray) it never hears, the group keeps its CPUs, and the sweep's next trial of
+    several workers waits for them for ever.
+    """
+    try:
+        ray.get(controller.abort.remote(), timeout=ABORT_TIMEOUT_S)
+    except ray.exceptions.RayActorError:
+        pass  # abort ends the controller's process: the expected answer
+    except ray.exceptions.GetTimeoutError:
+        log.warning("Ray Train's controller did not stop in %.0f s; killing it", ABORT_TIMEOUT_S)
+        ray.kill(controller)
 
 
 def _user_error(error: BaseException) -> UserError | None:

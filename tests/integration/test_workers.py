@@ -117,11 +117,11 @@ eval: {{inner_steps: 1, val_tasks: 10, test_tasks: 10, batch_size: 10}}
 search:
   space:
     train.inner_lr: {{type: loguniform, low: 0.001, high: 0.05}}
-  num_samples: 1
+  num_samples: 2
   max_concurrent: 1
   workers_per_trial: 2
   cpus_per_trial: 2
-  scheduler: fifo
+  scheduler: asha
 tracking: {{experiment: workers, registered_model: wsine}}
 """
 
@@ -143,9 +143,13 @@ def train_workers(private: str) -> list[psutil.Process]:
 def test_a_trial_of_two_workers_resumes_from_its_checkpoint_when_a_worker_dies(
     migrated_store, tmp_path: Path
 ) -> None:
-    """One worker of a trial killed after the first checkpoint: Train restarts the workers from
-    it, the trial finishes, MLflow has one child run (not one per worker) that counts the
-    restart, and the best model is registered."""
+    """One worker of the first trial killed after its first checkpoint: Train restarts the
+    workers from it, the trial finishes, MLflow has one child run per trial (not one per worker)
+    and counts the restart, and the best model is registered.
+
+    Under ASHA, which stops the first trial at its last rung while its workers are still
+    reporting, the second trial's workers must be placed: the first's placement group freed
+    (it once kept its CPUs and the second trial waited for ever)."""
     Path("sweep.yaml").write_text(SWEEP.format(iterations=3000, every=300))
     migrated_store()
     uri = f"sqlite:///{Path('mlflow.db').absolute()}"
@@ -175,9 +179,14 @@ def test_a_trial_of_two_workers_resumes_from_its_checkpoint_when_a_worker_dies(
     experiment = client.get_experiment_by_name("workers")
     runs = client.search_runs([experiment.experiment_id])
     trials = [r for r in runs if "metasweep.trial_id" in r.data.tags]
-    assert len(trials) == 1  # one child run per trial, however many workers
-    (child,) = trials
-    assert child.data.metrics["workers/restarts"] == 1
-    history = client.get_metric_history(child.info.run_id, "val/mse")
+    assert len(trials) == 2  # one child run per trial, however many workers
+    (killed,) = [r for r in trials if r.data.metrics["workers/restarts"] == 1]
+    (second,) = [r for r in trials if r is not killed]
+    history = client.get_metric_history(killed.info.run_id, "val/mse")
     assert [m.step for m in history] == list(range(300, 3001, 300))  # each evaluation once
+    assert killed.info.status == "FINISHED"
+    # The second trial's workers were placed and evaluated, whether ASHA stopped it (KILLED in
+    # MLflow) or it ran to the end.
+    assert second.info.status in {"FINISHED", "KILLED"}
+    assert client.get_metric_history(second.info.run_id, "val/mse")
     assert len(client.search_model_versions("name='wsine'")) == 1
