@@ -13,7 +13,9 @@ References:
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
+from contextvars import ContextVar
 from typing import Literal
 
 import torch
@@ -136,7 +138,8 @@ def resolve_strategy(
 
     * for convolutional models on the CPU: ``vmap`` turns a convolution over tasks into a grouped
       convolution, which on CPU runs at about 0.4x a per-task loop, while for small MLPs batching
-      removes most of the per-operation overhead (``benchmarks/throughput.py`` measures both);
+      removes most of the per-operation overhead (``benchmarks/throughput.py`` measures both;
+      a stack of linear layers "batched" runs through :func:`tasks_forward`, not ``vmap``);
     * for second-order meta-gradients through ``nn.BatchNorm``: PyTorch's batching rule for the
       BatchNorm backward is wrong when it is differentiated again (pytorch/functorch#534), so
       ``vmap`` would give wrong meta-gradients. The shipped backbones use
@@ -275,6 +278,10 @@ def adapt_tasks(
         return _adapt_checkpointed(
             model, params, buffers, support_x, support_y, loss_fn, steps, lr, adapt_names, strategy
         )
+    if on_tasks(model, support_x, strategy):
+        return _adapt_on_tasks(
+            model, params, support_x, support_y, loss_fn, steps, lr, adapt_names, first_order
+        )
 
     def one_task(sx: Tensor, sy: Tensor) -> Params:
         fast = adapt_task(
@@ -295,6 +302,118 @@ def adapt_tasks(
     return map_tasks(one_task, strategy, task_layout(model, support_x, strategy), support_y)  # type: ignore[return-value]
 
 
+ELEMENTWISE: tuple[type[nn.Module], ...] = (
+    nn.ReLU, nn.LeakyReLU, nn.ELU, nn.GELU, nn.SiLU, nn.Tanh, nn.Sigmoid, nn.Identity,
+)  # fmt: skip
+"""Stateless modules that act on each entry: the same on a batch of tasks as on one."""
+
+
+def runs_on_tasks(model: nn.Module) -> bool:
+    """Whether :func:`tasks_forward` runs ``model`` batched over tasks without ``vmap``: a model
+    of ``nn.Linear`` layers and :data:`ELEMENTWISE` activations, in ``nn.Sequential`` or in a
+    module that declares its forward a ``chain`` of its children (:class:`~algorithms.models.MLP`)."""
+    if isinstance(model, (nn.Linear, *ELEMENTWISE)):
+        return True
+    if list(model.named_buffers(recurse=False)) or list(model.named_parameters(recurse=False)):
+        return False
+    if isinstance(model, nn.Sequential):
+        return all(runs_on_tasks(m) for m in model)
+    chain = getattr(type(model), "chain", None)
+    if chain is None or set(chain) != {name for name, _ in model.named_children()}:
+        return False
+    return all(runs_on_tasks(getattr(model, name)) for name in chain)
+
+
+_TASKS_FORWARD: ContextVar[bool] = ContextVar("tasks_forward", default=True)
+
+
+@contextmanager
+def functorch_only() -> Iterator[None]:
+    """Inside, every batched run goes through ``torch.func.vmap``, stacks of linear layers too
+    (as they did before :func:`tasks_forward`): the same-run reference of
+    ``benchmarks/throughput.py``'s ``functorch`` rows, and a way to rule that path out."""
+    token = _TASKS_FORWARD.set(False)
+    try:
+        yield
+    finally:
+        _TASKS_FORWARD.reset(token)
+
+
+def on_tasks(model: nn.Module, x: Tensor, strategy: Literal["vmap", "loop"]) -> bool:
+    """Whether a batched (``vmap``) run of ``model`` on ``x: (tasks, n, features)`` goes through
+    :func:`tasks_forward` rather than ``torch.func.vmap`` (outside :func:`functorch_only`)."""
+    return strategy == "vmap" and x.dim() == 3 and _TASKS_FORWARD.get() and runs_on_tasks(model)
+
+
+def tasks_forward(model: nn.Module, params: Mapping[str, Tensor], x: Tensor, prefix: str = "") -> Tensor:
+    """``model``'s forward on every task at once, each task with its own parameters.
+
+    For a model :func:`runs_on_tasks` accepts, this is ``vmap`` of ``functional_call`` computed
+    with batched matrix products instead: the same values and gradients (any order), without
+    functorch's per-operation dispatch, which on small MLPs costs more than the arithmetic.
+
+    Args:
+        model: a module :func:`runs_on_tasks` accepts; it is only read.
+        params: every parameter of ``model`` by name, each ``(tasks, *shape)`` (one set per
+            task) or ``shape`` (shared by all tasks).
+        x: ``(tasks, n, in_features)``.
+        prefix: the names' prefix (for the recursion into children).
+
+    Returns:
+        ``(tasks, n, out_features)``.
+    """
+    if isinstance(model, nn.Linear):
+        weight, bias = params[f"{prefix}weight"], params.get(f"{prefix}bias")
+        if weight.dim() == 2:  # shared by the tasks
+            return torch.nn.functional.linear(x, weight, bias)
+        if bias is None:
+            return torch.bmm(x, weight.transpose(1, 2))
+        shift = bias.unsqueeze(1) if bias.dim() == 2 else bias.expand(x.shape[0], 1, -1)
+        return torch.baddbmm(shift, x, weight.transpose(1, 2))
+    if isinstance(model, ELEMENTWISE):
+        return model(x)  # type: ignore[no-any-return]
+    names: tuple[str, ...] = (
+        tuple(name for name, _ in model.named_children())
+        if isinstance(model, nn.Sequential)
+        else type(model).chain  # type: ignore[attr-defined]
+    )
+    for name in names:
+        x = tasks_forward(getattr(model, name), params, x, f"{prefix}{name}.")
+    return x
+
+
+def _adapt_on_tasks(
+    model: nn.Module, params: Params, support_x: Tensor, support_y: Tensor, loss_fn: LossFn,
+    steps: int, lr: float | Mapping[str, Tensor], adapt_names: tuple[str, ...], first_order: bool,
+) -> Params:  # fmt: skip
+    """:func:`adapt_tasks` through :func:`tasks_forward`: every task's fast weights as one
+    tensor with a task dimension, their inner gradients from plain autograd.
+
+    The tasks' support losses do not depend on each other's weights, so the gradient of their
+    sum with respect to the batched fast weights holds each task's own gradient in its row,
+    second-order terms included. With equal support sets and a mean-reduced loss that sum is
+    ``tasks`` times the loss of the flattened batch (as :func:`_task_mean_loss` relies on).
+    """
+    tasks = support_x.shape[0]
+    fast = {k: params[k].expand(tasks, *params[k].shape) for k in adapt_names}
+    frozen = {k: v for k, v in params.items() if k not in adapt_names}
+    graph = torch.is_grad_enabled()
+    create_graph = graph and not first_order
+    for _ in range(steps):
+        with torch.enable_grad():
+            # Outside a graph (evaluation: a view made under no_grad says it requires grad but has
+            # no history) the fast weights are made leaves, so that the inner gradient exists.
+            leaves = {
+                k: v if graph and v.requires_grad else v.detach().requires_grad_() for k, v in fast.items()
+            }
+            out = tasks_forward(model, {**frozen, **leaves}, support_x)
+            loss = loss_fn(out.flatten(0, 1), support_y.flatten(0, 1)) * tasks
+            grads = torch.autograd.grad(loss, list(leaves.values()), create_graph=create_graph)
+        step = {k: g.detach() if first_order else g for k, g in zip(leaves, grads, strict=True)}
+        fast = sgd_update(fast, step, lr)
+    return fast
+
+
 def predict_tasks(model: nn.Module, adapted: Params, x: Tensor, strategy: Literal["vmap", "loop"]) -> Tensor:
     """Run ``model`` on each task's inputs with that task's adapted parameters.
 
@@ -310,6 +429,8 @@ def predict_tasks(model: nn.Module, adapted: Params, x: Tensor, strategy: Litera
     """
     shared: Params = dict(model.named_parameters())
     buffers: Params = dict(model.named_buffers())
+    if on_tasks(model, x, strategy):
+        return tasks_forward(model, {**shared, **adapted}, x)
 
     def one_task(fast: Params, xi: Tensor) -> Tensor:
         out: Tensor = functional_call(model, ({**shared, **fast}, buffers), (xi,))

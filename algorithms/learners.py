@@ -24,9 +24,11 @@ from metasweep.algorithms.functional import (
     Strategy,
     adapt_tasks,
     map_tasks,
+    on_tasks,
     predict_tasks,
     resolve_strategy,
     task_layout,
+    tasks_forward,
 )
 from metasweep.algorithms.models import head_parameter_names
 
@@ -296,6 +298,8 @@ class ANIL(MAML):
     def _features(self, x: Tensor) -> Tensor:
         body = cast(nn.Module, self.model.body)
         strategy = self._strategy(x)
+        if on_tasks(body, x, strategy):
+            return tasks_forward(body, dict(body.named_parameters()), x)
         return map_tasks(body, strategy, task_layout(body, x, strategy))  # type: ignore[return-value]
 
     def adapt(self, support_x: Tensor, support_y: Tensor, inner_steps: int | None = None) -> Params:

@@ -16,6 +16,7 @@ import itertools
 from collections.abc import Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
+from typing import ClassVar
 
 import torch
 from torch import Tensor, nn
@@ -73,6 +74,10 @@ class MLP(nn.Module):
         Finn et al., "Model-Agnostic Meta-Learning for Fast Adaptation of Deep Networks",
         ICML 2017, Section 5.1.
     """
+
+    chain: ClassVar[tuple[str, ...]] = ("body", "head")
+    """The forward is these children applied in order, which lets
+    :func:`algorithms.functional.tasks_forward` run it batched over tasks."""
 
     def __init__(self, in_features: int = 1, hidden: tuple[int, ...] = (40, 40), out_features: int = 1):
         super().__init__()
