@@ -414,6 +414,48 @@ def _adapt_on_tasks(
     return fast
 
 
+def adapt_and_predict_tasks(
+    model: nn.Module,
+    support_x: Tensor,
+    support_y: Tensor,
+    query_x: Tensor,
+    *,
+    loss_fn: LossFn,
+    steps: int,
+    lr: float | Mapping[str, Tensor],
+    first_order: bool,
+) -> Tensor:
+    """``predict_tasks(model, adapt_tasks(model, ...), query_x, "loop")`` for a model whose every
+    parameter adapts, task by task, without stacking the fast weights in between.
+
+    Stacked, every task's fast weights become one slice of a ``(tasks, ...)`` tensor, which the
+    backward pass turns back into per-task gradients by writing each slice into a zero tensor of
+    the full stack: on Conv-4 at meta-batch 32 that is 32 zero-filled copies of all the tasks'
+    weights per meta-iteration. Here each task's fast weights go straight from its inner loop to
+    its query forward. Same values and gradients.
+
+    Args:
+        model, support_x, support_y, loss_fn, steps, lr, first_order: as in :func:`adapt_tasks`
+            (every parameter of ``model`` is adapted).
+        query_x: ``(tasks, q, *input_shape)``.
+
+    Returns:
+        ``(tasks, q, *output_shape)``.
+    """
+    params: Params = dict(model.named_parameters())
+    buffers: Params = dict(model.named_buffers())
+    names = tuple(params)
+    sx, qx = task_layout(model, support_x, "loop"), task_layout(model, query_x, "loop")
+    outputs = []
+    for i in range(support_x.shape[0]):
+        fast = adapt_task(
+            model, params, buffers, sx[i], support_y[i],
+            loss_fn=loss_fn, steps=steps, lr=lr, adapt_names=names, first_order=first_order, batched=False,
+        )  # fmt: skip
+        outputs.append(functional_call(model, (fast, buffers), (qx[i],)))
+    return torch.stack(outputs)
+
+
 def predict_tasks(model: nn.Module, adapted: Params, x: Tensor, strategy: Literal["vmap", "loop"]) -> Tensor:
     """Run ``model`` on each task's inputs with that task's adapted parameters.
 

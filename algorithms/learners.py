@@ -22,6 +22,7 @@ from metasweep.algorithms.functional import (
     LossFn,
     Params,
     Strategy,
+    adapt_and_predict_tasks,
     adapt_tasks,
     map_tasks,
     on_tasks,
@@ -155,6 +156,9 @@ class MAML(nn.Module):
     """
 
     capabilities: ClassVar[Capabilities] = Capabilities(inner_loop=True, second_order=True)
+    adapts_all: ClassVar[bool] = True
+    """Every backbone parameter adapts in the inner loop (not ANIL's), so that task by task
+    ``meta_loss`` can go from each task's inner loop to its query forward directly."""
 
     def __init__(
         self,
@@ -212,7 +216,14 @@ class MAML(nn.Module):
 
     def meta_loss(self, support_x: Tensor, support_y: Tensor, query_x: Tensor, query_y: Tensor) -> Tensor:
         """Mean query loss over tasks after adaptation; ``backward()`` gives the meta-gradient."""
-        predictions = self.predict(self.adapt(support_x, support_y), query_x)
+        if self.adapts_all and self._strategy(support_x) == "loop" and not self.checkpoint_inner:
+            predictions = adapt_and_predict_tasks(
+                self.model, support_x, support_y, query_x,
+                loss_fn=self.loss_fn, steps=self.inner_steps, lr=self._lr(),
+                first_order=self.first_order or not torch.is_grad_enabled(),
+            )  # fmt: skip
+        else:
+            predictions = self.predict(self.adapt(support_x, support_y), query_x)
         return _task_mean_loss(self.loss_fn, predictions, query_y)
 
 
@@ -277,6 +288,7 @@ class ANIL(MAML):
     """
 
     capabilities: ClassVar[Capabilities] = Capabilities(inner_loop=True, second_order=True)
+    adapts_all: ClassVar[bool] = False
 
     def __init__(
         self,

@@ -185,3 +185,28 @@ def test_the_linear_stack_path_and_functorch_give_the_same_meta_gradients(
         reference = meta_gradient()
     for a, b in zip(native, reference, strict=True):
         torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12)
+
+
+@pytest.mark.parametrize("learner_cls", [MAML, MetaSGD])
+def test_task_by_task_meta_loss_straight_from_the_inner_loop_equals_the_stacked_path(
+    learner_cls: type, build, make_images, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Conv-4, second order, two inner steps, float64: ``adapt_and_predict_tasks`` against
+    ``predict_tasks(adapt_tasks(...))`` (the path with ``adapts_all`` false, as ANIL's)."""
+    episode = make_images(queries=2, seed=1)
+    data = [episode.support_x.double(), episode.support_y, episode.query_x.double(), episode.query_y]
+
+    def meta_gradient(straight: bool) -> tuple[Tensor, list[Tensor]]:
+        learner = learner_cls(
+            build(lambda: Conv4(ways=5, hidden=4), 0).double(), inner_lr=0.3, inner_steps=2, strategy="loop"
+        )
+        monkeypatch.setattr(learner_cls, "adapts_all", straight)
+        loss = learner.meta_loss(*data)
+        loss.backward()
+        return loss.detach(), [p.grad for p in learner.parameters()]
+
+    straight_loss, straight = meta_gradient(True)
+    stacked_loss, stacked = meta_gradient(False)
+    torch.testing.assert_close(straight_loss, stacked_loss, rtol=1e-12, atol=1e-12)
+    for a, b in zip(straight, stacked, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12)
