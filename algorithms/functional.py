@@ -109,11 +109,15 @@ def adapt_task(
 
 
 def _autograd_grads(loss_of: Callable[[Params], Tensor], params: Params, first_order: bool) -> Params:
-    # Outside a graph (evaluation under no_grad, or after a first-order step) the parameters are
-    # made leaves so that the inner gradient still exists.
-    create_graph = not first_order and torch.is_grad_enabled()
+    # Outside a graph (evaluation under no_grad, where a view of a parameter says it requires
+    # grad but has no history, or after a first-order step) the parameters are made leaves so
+    # that the inner gradient still exists.
+    graph = torch.is_grad_enabled()
+    create_graph = graph and not first_order
     with torch.enable_grad():
-        leaves = {k: v if v.requires_grad else v.detach().requires_grad_() for k, v in params.items()}
+        leaves = {
+            k: v if graph and v.requires_grad else v.detach().requires_grad_() for k, v in params.items()
+        }
         values = torch.autograd.grad(loss_of(leaves), list(leaves.values()), create_graph=create_graph)
     return dict(zip(leaves, values, strict=True))
 
@@ -397,20 +401,16 @@ def _adapt_on_tasks(
     tasks = support_x.shape[0]
     fast = {k: params[k].expand(tasks, *params[k].shape) for k in adapt_names}
     frozen = {k: v for k, v in params.items() if k not in adapt_names}
-    graph = torch.is_grad_enabled()
-    create_graph = graph and not first_order
+
+    def support_loss(adaptable: Params) -> Tensor:
+        out = tasks_forward(model, {**frozen, **adaptable}, support_x)
+        return loss_fn(out.flatten(0, 1), support_y.flatten(0, 1)) * tasks
+
     for _ in range(steps):
-        with torch.enable_grad():
-            # Outside a graph (evaluation: a view made under no_grad says it requires grad but has
-            # no history) the fast weights are made leaves, so that the inner gradient exists.
-            leaves = {
-                k: v if graph and v.requires_grad else v.detach().requires_grad_() for k, v in fast.items()
-            }
-            out = tasks_forward(model, {**frozen, **leaves}, support_x)
-            loss = loss_fn(out.flatten(0, 1), support_y.flatten(0, 1)) * tasks
-            grads = torch.autograd.grad(loss, list(leaves.values()), create_graph=create_graph)
-        step = {k: g.detach() if first_order else g for k, g in zip(leaves, grads, strict=True)}
-        fast = sgd_update(fast, step, lr)
+        grads = _autograd_grads(support_loss, fast, first_order)
+        if first_order:
+            grads = {k: g.detach() for k, g in grads.items()}
+        fast = sgd_update(fast, grads, lr)
     return fast
 
 

@@ -187,6 +187,10 @@ class MAML(nn.Module):
     def _lr(self) -> float | dict[str, Tensor]:
         return self.inner_lr
 
+    def _drops_second_order(self) -> bool:
+        # Evaluation under no_grad keeps no graph to the meta-parameters either.
+        return self.first_order or not torch.is_grad_enabled()
+
     def adapt(self, support_x: Tensor, support_y: Tensor, inner_steps: int | None = None) -> Params:
         """Fast weights for each task.
 
@@ -206,7 +210,7 @@ class MAML(nn.Module):
         return adapt_tasks(
             self.model, support_x, support_y,
             loss_fn=self.loss_fn, steps=steps, lr=self._lr(), adapt_names=names,
-            first_order=self.first_order or not torch.is_grad_enabled(),
+            first_order=self._drops_second_order(),
             strategy=self._strategy(support_x), checkpoint=self.checkpoint_inner,
         )  # fmt: skip
 
@@ -220,7 +224,7 @@ class MAML(nn.Module):
             predictions = adapt_and_predict_tasks(
                 self.model, support_x, support_y, query_x,
                 loss_fn=self.loss_fn, steps=self.inner_steps, lr=self._lr(),
-                first_order=self.first_order or not torch.is_grad_enabled(),
+                first_order=self._drops_second_order(),
             )  # fmt: skip
         else:
             predictions = self.predict(self.adapt(support_x, support_y), query_x)
@@ -322,7 +326,7 @@ class ANIL(MAML):
             head, self._features(support_x), support_y,
             loss_fn=self.loss_fn, steps=steps, lr=self.inner_lr,
             adapt_names=tuple(n for n, _ in head.named_parameters()),
-            first_order=self.first_order or not torch.is_grad_enabled(),
+            first_order=self._drops_second_order(),
             # The head is linear: batching it is always cheaper than a loop.
             strategy="vmap", checkpoint=self.checkpoint_inner,
         )  # fmt: skip

@@ -41,12 +41,11 @@ def main() -> None:
     support_y = torch.arange(5).repeat(tasks, 1)
     query_x = torch.rand(tasks, 75, 1, 28, 28, generator=generator)
     query_y = torch.arange(5).repeat_interleave(15).repeat(tasks, 1)
+    episode = (support_x, support_y, query_x, query_y)
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, meta-batch {tasks}")
     for cls in (MAML, MetaSGD):
         torch.manual_seed(0)
         learner = cls(Conv4(ways=5), inner_lr=0.4, inner_steps=1)
-
-        episode = (support_x, support_y, query_x, query_y)
         step(learner, episode, True), step(learner, episode, False)  # warm-up
         times: dict[bool, list[float]] = {True: [], False: []}
         for i in range(args.iterations):
