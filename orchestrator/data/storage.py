@@ -57,6 +57,33 @@ def path_exists(uri: str) -> bool:
         raise UserError(f"cannot read {uri.split('?')[0]}: {exc}") from None
 
 
+def folder_listing(uri: str) -> dict[str, bool]:
+    """The names in a folder (a local path or a URI), each with whether it is a folder itself;
+    empty when there is no such folder."""
+    fs, path = filesystem(uri)
+    listed = fs.get_file_info(pafs.FileSelector(path, allow_not_found=True))
+    return {info.base_name: info.type == pafs.FileType.Directory for info in listed}
+
+
+def read_bytes(uri: str) -> bytes:
+    """The content of a file at a local path or a URI."""
+    fs, path = filesystem(uri)
+    with fs.open_input_stream(path) as stream:
+        return stream.readall()
+
+
+def rename_folder(source: str, target: str) -> None:
+    """Move a folder to a new name in the same storage: one atomic rename on a local disk; on
+    object storage, which has no folders to rename, a copy of every object, then a delete."""
+    fs, source_path = filesystem(source)
+    target_path = filesystem(target)[1]
+    if fs.type_name == "local":
+        fs.move(source_path, target_path)
+        return
+    pafs.copy_files(source_path, target_path, source_filesystem=fs, destination_filesystem=fs)
+    fs.delete_dir(source_path)
+
+
 def filesystem_type(path: Path) -> str:
     """The type of the file system ``path`` is on (``nfs4``, ``ext4``, ...; ``unknown`` if no
     mount point holds it), from the mount table psutil reads."""

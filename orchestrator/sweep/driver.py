@@ -32,6 +32,7 @@ from metasweep.orchestrator.errors import UserError
 from metasweep.orchestrator.problem import Problem
 from metasweep.orchestrator.redact import redact
 from metasweep.orchestrator.sweep.callback import TrackingCallback, ended, tracking_to
+from metasweep.orchestrator.sweep.checkpoints import heal
 from metasweep.orchestrator.sweep.pareto import FRONT_TAG, Choice, choose, front_plot, front_table
 from metasweep.orchestrator.sweep.plots import sweep_plots
 from metasweep.orchestrator.sweep.plots import warm_up as warm_plots
@@ -269,6 +270,8 @@ def run_sweep(
             verbose=verbose,
         )
         if todo.restore is not None:
+            for line in heal(f"{storage}/{todo.restore}"):
+                tell(line)
             tuner = tune.Tuner.restore(f"{storage}/{todo.restore}", trainable=trainable, resume_errored=True)
         else:
             if study_url is None:
@@ -353,6 +356,8 @@ def run_sweep(
             raise UserError("no trial reported a result; see the errors above")
         best_params = dict(best.config or {})
         with best.checkpoint.as_directory() as saved_dir:
+            if not (Path(saved_dir) / CHECKPOINT).exists():  # nothing can score or register it
+                raise UserError(f"the best trial's checkpoint is not on storage: {best.checkpoint.path}")
             saved = read_run(Path(saved_dir) / CHECKPOINT)
         inputs = Inputs(problem, build_sources(saved.config, dataset))
         best_id = str(best.metrics.get("trial_id"))

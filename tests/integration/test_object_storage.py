@@ -16,6 +16,7 @@ import torch
 from metasweep.orchestrator.data import importers
 from metasweep.orchestrator.data.format import load_dataset
 from metasweep.orchestrator.data.sampler import EpisodeSampler
+from metasweep.orchestrator.data.storage import filesystem, folder_listing, read_bytes, rename_folder
 from metasweep.orchestrator.errors import UserError
 
 pytestmark = pytest.mark.integration
@@ -115,3 +116,24 @@ def test_s3_unauthorized_is_a_clear_error(
     finally:
         server.terminate()
         server.wait(timeout=10)
+
+
+@pytest.mark.parametrize("where", ["local", "s3"])
+def test_a_folder_is_listed_read_and_renamed_with_every_file(where: str, tmp_path: Path, request) -> None:
+    """What healing a resumed sweep's checkpoints does to its trial folders (orchestrator.sweep.
+    checkpoints), on a local disk and on object storage, which has no folders to rename."""
+    root = str(tmp_path) if where == "local" else f"s3://episodes/{request.node.name.replace('[', '-')[:-1]}"
+    if where == "s3":
+        request.getfixturevalue("s3_env")
+    fs, path = filesystem(f"{root}/trial/checkpoint_000002")
+    fs.create_dir(f"{path}/inner")
+    for name, data in (("state.pt", b"weights"), ("inner/step.json", b"3")):
+        with fs.open_output_stream(f"{path}/{name}") as out:
+            out.write(data)
+    assert folder_listing(f"{root}/trial") == {"checkpoint_000002": True}
+    assert folder_listing(f"{root}/missing") == {}
+    rename_folder(f"{root}/trial/checkpoint_000002", f"{root}/trial/checkpoint_000001")
+    assert folder_listing(f"{root}/trial") == {"checkpoint_000001": True}
+    assert folder_listing(f"{root}/trial/checkpoint_000001") == {"state.pt": False, "inner": True}
+    assert read_bytes(f"{root}/trial/checkpoint_000001/inner/step.json") == b"3"
+    assert read_bytes(f"{root}/trial/checkpoint_000001/state.pt") == b"weights"
