@@ -13,6 +13,8 @@ import optuna
 import psutil
 import pytest
 
+from tests.refusals import assert_refused
+
 pytestmark = [pytest.mark.integration, pytest.mark.cli]
 
 
@@ -54,11 +56,7 @@ def test_the_dashboard_serves_the_sweeps_study_on_loopback_and_stops(free_port, 
 
 def test_a_sweep_without_a_kept_study_is_refused_and_nothing_is_created(cli) -> None:
     result = cli("dashboard", "nope", "--port", "1")
-    assert result.returncode == 2, result.stderr
-    assert (
-        "no Optuna study of sweep 'nope' in sqlite:///" in result.stderr
-        and "--study-storage" in result.stderr
-    )
+    assert_refused(result, "no Optuna study of sweep 'nope' in sqlite:///", "--study-storage")
     assert not Path("runs").exists()
     bad_name = cli("dashboard", "../x")
-    assert bad_name.returncode == 2 and "is not a valid name" in bad_name.stderr
+    assert_refused(bad_name, "is not a valid name")

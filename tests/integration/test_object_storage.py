@@ -18,6 +18,7 @@ from metasweep.orchestrator.data.format import load_dataset
 from metasweep.orchestrator.data.sampler import EpisodeSampler
 from metasweep.orchestrator.data.storage import filesystem, folder_listing, read_bytes, rename_folder
 from metasweep.orchestrator.errors import UserError
+from tests.refusals import assert_refused
 
 pytestmark = pytest.mark.integration
 
@@ -82,15 +83,13 @@ def test_s3_missing_object_and_unreachable_endpoint(
     monkeypatch.setenv("AWS_ENDPOINT_URL", f"http://127.0.0.1:{free_port()}")
     started = time.time()
     result = run_cli("data", "info", "s3://episodes/d.parquet", timeout=120)
-    assert result.returncode == 2, result.stderr
-    assert "metasweep: error:" in result.stderr and "Traceback" not in result.stderr
+    assert_refused(result)
     assert time.time() - started < 60
 
 
 def test_s3_wrong_bucket_is_a_clear_error(run_cli, s3_env: str) -> None:
     result = run_cli("data", "info", "s3://no-such-bucket/d.parquet")
-    assert result.returncode == 2
-    assert "metasweep: error:" in result.stderr and "Traceback" not in result.stderr
+    assert_refused(result)
 
 
 def test_s3_unauthorized_is_a_clear_error(
@@ -111,8 +110,7 @@ def test_s3_unauthorized_is_a_clear_error(
         monkeypatch.setenv("AWS_ENDPOINT_URL", f"http://127.0.0.1:{port}")
         monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
         result = run_cli("data", "info", "s3://episodes/d.parquet")
-        assert result.returncode == 2, result.stderr
-        assert "ACCESS_DENIED" in result.stderr and "Traceback" not in result.stderr
+        assert_refused(result, "ACCESS_DENIED")
     finally:
         server.terminate()
         server.wait(timeout=10)

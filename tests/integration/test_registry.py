@@ -9,6 +9,8 @@ import numpy as np
 import pytest
 from mlflow.tracking import MlflowClient
 
+from tests.refusals import assert_refused
+
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 SWEEP = """
@@ -98,7 +100,7 @@ def test_champion_pull_and_adapt(omniglot, run_cli, migrated_store, tmp_path: Pa
     assert model.predict({"support_x": big, "support_y": np.arange(5), "query_x": big}).shape == (5,)
 
     too_many = run_cli("adapt", "model", "--support", "support", "--query", "nothing")
-    assert too_many.returncode == 2 and "does not exist" in too_many.stderr
+    assert_refused(too_many, "does not exist")
     missing = run_cli("models", "pull", "omni@nope", "--out", "x", "--tracking-uri", uri())
-    assert missing.returncode == 2 and "alias nope not found" in missing.stderr
+    assert_refused(missing, "alias nope not found")
     assert not Path("x").exists()
