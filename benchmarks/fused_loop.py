@@ -14,11 +14,16 @@ from __future__ import annotations
 
 import argparse
 import statistics
+import sys
 import time
+from pathlib import Path
 
 import torch
 
 from metasweep.algorithms import MAML, Conv4, MetaSGD
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _episodes import omniglot_episode
 
 
 def step(learner: MAML, episode: tuple[torch.Tensor, ...], fused: bool) -> float:
@@ -35,13 +40,8 @@ def main() -> None:
     parser.add_argument("--iterations", type=int, default=8, help="timed meta-iterations per side")
     parser.add_argument("--tasks", type=int, default=32)
     args = parser.parse_args()
-    generator = torch.Generator().manual_seed(0)
     tasks = args.tasks
-    support_x = torch.rand(tasks, 5, 1, 28, 28, generator=generator)
-    support_y = torch.arange(5).repeat(tasks, 1)
-    query_x = torch.rand(tasks, 75, 1, 28, 28, generator=generator)
-    query_y = torch.arange(5).repeat_interleave(15).repeat(tasks, 1)
-    episode = (support_x, support_y, query_x, query_y)
+    episode = omniglot_episode(tasks)
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, meta-batch {tasks}")
     for cls in (MAML, MetaSGD):
         torch.manual_seed(0)
