@@ -4,19 +4,20 @@ Python threads of one intra-op thread each, one task per thread at a time, might
 in one process on the same episodes, alternating:
 
 - ``two intra-op threads``: ``MAML.meta_loss(...).backward()``, as training runs it (the default);
-- ``one intra-op thread``: the same, ``torch.set_num_threads(1)`` (the ceiling for two task
-  threads is twice this);
+- ``one intra-op thread``: the same, ``torch.set_num_threads(1)``;
 - ``two task threads``: each task's query loss and its meta-gradient (``torch.autograd.grad``)
   in a pool of two threads with one intra-op thread each, the gradients summed in task order.
   ``functional_call`` swaps a module's parameters while it runs, so each thread has its own copy
-  of the module; the meta-parameters stay the learner's.
+  of the module; the meta-parameters stay the learner's;
+- ``their work in one thread``: the same per-task gradients one after another on one intra-op
+  thread: what the two task threads would each take twice as long for, if they scaled.
 
     python benchmarks/task_threads.py --iterations 5
 
 Omniglot-shaped random episodes (1x28x28), 5-way 1-shot 15-query, meta-batch 32, one inner step.
-Prints tasks per second of each, and the largest difference of the task-thread meta-gradient
-from ``meta_loss``'s (float32 rounding, through second-order BatchNorm; ``--float64`` shows it
-is rounding only).
+Prints tasks per second of each (median, and the slowest to the fastest meta-iteration), and
+the largest difference of the task-thread meta-gradient from ``meta_loss``'s (float32 rounding,
+through second-order BatchNorm; ``--float64`` shows it is rounding only).
 """
 
 from __future__ import annotations
@@ -88,10 +89,19 @@ def main() -> None:
         per_task = list(pool.map(task_gradient, range(tasks)))  # in task order
         return [sum(grads[k] for grads in per_task) for k in range(len(params))]
 
+    def task_by_task() -> list[torch.Tensor]:
+        torch.set_num_threads(1)
+        try:
+            per_task = [task_gradient(i) for i in range(tasks)]
+        finally:
+            torch.set_num_threads(default_threads)
+        return [sum(grads[k] for grads in per_task) for k in range(len(params))]
+
     ways = {
         f"{default_threads} intra-op threads": meta_loss(default_threads),
         "one intra-op thread": meta_loss(1),
         "two task threads": task_threads,
+        "their work in one thread": task_by_task,
     }
     print(f"torch {torch.__version__}, {default_threads} threads by default, meta-batch {tasks}")
     for step in ways.values():
@@ -105,7 +115,8 @@ def main() -> None:
     base = statistics.median(times[f"{default_threads} intra-op threads"])
     for name, seconds in times.items():
         median = statistics.median(seconds)
-        print(f"{name}: {tasks / median:.1f} tasks/s ({base / median:.2f}x the default)")
+        spread = f"{tasks / max(seconds):.1f}-{tasks / min(seconds):.1f}"
+        print(f"{name}: {tasks / median:.1f} tasks/s ({spread}; {base / median:.2f}x the default)")
     reference, threaded = meta_loss(default_threads)(), task_threads()
     difference = max((a - b).abs().max().item() for a, b in zip(reference, threaded, strict=True))
     print(f"largest gradient difference: {difference:.2e}")

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import psutil
@@ -51,37 +53,68 @@ def path_exists(uri: str) -> bool:
         UserError: the storage cannot be read.
     """
     fs, path = filesystem(uri)
-    try:
+    with _storage_errors(uri, "read"):
         return fs.get_file_info(path).type != pafs.FileType.NotFound
-    except OSError as exc:
-        raise UserError(f"cannot read {uri.split('?')[0]}: {exc}") from None
 
 
 def folder_listing(uri: str) -> dict[str, bool]:
     """The names in a folder (a local path or a URI), each with whether it is a folder itself;
-    empty when there is no such folder."""
+    empty when there is no such folder.
+
+    Raises:
+        UserError: the storage cannot be read.
+    """
     fs, path = filesystem(uri)
-    listed = fs.get_file_info(pafs.FileSelector(path, allow_not_found=True))
+    with _storage_errors(uri, "read"):
+        listed = fs.get_file_info(pafs.FileSelector(path, allow_not_found=True))
     return {info.base_name: info.type == pafs.FileType.Directory for info in listed}
 
 
 def read_bytes(uri: str) -> bytes:
-    """The content of a file at a local path or a URI."""
+    """The content of a file at a local path or a URI.
+
+    Raises:
+        UserError: the storage cannot be read.
+    """
     fs, path = filesystem(uri)
-    with fs.open_input_stream(path) as stream:
+    with _storage_errors(uri, "read"), fs.open_input_stream(path) as stream:
         return stream.readall()
 
 
 def rename_folder(source: str, target: str) -> None:
     """Move a folder to a new name in the same storage: one atomic rename on a local disk; on
-    object storage, which has no folders to rename, a copy of every object, then a delete."""
+    object storage, which has no folders to rename, a copy of every object, then a delete.
+
+    Raises:
+        UserError: the storage cannot be written.
+    """
     fs, source_path = filesystem(source)
     target_path = filesystem(target)[1]
-    if fs.type_name == "local":
-        fs.move(source_path, target_path)
-        return
-    pafs.copy_files(source_path, target_path, source_filesystem=fs, destination_filesystem=fs)
-    fs.delete_dir(source_path)
+    with _storage_errors(source, "write"):
+        if fs.type_name == "local":
+            fs.move(source_path, target_path)
+            return
+        pafs.copy_files(source_path, target_path, source_filesystem=fs, destination_filesystem=fs)
+        fs.delete_dir(source_path)
+
+
+def delete_folder(uri: str) -> None:
+    """Delete a folder and everything in it, at a local path or a URI.
+
+    Raises:
+        UserError: the storage cannot be written.
+    """
+    fs, path = filesystem(uri)
+    with _storage_errors(uri, "write"):
+        fs.delete_dir(path)
+
+
+@contextmanager
+def _storage_errors(uri: str, doing: str) -> Iterator[None]:
+    try:
+        yield
+    except OSError as exc:  # pyarrow's errors of the storage: not found, refused, unreachable
+        raise UserError(f"cannot {doing} {uri.split('?')[0]}: {exc}") from None
 
 
 def filesystem_type(path: Path) -> str:

@@ -16,30 +16,38 @@ import re
 
 from ray.tune.experiment.trial import Trial
 
-from metasweep.orchestrator.data.storage import folder_listing, read_bytes, rename_folder
+from metasweep.orchestrator.data.storage import delete_folder, folder_listing, read_bytes, rename_folder
 
-_CHECKPOINT = re.compile(r"checkpoint_\d{6}")
-"""The folder Tune gives each of a trial's checkpoints, numbered in the order they were made."""
+_CHECKPOINT = re.compile(r"checkpoint_(\d+)")
+"""The folder Tune gives each of a trial's checkpoints, numbered in the order they were made
+(six digits and more)."""
 
 
 def heal(experiment: str) -> list[str]:
-    """Give each trial's latest checkpoint the name the newest experiment snapshot knows it by.
+    """Give each trial's latest accepted checkpoint the name the newest experiment snapshot
+    knows it by.
 
-    A trial whose snapshot names a checkpoint that is not on storage, while a later one of the
-    same trial is, restarts from the later one: its folder is renamed to the name the snapshot
-    holds (Tune numbers the trial's next checkpoint after it). Trials whose checkpoint is there,
-    or that have no later one, are left to Tune.
+    A trial whose snapshot names a checkpoint that is not on storage, while later ones of the
+    same trial are, restarts from the first later one: the checkpoint whose arrival made Tune
+    delete the named one, so the one the driver had accepted (its evaluation reached the
+    scheduler, the searcher and MLflow). Its folder is renamed to the name the snapshot holds,
+    and Tune numbers the trial's next checkpoint after it. Any later folder still was written
+    by the trial after that, never accepted, perhaps not whole: it is deleted, so that the
+    trial's next checkpoints do not land in it; the trial runs those iterations again.
 
     Args:
         experiment: the Tune experiment's folder, a local path or an object-storage URI.
 
     Returns:
-        One line for each trial healed, saying which checkpoint it restarts from.
+        One line for each trial healed or beyond healing, saying what happens to it.
+
+    Raises:
+        UserError: the storage cannot be read or written.
     """
     snapshots = sorted(fnmatch.filter(folder_listing(experiment), "experiment_state-*.json"))
     if not snapshots:
         return []
-    healed = []
+    said = []
     for trial_state, run_metadata in json.loads(read_bytes(f"{experiment}/{snapshots[-1]}"))["trial_data"]:
         trial = Trial.from_json_state(trial_state, stub=True)
         trial.restore_run_metadata(run_metadata)
@@ -48,16 +56,26 @@ def heal(experiment: str) -> list[str]:
         folder = f"{experiment}/{trial.storage.trial_dir_name}"
         named = trial.checkpoint.path.rstrip("/").rsplit("/", 1)[-1]
         kept = folder_listing(folder)
-        if named in kept:
+        if named in kept or not (index := _CHECKPOINT.fullmatch(named)):
             continue
         later = sorted(
-            n for n, is_folder in kept.items() if is_folder and _CHECKPOINT.fullmatch(n) and n > named
+            (int(match[1]), name)
+            for name, is_folder in kept.items()
+            if is_folder and (match := _CHECKPOINT.fullmatch(name)) and int(match[1]) > int(index[1])
         )
         if not later:
+            said.append(
+                f"trial {trial.trial_id}: its checkpoint {named} is not on storage and no later one is; "
+                "Tune cannot restore it"
+            )
             continue
-        rename_folder(f"{folder}/{later[-1]}", f"{folder}/{named}")
-        healed.append(
-            f"trial {trial.trial_id} restarts from its last checkpoint, {later[-1]} (renamed {named}: "
-            "the sweep stopped before Tune's snapshot named it)"
+        accepted, *unaccepted = (name for _, name in later)
+        rename_folder(f"{folder}/{accepted}", f"{folder}/{named}")
+        for name in unaccepted:
+            delete_folder(f"{folder}/{name}")
+        dropped = f"; {', '.join(unaccepted)}, never accepted, deleted" if unaccepted else ""
+        said.append(
+            f"trial {trial.trial_id} restarts from its last checkpoint, {accepted} (renamed {named}: "
+            f"the sweep stopped before Tune's snapshot named it{dropped})"
         )
-    return healed
+    return said

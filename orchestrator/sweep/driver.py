@@ -355,10 +355,14 @@ def run_sweep(
         if best.checkpoint is None or best.metrics is None:
             raise UserError("no trial reported a result; see the errors above")
         best_params = dict(best.config or {})
-        with best.checkpoint.as_directory() as saved_dir:
-            if not (Path(saved_dir) / CHECKPOINT).exists():  # nothing can score or register it
-                raise UserError(f"the best trial's checkpoint is not on storage: {best.checkpoint.path}")
-            saved = read_run(Path(saved_dir) / CHECKPOINT)
+        gone = UserError(f"the best trial's checkpoint is not on storage: {best.checkpoint.path}")
+        try:
+            with best.checkpoint.as_directory() as saved_dir:  # downloaded from object storage
+                if not (Path(saved_dir) / CHECKPOINT).exists():  # nothing can score or register it
+                    raise gone
+                saved = read_run(Path(saved_dir) / CHECKPOINT)
+        except FileNotFoundError:
+            raise gone from None
         inputs = Inputs(problem, build_sources(saved.config, dataset))
         best_id = str(best.metrics.get("trial_id"))
         steps = saved.config.eval_inner_steps

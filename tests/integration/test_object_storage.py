@@ -16,7 +16,13 @@ import torch
 from metasweep.orchestrator.data import importers
 from metasweep.orchestrator.data.format import load_dataset
 from metasweep.orchestrator.data.sampler import EpisodeSampler
-from metasweep.orchestrator.data.storage import filesystem, folder_listing, read_bytes, rename_folder
+from metasweep.orchestrator.data.storage import (
+    delete_folder,
+    filesystem,
+    folder_listing,
+    read_bytes,
+    rename_folder,
+)
 from metasweep.orchestrator.errors import UserError
 from tests.refusals import assert_refused
 
@@ -119,7 +125,8 @@ def test_s3_unauthorized_is_a_clear_error(
 @pytest.mark.parametrize("where", ["local", "s3"])
 def test_a_folder_is_listed_read_and_renamed_with_every_file(where: str, tmp_path: Path, request) -> None:
     """What healing a resumed sweep's checkpoints does to its trial folders (orchestrator.sweep.
-    checkpoints), on a local disk and on object storage, which has no folders to rename."""
+    checkpoints), on a local disk and on object storage, which has no folders to rename; what
+    cannot be read is a UserError."""
     root = str(tmp_path) if where == "local" else f"s3://episodes/{request.node.name.replace('[', '-')[:-1]}"
     if where == "s3":
         request.getfixturevalue("s3_env")
@@ -135,3 +142,7 @@ def test_a_folder_is_listed_read_and_renamed_with_every_file(where: str, tmp_pat
     assert folder_listing(f"{root}/trial/checkpoint_000001") == {"state.pt": False, "inner": True}
     assert read_bytes(f"{root}/trial/checkpoint_000001/inner/step.json") == b"3"
     assert read_bytes(f"{root}/trial/checkpoint_000001/state.pt") == b"weights"
+    delete_folder(f"{root}/trial/checkpoint_000001")
+    assert folder_listing(f"{root}/trial") == {}
+    with pytest.raises(UserError, match=r"cannot read .*/trial/checkpoint_000001/state.pt"):
+        read_bytes(f"{root}/trial/checkpoint_000001/state.pt")

@@ -1,5 +1,6 @@
 """A resumed Tune experiment whose snapshot names a checkpoint that a later one replaced: healed,
-the trial restarts from the later one; not healed, Tune cannot restore it."""
+the trial restarts from the later one (the first later one, when the trial wrote another the
+driver never accepted); not healed, Tune cannot restore it."""
 
 from __future__ import annotations
 
@@ -51,7 +52,13 @@ try:
     (later / "step.json").write_text("3")
     later.rename(trial / "checkpoint_000002")
     shutil.copytree(storage / "healed", storage / "unhealed")
-    lines = {name: heal(str(storage / name)) if name == "healed" else [] for name in ("healed", "unhealed")}
+    # Or a moment later: the trial has written step 4's too, which the driver never accepted.
+    shutil.copytree(storage / "healed", storage / "two-later")
+    unaccepted = storage / "two-later" / trial.name / "checkpoint_000003"
+    unaccepted.mkdir()
+    (unaccepted / "step.json").write_text("4")
+    names = ("healed", "unhealed", "two-later")
+    lines = {name: [] if name == "unhealed" else heal(str(storage / name)) for name in names}
     ends = {}
     for name in lines:
         restored = tune.Tuner.restore(str(storage / name), trainable=counting, resume_errored=True)
@@ -73,9 +80,12 @@ def test_a_trial_whose_named_checkpoint_was_replaced_restarts_from_the_later_one
     )
     assert done.returncode == 0, done.stderr[-3000:]
     report = json.loads(done.stdout.strip().splitlines()[-1])
-    (line,) = report["lines"]["healed"]
-    assert "restarts from its last checkpoint, checkpoint_000002 (renamed checkpoint_000001" in line
-    healed = report["ends"]["healed"]
-    assert healed["metrics"]["step"] == 4 and healed["metrics"]["start"] == 3, healed
-    assert healed["error"] == "None"
+    for name in ("healed", "two-later"):
+        (line,) = report["lines"][name]
+        assert "restarts from its last checkpoint, checkpoint_000002 (renamed checkpoint_000001" in line
+        # From step 3's checkpoint, the one the driver had accepted, not the later step 4's.
+        end = report["ends"][name]
+        assert end["metrics"]["step"] == 4 and end["metrics"]["start"] == 3, end
+        assert end["error"] == "None"
+    assert "checkpoint_000003, never accepted, deleted" in report["lines"]["two-later"][0]
     assert "does not exist on storage anymore" in report["ends"]["unhealed"]["error"]
