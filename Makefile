@@ -29,9 +29,12 @@ demo: install
 		--set name=demo-$$(date +%Y%m%d-%H%M%S) --set train.iterations=1000 --set search.num_samples=4 \
 		--set search.grace_period=500 --set train.eval_every=250
 
-## test: install, lint, then run the whole test suite (what CI runs)
+## test: install, lint, then run the whole test suite (what CI runs), in TEST_WORKERS processes
+## (pytest-xdist; each test file stays in one of them, so a module's cluster or server is started
+## once; TEST_WORKERS=0 runs it in this process)
+TEST_WORKERS ?= 2
 test: lint
-	$(VENV)/bin/pytest
+	$(VENV)/bin/pytest -n $(TEST_WORKERS) --dist loadfile
 
 ## check: the fast loop: lint, then the unit tests (no servers, no long training, no CLI processes)
 check: lint

@@ -45,7 +45,15 @@ _SYSTEM_TMP = pytest.StashKey[tuple[Path, set[str]]]()
 _SUITE_TMP = pytest.StashKey[Path]()
 
 
+def _xdist_controller(config: pytest.Config) -> bool:
+    """Whether this process hands tests to pytest-xdist's workers and runs none itself: each
+    worker keeps and checks its own private folder, and a worker still running is no leak."""
+    return bool(getattr(config.option, "numprocesses", None)) and not hasattr(config, "workerinput")
+
+
 def pytest_configure(config: pytest.Config) -> None:
+    if _xdist_controller(config):
+        return
     system = Path(tempfile.gettempdir())
     os.environ.setdefault("PYTEST_DEBUG_TEMPROOT", str(system))  # tmp_path stays pytest's own
     # Short: Ray's socket paths live under it, and Unix socket paths end at 107 bytes.
@@ -75,6 +83,8 @@ def _still_running(private: Path, grace: float = 15) -> list[psutil.Process]:
 
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     """Fail a session whose tests left a process running or a file in the system's temp folder."""
+    if _xdist_controller(session.config):
+        return
     private = session.config.stash[_SUITE_TMP]
     system, before = session.config.stash[_SYSTEM_TMP]
     leaks = []
