@@ -6,7 +6,8 @@ in one process on the same episodes, alternating:
 - ``two intra-op threads``: ``MAML.meta_loss(...).backward()``, as training runs it (the default);
 - ``one intra-op thread``: the same, ``torch.set_num_threads(1)``;
 - ``two task threads``: each task's query loss and its meta-gradient (``torch.autograd.grad``)
-  in a pool of two threads with one intra-op thread each, the gradients summed in task order.
+  in a pool of two threads with one intra-op thread each, the gradients summed in task order,
+  the images channels-last as ``meta_loss`` stores them (``task_layout``).
   ``functional_call`` swaps a module's parameters while it runs, so each thread has its own copy
   of the module; the meta-parameters stay the learner's;
 - ``their work in one thread``: the same per-task gradients one after another on one intra-op
@@ -37,7 +38,7 @@ import torch.nn.functional as F
 from torch.func import functional_call
 
 from metasweep.algorithms import MAML, Conv4
-from metasweep.algorithms.functional import adapt_task
+from metasweep.algorithms.functional import adapt_task, task_layout
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _episodes import omniglot_episode
@@ -58,16 +59,19 @@ def main() -> None:
     params = dict(learner.model.named_parameters())
     buffers = dict(learner.model.named_buffers())
     names = tuple(params)
+    # The layout meta_loss runs its tasks in (channels-last images on the CPU), so that both
+    # sides run the same kernels.
+    task_x = task_layout(learner.model, support_x, "loop"), task_layout(learner.model, query_x, "loop")
     own = threading.local()
 
     def task_gradient(i: int) -> tuple[torch.Tensor, ...]:
         if not hasattr(own, "model"):
             own.model = copy.deepcopy(learner.model)
         fast = adapt_task(
-            own.model, params, buffers, support_x[i], support_y[i],
+            own.model, params, buffers, task_x[0][i], support_y[i],
             loss_fn=F.cross_entropy, steps=1, lr=0.4, adapt_names=names, first_order=False, batched=False,
         )  # fmt: skip
-        loss = F.cross_entropy(functional_call(own.model, (fast, buffers), (query_x[i],)), query_y[i])
+        loss = F.cross_entropy(functional_call(own.model, (fast, buffers), (task_x[1][i],)), query_y[i])
         return torch.autograd.grad(loss / tasks, list(params.values()))
 
     pool = ThreadPoolExecutor(2, initializer=torch.set_num_threads, initargs=(1,))
