@@ -8,6 +8,7 @@
 : "${RAY_PORT:=6380}"                          # the head's GCS port
 : "${RAY_DASHBOARD_PORT:=8265}"                # dashboard and Jobs API
 : "${RAY_CLIENT_PORT:=10001}"
+: "${RAY_AGENT_PORT:=52365}"                   # the head's job agent (Ray's default): jobs are submitted through it
 : "${RAY_WORKERS:=2}"                          # worker nodes besides the head
 : "${RAY_HEAD_CPUS:=0}"                        # 0: trials run on the worker nodes only
 : "${RAY_WORKER_CPUS:=1}"
@@ -43,6 +44,13 @@ wait_for_port() {  # wait_for_port PORT SECONDS [PID: give up early when it exit
         fi
         sleep 0.5
     done
+}
+
+require_free_port() {  # require_free_port PORT NAME: refuse to start over a port another process holds
+    if (exec 3<>"/dev/tcp/$BIND_HOST/$1") 2>/dev/null; then
+        echo "$BIND_HOST:$1 ($2) is taken, by another Ray instance perhaps; set $2 to a free port" >&2
+        return 1
+    fi
 }
 
 set_secret() {  # set_secret NAME VALUE: add or replace NAME in $CLUSTER_SECRETS (never readable by others)

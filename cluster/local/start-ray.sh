@@ -7,6 +7,9 @@
 set -euo pipefail
 source "$(dirname "$0")/env.sh"
 RAY="$PYTHON_BIN/ray"
+# Ray starts a head whose job agent cannot bind its port without a word (the agent stays up with
+# its HTTP service off), and every submission then fails with "No available agent to submit job".
+require_free_port "$RAY_AGENT_PORT" RAY_AGENT_PORT
 
 "$RAY" get-auth-token --generate >/dev/null 2>&1 || true
 token_file="${RAY_AUTH_TOKEN_PATH:-$HOME/.ray/auth_token}"
@@ -16,11 +19,12 @@ load_secrets
 "$RAY" start --head --disable-usage-stats \
     --node-ip-address "$BIND_HOST" --port "$RAY_PORT" \
     --dashboard-host "$BIND_HOST" --dashboard-port "$RAY_DASHBOARD_PORT" \
-    --ray-client-server-port "$RAY_CLIENT_PORT" \
+    --ray-client-server-port "$RAY_CLIENT_PORT" --dashboard-agent-listen-port "$RAY_AGENT_PORT" \
     --num-cpus "$RAY_HEAD_CPUS" --num-gpus 0 --resources '{"node_head": 1}' \
     --min-worker-port 21000 --max-worker-port 21999 \
     >"$CLUSTER_DIR/logs/ray-head.log" 2>&1
 wait_for_port "$RAY_DASHBOARD_PORT" 60
+wait_for_port "$RAY_AGENT_PORT" 60  # the job agent, without which no job can be submitted
 
 for ((i = 1; i <= RAY_WORKERS; i++)); do
     "$(dirname "$0")/start-node.sh" "$i"

@@ -11,7 +11,7 @@ import os
 import shlex
 import socket
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import Any
@@ -134,8 +134,10 @@ class Cluster:
             "except Exception as e: sys.exit(f'unreachable: {e}')\n"
         )
         with self._errors():
-            job_id = self.client.submit_job(
-                entrypoint=f"python -c {shlex.quote(code)} {shlex.quote(url)}", entrypoint_num_cpus=0
+            job_id = _until_an_agent_answers(
+                lambda: self.client.submit_job(
+                    entrypoint=f"python -c {shlex.quote(code)} {shlex.quote(url)}", entrypoint_num_cpus=0
+                )
             )
         try:
             info = self.wait(job_id, timeout)
@@ -151,12 +153,14 @@ class Cluster:
     def submit(self, entrypoint: str, runtime_env: dict[str, Any], job_id: str, sweep: str) -> str:
         with self._errors():
             return str(
-                self.client.submit_job(
-                    entrypoint=entrypoint,
-                    runtime_env=runtime_env,
-                    submission_id=job_id,
-                    metadata={SWEEP_METADATA: sweep},
-                    entrypoint_num_cpus=0,
+                _until_an_agent_answers(
+                    lambda: self.client.submit_job(
+                        entrypoint=entrypoint,
+                        runtime_env=runtime_env,
+                        submission_id=job_id,
+                        metadata={SWEEP_METADATA: sweep},
+                        entrypoint_num_cpus=0,
+                    )
                 )
             )
 
@@ -205,6 +209,37 @@ class Cluster:
             if deadline is not None and time.monotonic() > deadline:
                 raise UserError(f"job {job_id} did not finish within {timeout:g} s")
             time.sleep(1.0)
+
+
+NO_AGENT = "No available agent to submit job"
+
+
+def _until_an_agent_answers(submit: Callable[[], str], patience: float = 30, pause: float = 2) -> str:
+    """``submit()``, again while the head answers that no job agent is available.
+
+    Ray's job head hands a submission to the head node's job agent, and answers 500 "No available
+    agent to submit job, please try again later" while it finds none: for a few seconds after the
+    head starts, until the agent registers; for good when the agent could not bind its port
+    (Ray's default, 52365, is taken by any other Ray on the machine), since Ray then keeps the
+    agent up with its HTTP service off. Nothing was created, so the same submission id is tried
+    again for up to ``patience`` seconds, and then the answer is given with what to look at; any
+    other answer is the caller's.
+    """
+    deadline = time.monotonic() + patience
+    while True:
+        try:
+            return submit()
+        except RuntimeError as exc:
+            if NO_AGENT not in str(exc):
+                raise
+            if time.monotonic() + pause > deadline:
+                raise RuntimeError(
+                    f"{exc} (for {patience:.0f} s): the head's job agent is not serving; its log is "
+                    "dashboard_agent.log on the head. If its port was taken by another Ray on the "
+                    "machine, restart the head with another --dashboard-agent-listen-port "
+                    "(RAY_AGENT_PORT for cluster/local)"
+                ) from exc
+            time.sleep(pause)
 
 
 def _probe(url: str, timeout: float) -> None:

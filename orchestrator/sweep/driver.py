@@ -313,9 +313,7 @@ def run_sweep(
                     num_samples=todo.samples,
                     max_concurrent_trials=config.search.max_concurrent,
                     time_budget_s=config.search.time_budget_s,
-                    # A new trial runs in the process of one that ended: no worker start, no
-                    # second import of torch and the dataset (seconds a trial, on a laptop).
-                    reuse_actors=True,
+                    reuse_actors=reuse_actors(config),
                 ),
                 run_config=run_config,
             )
@@ -608,6 +606,20 @@ def _check_resources(config: SweepConfig, where: str) -> None:
             f"at once ({where}); lower max_concurrent or the per-trial resources, or pass "
             "--address for another cluster"
         )
+
+
+def reuse_actors(config: SweepConfig) -> bool:
+    """Whether a new trial runs in the process of one that ended (Tune's ``reuse_actors``).
+
+    A trial of one worker does: no process start, no second import of torch and the dataset
+    (seconds a trial, on a laptop). A trial of several workers does not. Its process only drives
+    a Ray Train run, and Tune gives an ended trial's thread 2 s to finish before it reuses the
+    process (``TUNE_FUNCTION_THREAD_TIMEOUT_S``). A Train run stopped by ASHA takes longer than that
+    to take down its workers on a busy machine, and Tune then fails the next trial for good
+    ("Trainable runner reuse requires reset_config() to be implemented and return True"; no
+    retry), which a two-worker sweep did on a loaded 2-core machine.
+    """
+    return config.search.workers_per_trial == 1
 
 
 def _trial_resources(config: SweepConfig) -> dict[str, float]:

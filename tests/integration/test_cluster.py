@@ -118,6 +118,9 @@ def cluster(free_port, run_cli, tmp_path_factory: pytest.TempPathFactory) -> Ite
         "RAY_PORT": free_port(),
         "RAY_DASHBOARD_PORT": free_port(),
         "RAY_CLIENT_PORT": free_port(),
+        # Ray's default, 52365, is held by any other Ray on the machine (a test's local Ray, when
+        # the suite runs in several processes): a head without its job agent takes no job.
+        "RAY_AGENT_PORT": free_port(),
         "MLFLOW_PORT": free_port(),
         "PG_PORT": free_port(),
     }

@@ -180,7 +180,7 @@ def test_a_trial_of_two_workers_resumes_from_its_checkpoint_when_a_worker_dies(
     experiment = client.get_experiment_by_name("workers")
     runs = client.search_runs([experiment.experiment_id])
     trials = [r for r in runs if "metasweep.trial_id" in r.data.tags]
-    assert len(trials) == 2  # one child run per trial, however many workers
+    assert len(trials) == 2, output[-4000:]  # one child run per trial, however many workers
     (killed,) = [r for r in trials if r.data.metrics["workers/restarts"] == 1]
     (second,) = [r for r in trials if r is not killed]
     history = client.get_metric_history(killed.info.run_id, "val/mse")

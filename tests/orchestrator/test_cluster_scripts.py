@@ -5,6 +5,7 @@ empty store when the database it made has gone (issue 10, items 1 and 5)."""
 from __future__ import annotations
 
 import os
+import socket
 import stat
 import subprocess
 from pathlib import Path
@@ -76,3 +77,16 @@ def test_no_script_keeps_state_under_tmp_or_passes_a_password_as_an_argument(scr
     assert '"/tmp/metasweep' not in text
     assert "--backend-store-uri" not in text  # the URI holds the database password
     assert "PASSWORD '$(cat" not in text
+
+
+def test_the_head_refuses_to_start_when_its_job_agent_port_is_taken(tmp_path: Path) -> None:
+    """Ray would start a head whose job agent has no HTTP service (it cannot bind the port) and
+    take no job ("No available agent to submit job"): start-ray.sh says so before starting."""
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        done = bash(f"{SCRIPTS}/start-ray.sh", tmp_path, RAY_AGENT_PORT=str(port), PYTHON_BIN="/nonexistent")
+    assert done.returncode == 1, done.stderr
+    assert f"127.0.0.1:{port} (RAY_AGENT_PORT) is taken" in done.stderr
+    assert not (tmp_path / "logs" / "ray-head.log").exists()

@@ -225,3 +225,35 @@ def test_a_dataset_uri_with_a_login_is_not_sent_to_a_cluster() -> None:
     with pytest.raises(UserError, match="holds a login") as refused:
         submit.check_dataset(config, local_cluster=False)
     assert "canary" not in str(refused.value)
+
+
+def test_a_submission_is_tried_again_while_no_job_agent_is_available(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Ray's head answers 500 "No available agent" while it finds no job agent; nothing was
+    created, so the same submission is tried again. Any other error is raised at once, and the
+    agent's absence too once the patience is spent."""
+    monkeypatch.setattr(client.time, "sleep", lambda _: None)
+    busy = RuntimeError(
+        "Request failed with status code 500: No available agent to submit job, please try again later."
+    )
+    answers: list[object] = [busy, busy, "raysubmit_1"]
+
+    def submit_job() -> str:
+        answer = answers.pop(0)
+        if isinstance(answer, Exception):
+            raise answer
+        return str(answer)
+
+    assert client._until_an_agent_answers(submit_job) == "raysubmit_1"
+    assert not answers
+
+    other = RuntimeError("Request failed with status code 400: Job with submission_id x already exists.")
+    answers[:] = [other, "never"]
+    with pytest.raises(RuntimeError, match="already exists"):
+        client._until_an_agent_answers(submit_job)
+    assert answers == ["never"]
+
+    answers[:] = [busy] * 5
+    with pytest.raises(RuntimeError, match="No available agent") as gave_up:
+        client._until_an_agent_answers(submit_job, patience=0)
+    assert len(answers) == 4
+    assert "RAY_AGENT_PORT" in str(gave_up.value)  # where to look, since retrying did not help

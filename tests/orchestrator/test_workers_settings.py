@@ -48,3 +48,15 @@ def test_a_trial_config_carries_the_sweeps_workers() -> None:
     )
     run = sweep.run_config({})
     assert run.train.workers == 3 and run.train.worker_tasks == 2
+
+
+@pytest.mark.parametrize(("workers", "reused"), [(1, True), (2, False)])
+def test_only_trials_of_one_worker_reuse_the_process_of_an_ended_trial(workers: int, reused: bool) -> None:
+    """Tune gives an ended trial's thread 2 s before reusing its process, and fails the next
+    trial for good when it is late; a stopped Ray Train run is late on a busy machine."""
+    from metasweep.orchestrator.sweep.driver import reuse_actors
+
+    sweep = load_config_dict(
+        {"train": {"meta_batch_size": 4}, "search": {"workers_per_trial": workers}}, [], SweepConfig
+    )
+    assert reuse_actors(sweep) is reused
