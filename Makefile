@@ -31,10 +31,10 @@ demo: install
 
 ## test: install, lint, then run the whole test suite (what CI runs), in TEST_WORKERS processes
 ## (pytest-xdist; each test file stays in one of them, so a module's cluster or server is started
-## once, and the fault tests share one: tests/conftest.py; TEST_WORKERS=0 runs it in this process)
+## once; TEST_WORKERS=0 runs it in this process)
 TEST_WORKERS ?= 2
 test: lint
-	$(VENV)/bin/pytest -n $(TEST_WORKERS) --dist loadgroup
+	$(VENV)/bin/pytest -n $(TEST_WORKERS) --dist loadfile
 
 ## check: the fast loop: lint, then the unit tests (no servers, no long training, no CLI processes)
 check: lint

@@ -104,26 +104,6 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
         session.exitstatus = pytest.ExitCode.TESTS_FAILED
 
 
-# Test files whose tests must not run beside each other's in two pytest-xdist processes: each
-# kills Ray nodes or workers while a cluster or a Ray Train run works, and with both on two cores
-# at once a raylet missed its heartbeats and was taken for dead (seen once in three runs).
-ONE_AT_A_TIME = ("tests/integration/test_cluster.py", "tests/integration/test_workers.py")
-
-
-def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """Under ``--dist loadgroup`` (``make test``) each test file goes to one xdist process, as
-    ``--dist loadfile`` would send it, except the files of ``ONE_AT_A_TIME``, which share one
-    process; those come first, so that the longest of the processes' queues starts first."""
-
-    def where(item: pytest.Item) -> str:
-        return item.path.relative_to(ROOT).as_posix()
-
-    items.sort(key=lambda item: where(item) not in ONE_AT_A_TIME)  # stable: the files' order kept
-    for item in items:
-        group = "one-at-a-time" if where(item) in ONE_AT_A_TIME else where(item)
-        item.add_marker(pytest.mark.xdist_group(group))
-
-
 def pytest_runtest_setup(item: pytest.Item) -> None:
     if item.get_closest_marker("data") and not (OMNIGLOT / "images_background_small1.zip").is_file():
         pytest.skip(OMNIGLOT_MISSING)
