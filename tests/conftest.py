@@ -201,15 +201,52 @@ def migrated_store(_migrated_store: Path) -> Callable[..., Path]:
     return copy
 
 
-def _free_port() -> int:
+def _port_slice() -> list[int]:
+    """This pytest process's ports: above the kernel's ephemeral range, from which every random
+    bind (a Ray node's many ports) and every outgoing connection draws, so nothing else takes
+    one between ``free_port()`` and the server's start; one slice per xdist process. (Drawn from
+    the ephemeral range, a cluster's port was once taken by the other process's Ray.)"""
+    try:
+        ephemeral_top = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[1])
+    except (OSError, ValueError, IndexError):
+        return []
+    low, high = ephemeral_top + 1, 65535
+    count = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+    index = int(os.environ.get("PYTEST_XDIST_WORKER", "gw0").removeprefix("gw") or 0)
+    size = (high - low + 1) // max(count, 1)
+    if size < 100:
+        return []
+    return list(range(low + index * size, low + (index + 1) * size))
+
+
+_PORTS = _port_slice()
+_next_port = [0]
+
+
+def _bindable(port: int) -> bool:
     with socket.socket() as s:
+        try:
+            s.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
+
+
+def _free_port() -> int:
+    for _ in range(len(_PORTS)):
+        port = _PORTS[_next_port[0] % len(_PORTS)]
+        _next_port[0] += 1
+        if _bindable(port):
+            return port
+    with socket.socket() as s:  # no room above the ephemeral range: any free port
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
 
 
 @pytest.fixture(scope="session")
 def free_port() -> Callable[[], int]:
-    """``free_port()``: a TCP port on 127.0.0.1 that nothing listens on right now."""
+    """``free_port()``: a TCP port on 127.0.0.1 that nothing listens on right now, and that no
+    other test process of this suite hands out."""
     return _free_port
 
 

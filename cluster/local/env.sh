@@ -46,6 +46,35 @@ wait_for_port() {  # wait_for_port PORT SECONDS [PID: give up early when it exit
     done
 }
 
+descendants() {  # descendants PID...: the PIDs and every process below them
+    local pid
+    for pid in "$@"; do
+        kill -0 "$pid" 2>/dev/null || continue
+        echo "$pid"
+        # shellcheck disable=SC2046
+        descendants $(pgrep -P "$pid")
+    done
+}
+
+stop_tree() {  # stop_tree PID...: SIGTERM the processes and all below them, SIGKILL what is left after 10 s
+    local victims
+    victims=$(descendants "$@" | sort -u)
+    [ -n "$victims" ] || return 0
+    # shellcheck disable=SC2086
+    kill -TERM $victims 2>/dev/null
+    local deadline=$((SECONDS + 10)) alive
+    while ((SECONDS < deadline)); do
+        alive=$(for pid in $victims; do
+            case $(ps -o stat= -p "$pid" 2>/dev/null) in "" | Z*) ;; *) echo "$pid" ;; esac
+        done)
+        [ -n "$alive" ] || return 0
+        sleep 0.5
+    done
+    # shellcheck disable=SC2086
+    kill -KILL $alive 2>/dev/null
+    return 0
+}
+
 require_free_port() {  # require_free_port PORT NAME: refuse to start over a port another process holds
     if (exec 3<>"/dev/tcp/$BIND_HOST/$1") 2>/dev/null; then
         echo "$BIND_HOST:$1 ($2) is taken, by another Ray instance perhaps; set $2 to a free port" >&2

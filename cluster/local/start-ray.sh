@@ -16,15 +16,22 @@ token_file="${RAY_AUTH_TOKEN_PATH:-$HOME/.ray/auth_token}"
 [ -f "$token_file" ] && chmod 600 "$token_file"
 load_secrets
 
-"$RAY" start --head --disable-usage-stats \
+# --block keeps `ray start` in the foreground, so that every process of this head descends from
+# the pid in ray-head.pid: stop-ray.sh stops those, and no other Ray on the machine.
+nohup "$RAY" start --head --block --disable-usage-stats \
     --node-ip-address "$BIND_HOST" --port "$RAY_PORT" \
     --dashboard-host "$BIND_HOST" --dashboard-port "$RAY_DASHBOARD_PORT" \
     --ray-client-server-port "$RAY_CLIENT_PORT" --dashboard-agent-listen-port "$RAY_AGENT_PORT" \
     --num-cpus "$RAY_HEAD_CPUS" --num-gpus 0 --resources '{"node_head": 1}' \
     --min-worker-port 21000 --max-worker-port 21999 \
-    >"$CLUSTER_DIR/logs/ray-head.log" 2>&1
-wait_for_port "$RAY_DASHBOARD_PORT" 60
-wait_for_port "$RAY_AGENT_PORT" 60  # the job agent, without which no job can be submitted
+    >"$CLUSTER_DIR/logs/ray-head.log" 2>&1 &
+head=$!
+echo "$head" >"$CLUSTER_DIR/ray-head.pid"
+if ! wait_for_port "$RAY_DASHBOARD_PORT" 60 "$head" || ! wait_for_port "$RAY_AGENT_PORT" 60 "$head"; then
+    # the job agent too: without it no job can be submitted
+    tail -n 20 "$CLUSTER_DIR/logs/ray-head.log" >&2
+    exit 1
+fi
 
 for ((i = 1; i <= RAY_WORKERS; i++)); do
     "$(dirname "$0")/start-node.sh" "$i"

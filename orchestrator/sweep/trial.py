@@ -133,15 +133,30 @@ def trial(
                 config, problem, dataset, lead_dir=None, resume=False, overwrite=False, test=False,
                 every_s=s.progress_every_s,
             )  # fmt: skip
+            # The last evaluation is reported once Train's run has ended. Tune ends a trial
+            # on its last report (ASHA's max_t, the search's end) by ending the trial's
+            # process, and with it Train's controller, before the controller has freed its
+            # workers' placement group: Ray keeps a group whose creator died until the sweep
+            # ends, and the next trial of several workers would wait for it for ever.
+            held: list[tuple[int, dict[str, float], tune.Checkpoint | None]] = []
+
+            def on_eval(i: int, m: dict[str, float], saved: ray.train.Checkpoint | None) -> None:
+                if i >= config.train.iterations:
+                    held.append((i, m, _from_train(saved)))
+                else:
+                    report(i, m, _from_train(saved))
+
             train_on_workers(
                 replicas,
                 Placement(s.cpus_per_worker, s.gpus_per_worker, s.max_failures),
                 storage=workers_storage,
                 name=tune.get_context().get_trial_id(),
                 checkpoint=checkpoint,
-                on_eval=lambda i, m, saved: report(i, m, _from_train(saved)),
+                on_eval=on_eval,
                 on_step=step,
             )
+            for i, m, saved in held[-1:]:
+                report(i, m, saved)
             return
         data = ray.get(dataset[0]) if dataset else None
         inputs = Inputs(problem, build_sources(config, data))

@@ -8,6 +8,7 @@ import os
 import socket
 import stat
 import subprocess
+import time
 from pathlib import Path
 
 import pytest
@@ -90,3 +91,40 @@ def test_the_head_refuses_to_start_when_its_job_agent_port_is_taken(tmp_path: Pa
     assert done.returncode == 1, done.stderr
     assert f"127.0.0.1:{port} (RAY_AGENT_PORT) is taken" in done.stderr
     assert not (tmp_path / "logs" / "ray-head.log").exists()
+
+
+def test_stop_ray_stops_the_cluster_s_process_trees_and_nothing_else(tmp_path: Path) -> None:
+    """stop-ray.sh ends what descends from the pids start-ray.sh and start-node.sh recorded (a
+    process that ignores SIGTERM is killed after the grace) and leaves any other process alone,
+    another Ray on the machine included: it once ran ``ray stop --force``, which killed the
+    local Ray of a sweep running beside the cluster."""
+    tree = "trap '' TERM; sleep 300 & bash -c 'trap \"\" TERM; sleep 300 & wait' & wait"
+    head = subprocess.Popen(["bash", "-c", tree], start_new_session=True)
+    node = subprocess.Popen(["bash", "-c", "sleep 300 & wait"], start_new_session=True)
+    other = subprocess.Popen(["sleep", "300"])
+    try:
+        (tmp_path / "ray-head.pid").write_text(f"{head.pid}\n")
+        (tmp_path / "ray-worker-1.pid").write_text(f"{node.pid}\n")
+        time.sleep(0.5)  # the children have started
+        below = _children(head.pid) + _children(node.pid)
+        assert len(below) >= 3
+        done = bash(f"{SCRIPTS}/stop-ray.sh", tmp_path, PYTHON_BIN=str(tmp_path))
+        assert done.returncode == 0, done.stderr
+        assert head.wait(timeout=5) is not None and node.wait(timeout=5) is not None
+        assert not [pid for pid in below if _alive(pid)]
+        assert other.poll() is None
+        assert not list(tmp_path.glob("ray-*.pid"))
+    finally:
+        for process in (head, node, other):
+            process.kill()
+            process.wait()
+
+
+def _children(pid: int) -> list[int]:
+    found = subprocess.run(["pgrep", "-P", str(pid)], capture_output=True, text=True).stdout.split()
+    return [int(c) for c in found] + [g for c in found for g in _children(int(c))]
+
+
+def _alive(pid: int) -> bool:
+    state = Path(f"/proc/{pid}/stat")
+    return state.exists() and state.read_text().split(")")[-1].split()[0] != "Z"
