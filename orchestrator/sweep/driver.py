@@ -53,7 +53,7 @@ from metasweep.orchestrator.sweep.study import (
     warm_start,
 )
 from metasweep.orchestrator.sweep.trial import ITERATION, evaluations, trial
-from metasweep.orchestrator.sweep.workers import start_local_ray
+from metasweep.orchestrator.sweep.workers import start_janitor, start_local_ray
 from metasweep.orchestrator.tracking.model import ModelSpec
 from metasweep.orchestrator.tracking.registry import Candidate, Registration, register, scoring_protocol
 from metasweep.orchestrator.tracking.registry import warm_up as warm_registry
@@ -251,6 +251,7 @@ def run_sweep(
                 # Nested, so that Ray hands each trial (and its workers) the reference.
                 dataset=None if dataset is None else [ray.put(dataset)],
                 workers_storage=f"{sweep_dir}/{WORKERS}",
+                janitor=start_janitor() if config.search.workers_per_trial > 1 else None,
             ),
             _trial_resources(config),
         )

@@ -49,6 +49,7 @@ def trial(
     problem: Problem,
     dataset: list[Any] | None,
     workers_storage: str,
+    janitor: Any = None,
 ) -> None:
     """Train one configuration, reporting validation metrics and a checkpoint to Tune.
 
@@ -63,6 +64,8 @@ def trial(
         dataset: ``[ObjectRef]`` of the episodic dataset in the object store (shared by the
             node's trials and workers), or ``None`` for sinusoid tasks.
         workers_storage: where Ray Train keeps the checkpoints of trials of several workers.
+        janitor: the sweep's :class:`~metasweep.orchestrator.sweep.workers.GroupJanitor`, which
+            frees the workers' placement group of a trial that Tune ended mid-run.
     """
     work = Path(tempfile.mkdtemp(prefix="metasweep-trial-"))
     config = sweep.run_config(params).model_copy(update={"output_dir": str(work)})
@@ -135,9 +138,8 @@ def trial(
             )  # fmt: skip
             # The last evaluation is reported once Train's run has ended. Tune ends a trial
             # on its last report (ASHA's max_t, the search's end) by ending the trial's
-            # process, and with it Train's controller, before the controller has freed its
-            # workers' placement group: Ray keeps a group whose creator died until the sweep
-            # ends, and the next trial of several workers would wait for it for ever.
+            # process, and Train's controller with it, which would cut the run's own end short:
+            # its workers stopped mid-report, their placement group left to the janitor.
             held: list[tuple[int, dict[str, float], tune.Checkpoint | None]] = []
 
             def on_eval(i: int, m: dict[str, float], saved: ray.train.Checkpoint | None) -> None:
@@ -154,6 +156,7 @@ def trial(
                 checkpoint=checkpoint,
                 on_eval=on_eval,
                 on_step=step,
+                janitor=janitor,
             )
             for i, m, saved in held[-1:]:
                 report(i, m, saved)

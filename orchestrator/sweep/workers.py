@@ -34,8 +34,9 @@ import ray.train
 import torch
 import torch.distributed as dist
 from ray.train.torch import TorchConfig, TorchTrainer
-from ray.train.v2._internal.execution.callback import ControllerCallback
+from ray.train.v2._internal.execution.callback import ControllerCallback, WorkerGroupCallback
 from ray.train.v2.api.callback import UserCallback
+from ray.util.placement_group import PlacementGroup, placement_group_table, remove_placement_group
 from ray.util.queue import Empty, Queue
 
 from metasweep.orchestrator.config import RunConfig
@@ -106,6 +107,7 @@ def train_on_workers(
     checkpoint: ReportedCheckpoint | None = None,
     on_eval: EvalCallback | None = None,
     on_step: StepCallback | None = None,
+    janitor: Any = None,
 ) -> dict[str, float]:
     """Train ``replicas.config`` on its ``train.workers`` Ray Train workers and return rank 0's
     final metrics (what :func:`~metasweep.orchestrator.training.train` returns).
@@ -117,6 +119,8 @@ def train_on_workers(
         name: the Train run's name (a sweep's trial id).
         checkpoint: start from this checkpoint (a sweep's trial restarted by Tune).
         on_eval, on_step: called in this process as the workers report.
+        janitor: a :class:`GroupJanitor` to free the workers' placement group should this
+            process end, and the run's controller with it, before the run has (a sweep's).
 
     Raises:
         UserError: what a replica raised as one (e.g. a run another process holds).
@@ -139,7 +143,7 @@ def train_on_workers(
             failure_config=ray.train.FailureConfig(max_failures=placement.max_failures),
             checkpoint_config=ray.train.CheckpointConfig(num_to_keep=1),
             # Train V2's callbacks; Ray's annotations name V1's type.
-            callbacks=cast(Any, [_Forward(queue), _Handle(queue)]),
+            callbacks=cast(Any, [_Forward(queue), _Handle(queue, janitor)]),
         ),
         resume_from_checkpoint=checkpoint,
     )
@@ -306,15 +310,85 @@ class _Forward(UserCallback):
         self.queue.put(("report", dict(metrics[0]), checkpoint))
 
 
-class _Handle(ControllerCallback):
+class _Handle(ControllerCallback, WorkerGroupCallback):
     """Runs in Train's controller: hands the caller the controller's actor, so that a caller
-    that stops listening can end the run (``fit`` in a thread cannot be interrupted)."""
+    that stops listening can end the run (``fit`` in a thread cannot be interrupted), and the
+    janitor, if there is one, each placement group the controller makes for its workers."""
 
-    def __init__(self, queue: Queue) -> None:
+    def __init__(self, queue: Queue, janitor: Any = None) -> None:
         self.queue = queue
+        self.janitor = janitor
 
     def after_controller_start(self, train_run_context: Any) -> None:
         self.queue.put(("controller", ray.get_runtime_context().current_actor, None))
+
+    def after_worker_group_start(self, worker_group: Any) -> None:
+        if self.janitor is not None:  # where Train's own placement-group cleaner finds it
+            group = worker_group.get_worker_group_state().placement_group_handle.placement_group
+            ray.get(self.janitor.watch.remote(ray.get_runtime_context().current_actor, group))
+
+
+def start_janitor() -> Any:
+    """A new :class:`GroupJanitor` actor, owned by this process."""
+    return ray.remote(num_cpus=0)(GroupJanitor).remote()
+
+
+class GroupJanitor:
+    """Frees the placement group of a Ray Train run whose controller died before freeing it.
+
+    Tune ends a trial by ending the trial's process, and the trial's Train controller dies with
+    it, whatever the run was doing. A controller that dies so leaves its workers' placement
+    group reserved, for Ray removes a group only once both its creator and its job have ended
+    (a sweep's job ends with the sweep), and the next trial of several workers waits for the
+    CPUs for ever. Train's own cleaner asks Ray's state API whether the controller lives, and
+    a sweep's local Ray has no dashboard to answer it. One janitor serves a sweep, owned by its
+    driver; it asks each controller itself, every ``every_s`` seconds.
+    """
+
+    def __init__(self, every_s: float = 1.0) -> None:
+        self._lock = threading.Lock()
+        self._watched: dict[str, tuple[Any, list[PlacementGroup]]] = {}
+        threading.Thread(target=self._loop, args=(every_s,), name="metasweep-janitor", daemon=True).start()
+
+    def watch(self, controller: Any, group: PlacementGroup) -> None:
+        """Free ``group`` once ``controller`` has died (a restarted worker group adds another)."""
+        with self._lock:
+            self._watched.setdefault(controller._actor_id.hex(), (controller, []))[1].append(group)
+
+    def watching(self) -> int:
+        """How many controllers are watched: those not known to have died."""
+        with self._lock:
+            return len(self._watched)
+
+    def _loop(self, every_s: float) -> None:
+        asked: dict[str, Any] = {}  # one question in flight a controller
+        while True:
+            time.sleep(every_s)
+            with self._lock:
+                watched = dict(self._watched)
+            for key, (controller, groups) in watched.items():
+                question = asked.setdefault(key, controller.__ray_ready__.remote())
+                answered, _ = ray.wait([question], timeout=0)
+                if not answered:
+                    continue
+                del asked[key]
+                try:
+                    ray.get(question)
+                except ray.exceptions.RayActorError:
+                    for group in groups:
+                        _remove(group)
+                    with self._lock:
+                        del self._watched[key]
+
+
+def _remove(group: PlacementGroup) -> None:
+    """Remove ``group`` unless it is gone already (a controller that ended well removed it)."""
+    try:
+        if placement_group_table(group).get("state", "REMOVED") != "REMOVED":
+            remove_placement_group(group)
+            log.warning("freed placement group %s of a Ray Train run whose controller died", group.id.hex())
+    except Exception as exc:  # one group's failure must not stop the janitor
+        log.warning("could not free placement group %s: %s", group.id.hex(), exc)
 
 
 def _replica(settings: dict[str, Any]) -> None:

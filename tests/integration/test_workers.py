@@ -118,7 +118,10 @@ eval: {{inner_steps: 1, val_tasks: 10, test_tasks: 10, batch_size: 10}}
 search:
   space:
     train.inner_lr: {{type: loguniform, low: 0.001, high: 0.05}}
-  num_samples: 2
+  num_samples: 3
+  # The second trial, adapting with next to no step, scores worse than the first at ASHA's first
+  # rung (1000 meta-iterations) and is stopped there, mid-run: the third's workers need its CPUs.
+  initial_points: [{{train.inner_lr: 0.05}}, {{train.inner_lr: 0.001}}]
   max_concurrent: 1
   workers_per_trial: 2
   cpus_per_trial: 2
@@ -148,9 +151,12 @@ def test_a_trial_of_two_workers_resumes_from_its_checkpoint_when_a_worker_dies(
     workers from it, the trial finishes, MLflow has one child run per trial (not one per worker)
     and counts the restart, and the best model is registered.
 
-    Under ASHA, which stops the first trial at its last rung while its workers are still
-    reporting, the second trial's workers must be placed: the first's placement group freed
-    (it once kept its CPUs and the second trial waited for ever)."""
+    Every trial's workers are placed, whoever ended the trial before them: the first ran to
+    its end, which once ended the trial's process (and Train's controller) before the
+    controller freed its workers' placement group; ASHA stopped the second mid-run, which ends
+    the controller the same way. Ray keeps such a group's CPUs until the sweep ends, and the
+    next trial waited for ever (440 s, a timeout once) until the last report waited for the
+    run's end and the sweep's janitor freed the groups of dead controllers."""
     Path("sweep.yaml").write_text(SWEEP.format(iterations=3000, every=300))
     migrated_store()
     uri = f"sqlite:///{Path('mlflow.db').absolute()}"
@@ -180,14 +186,16 @@ def test_a_trial_of_two_workers_resumes_from_its_checkpoint_when_a_worker_dies(
     experiment = client.get_experiment_by_name("workers")
     runs = client.search_runs([experiment.experiment_id])
     trials = [r for r in runs if "metasweep.trial_id" in r.data.tags]
-    assert len(trials) == 2, output[-4000:]  # one child run per trial, however many workers
+    assert len(trials) == 3, output[-4000:]  # one child run per trial, however many workers
     (killed,) = [r for r in trials if r.data.metrics["workers/restarts"] == 1]
-    (second,) = [r for r in trials if r is not killed]
+    (stopped,) = [r for r in trials if r.data.params["train.inner_lr"] == "0.001"]
+    (third,) = [r for r in trials if r is not killed and r is not stopped]
     history = client.get_metric_history(killed.info.run_id, "val/mse")
     assert [m.step for m in history] == list(range(300, 3001, 300))  # each evaluation once
     assert killed.info.status == "FINISHED"
-    # The second trial's workers were placed and evaluated, whether ASHA stopped it (KILLED in
-    # MLflow) or it ran to the end.
-    assert second.info.status in {"FINISHED", "KILLED"}
-    assert client.get_metric_history(second.info.run_id, "val/mse")
+    assert stopped.info.status == "KILLED", output[-4000:]  # ASHA stopped it below 3000
+    assert max(m.step for m in client.get_metric_history(stopped.info.run_id, "val/mse")) < 3000
+    # The third trial's workers were placed and evaluated, whether ASHA stopped it or not.
+    assert third.info.status in {"FINISHED", "KILLED"}
+    assert client.get_metric_history(third.info.run_id, "val/mse")
     assert len(client.search_model_versions("name='wsine'")) == 1
