@@ -21,13 +21,25 @@ score of any evaluation so far, in the order the evaluations happened. Every run
 same validation and test tasks (they depend on ``eval.seed`` only); a seed sets the training
 seed of every run and Optuna's seed.
 
-Run from the repository root (about 10 minutes a seed at the defaults on a 2-vCPU machine):
+Two workloads (``--workload``):
 
-    .venv/bin/python benchmarks/search_quality.py [--seeds 3] [--budget 20000] [--grace 250]
+- ``sinusoid``: MAML on 10-shot sinusoids (``examples/sinusoid_maml.yaml``, Finn et al. 2017,
+  Section 5.1), ``val/mse``, lower is better; the warm start's source sweep is on 5-shot
+  sinusoids. About 10 minutes a seed at the defaults on a 2-vCPU machine:
 
-Writes ``benchmarks/results/search_quality_<date>.txt`` (the table), ``.json`` (every curve) and
-``.png`` (the curves). The issue's targets: the default reaches the paper settings' final
-validation score with at most a third of the budget, and beats it at the full budget.
+      .venv/bin/python benchmarks/search_quality.py [--seeds 3] [--budget 20000] [--grace 250]
+
+- ``omniglot``: first-order MAML on Omniglot 5-way 1-shot (``examples/omniglot_fomaml_5w1s.yaml``:
+  inner_lr 0.4, one step, meta_lr 0.001; Finn et al. 2017, Table 1) at a meta-batch of 4 tasks,
+  ``val/accuracy``, higher is better, on 50 validation and 200 test tasks; the warm start's source
+  sweep is on 5-shot tasks. It imports the real dataset from ``../shared/data/omniglot`` into the
+  work folder (or takes ``--dataset``), and stops with a clear message without it:
+
+      .venv/bin/python benchmarks/search_quality.py --workload omniglot --seeds 1 --budget 2000 --grace 25
+
+Writes ``benchmarks/results/search_quality[_omniglot]_<date>.txt`` (the table), ``.json`` (every
+curve) and ``.png`` (the curves). The issue's targets: the default reaches the paper settings'
+final validation score with at most a third of the budget, and beats it at the full budget.
 """
 
 from __future__ import annotations
@@ -54,15 +66,81 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 from _results import save  # noqa: E402
 
 METHODS = ("paper", "random", "tpe", "extended", "warm", "tpe4")
-SPACE = {
-    "train.inner_lr": {"type": "loguniform", "low": 0.001, "high": 0.3},
-    "train.inner_steps": {"type": "int", "low": 1, "high": 5},
-    "train.meta_lr": {"type": "loguniform", "low": 0.0003, "high": 0.01},
-}
-METRIC = "val/mse"
-TEST = "test/mse"
 WARM_SOURCE = "warm-source"
 EXPERIMENT = "search-quality"
+OMNIGLOT = ROOT.parent / "shared" / "data" / "omniglot"
+
+
+@dataclass(frozen=True)
+class Workload:
+    """What a method meta-trains and how its choices are scored.
+
+    Attributes:
+        name: ``sinusoid`` or ``omniglot``.
+        example: the paper's run, a file of ``examples/``.
+        metric: the validation score the sweeps optimise, at every evaluation.
+        test: the score of a method's final choice on the meta-test tasks.
+        higher: whether a higher score is better.
+        space: the search space of every sweep.
+        title: what the results file's first line says the workload is.
+        edits: changes to the example's settings for every run (``section.key: value``).
+    """
+
+    name: str
+    example: str
+    metric: str
+    test: str
+    higher: bool
+    space: dict[str, dict[str, Any]]
+    title: str
+    edits: dict[str, Any] = field(default_factory=dict)
+
+    def better(self, a: float, b: float) -> bool:
+        """Whether score ``a`` is at least as good as ``b``."""
+        return a >= b if self.higher else a <= b
+
+    @property
+    def worst(self) -> float:
+        return -math.inf if self.higher else math.inf
+
+    def best(self, a: float, b: float) -> float:
+        return max(a, b) if self.higher else min(a, b)
+
+
+WORKLOADS = {
+    "sinusoid": Workload(
+        name="sinusoid",
+        example="sinusoid_maml.yaml",
+        metric="val/mse",
+        test="test/mse",
+        higher=False,
+        space={
+            "train.inner_lr": {"type": "loguniform", "low": 0.001, "high": 0.3},
+            "train.inner_steps": {"type": "int", "low": 1, "high": 5},
+            "train.meta_lr": {"type": "loguniform", "low": 0.0003, "high": 0.01},
+        },
+        title="sinusoid MAML (10 shots, eval 10 inner steps)",
+    ),
+    "omniglot": Workload(
+        name="omniglot",
+        example="omniglot_fomaml_5w1s.yaml",
+        metric="val/accuracy",
+        test="test/accuracy",
+        higher=True,
+        space={
+            "train.inner_lr": {"type": "loguniform", "low": 0.05, "high": 1.0},
+            "train.inner_steps": {"type": "int", "low": 1, "high": 5},
+            "train.meta_lr": {"type": "loguniform", "low": 0.0003, "high": 0.01},
+        },
+        title="Omniglot 5-way 1-shot first-order MAML (meta-batch 4, eval 3 inner steps on 50 val tasks)",
+        edits={
+            "train.meta_batch_size": 4,
+            "eval.val_tasks": 50,
+            "eval.test_tasks": 200,
+            "eval.batch_size": 50,
+        },
+    ),
+}
 
 
 @dataclass
@@ -84,47 +162,56 @@ class Run:
         seen = [best for spent, _, best in self.curve if spent <= iterations]
         return seen[-1] if seen else math.nan
 
-    def reached(self, score: float) -> int | None:
+    def reached(self, score: float, workload: Workload) -> int | None:
         """The meta-iterations spent when the best score first was ``score`` or better."""
-        return next((spent for spent, _, best in self.curve if best <= score), None)
+        return next((spent for spent, _, best in self.curve if workload.better(best, score)), None)
 
 
-def base_config(budget: int, seed: int, every: int) -> dict[str, Any]:
-    """The paper's run (examples/sinusoid_maml.yaml: Finn et al., 2017, Section 5.1) at ``budget``
-    meta-iterations, evaluated ``every`` so many."""
-    raw = yaml.safe_load((ROOT / "examples" / "sinusoid_maml.yaml").read_text())
+def base_config(
+    workload: Workload, budget: int, seed: int, every: int, dataset: Path | None
+) -> dict[str, Any]:
+    """The paper's run (the workload's example) at ``budget`` meta-iterations, evaluated ``every``
+    so many, with the workload's edits."""
+    raw = yaml.safe_load((ROOT / "examples" / workload.example).read_text())
+    for key, value in workload.edits.items():
+        section, name = key.split(".")
+        raw[section][name] = value
     raw["train"].update(iterations=budget, eval_every=every)
+    if dataset is not None:
+        raw["data"]["dataset"] = str(dataset)
     raw["seed"] = seed
     raw["device"] = "cpu"
     return raw
 
 
-def run_paper(budget: int, seed: int, workdir: Path, every: int) -> Run:
+def run_paper(workload: Workload, budget: int, seed: int, workdir: Path, args: argparse.Namespace) -> Run:
     from metasweep.orchestrator.config import RunConfig, load_config_dict
     from metasweep.orchestrator.training import prepare, train
 
-    raw = base_config(budget, seed, every)
+    raw = base_config(workload, budget, seed, args.grace, args.dataset)
     raw.update(name=f"paper-{seed}", output_dir=str(workdir / f"paper-{seed}"))
     config = load_config_dict(raw, [], RunConfig)
-    run = Run("paper", seed, choice={k: raw["train"][k.split(".")[1]] for k in SPACE})
-    best = math.inf
+    run = Run("paper", seed, choice={k: raw["train"][k.split(".")[1]] for k in workload.space})
+    best = workload.worst
     start = time.perf_counter()
 
     def on_eval(iteration: int, metrics: dict[str, float]) -> None:
         nonlocal best
-        best = min(best, metrics[METRIC])
+        best = workload.best(best, metrics[workload.metric])
         run.curve.append((iteration, time.perf_counter() - start, best))
 
     final = train(config, prepare(config), on_eval=on_eval)
-    run.seconds, run.iterations, run.test = time.perf_counter() - start, budget, final[TEST]
+    run.seconds, run.iterations, run.test = time.perf_counter() - start, budget, final[workload.test]
     return run
 
 
-def sweep_config(name: str, seed: int, trials: int, args: argparse.Namespace, **search: Any) -> dict:
-    raw = base_config(args.grace * 9, seed, args.grace)
+def sweep_config(
+    workload: Workload, name: str, seed: int, trials: int, args: argparse.Namespace, **search: Any
+) -> dict[str, Any]:
+    raw = base_config(workload, args.grace * 9, seed, args.grace, args.dataset)
     raw.update(name=name, output_dir=None)
     raw["search"] = {
-        "space": SPACE,
+        "space": workload.space,
         "sampler": "tpe",
         "num_samples": trials,
         "max_concurrent": 2,
@@ -158,7 +245,9 @@ def sweep(workdir: Path, raw: dict[str, Any], *extra: str) -> dict[str, Any]:
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
-def sweep_curve(run: Run, workdir: Path, name: str, summary: dict[str, Any], start: float) -> None:
+def sweep_curve(
+    workload: Workload, run: Run, workdir: Path, name: str, summary: dict[str, Any], start: float
+) -> None:
     """Fill ``run`` from sweep ``name``'s MLflow child runs: every evaluation, in the order they
     happened, and the compute spent by then."""
     from mlflow.tracking import MlflowClient
@@ -172,39 +261,60 @@ def sweep_curve(run: Run, workdir: Path, name: str, summary: dict[str, Any], sta
     events = [
         (m.timestamp / 1000.0, m.step, child.info.run_id, m.value)
         for child in children
-        for m in client.get_metric_history(child.info.run_id, METRIC)
+        for m in client.get_metric_history(child.info.run_id, workload.metric)
     ]
     reached: dict[str, int] = {}
-    best = math.inf
+    best = workload.worst
     for stamp, step, trial, value in sorted(events):
         reached[trial] = max(step, reached.get(trial, 0))
-        best = min(best, value)
+        best = workload.best(best, value)
         run.curve.append((sum(reached.values()), stamp - start, best))
     run.iterations, run.trials = sum(reached.values()), len(children)
-    run.test = summary[TEST]
-    run.choice = {k: summary[k] for k in SPACE if k in summary}
+    run.test = summary[workload.test]
+    run.choice = {k: summary[k] for k in workload.space if k in summary}
 
 
-def run_sweeps(method: str, seed: int, workdir: Path, args: argparse.Namespace) -> Run:
+def run_sweeps(workload: Workload, method: str, seed: int, workdir: Path, args: argparse.Namespace) -> Run:
     run = Run(method, seed)
     name = f"{method}-{seed}"
     start = time.time()
+
+    def config(trials: int = args.trials, **search: Any) -> dict[str, Any]:
+        return sweep_config(workload, name, seed, trials, args, **search)
+
     if method == "random":
-        summary = sweep(workdir, sweep_config(name, seed, args.trials, args, sampler="random"))
+        summary = sweep(workdir, config(sampler="random"))
     elif method == "tpe":
-        summary = sweep(workdir, sweep_config(name, seed, args.trials, args))
+        summary = sweep(workdir, config())
     elif method == "tpe4":
-        summary = sweep(workdir, sweep_config(name, seed, args.trials, args, startup_trials=4))
+        summary = sweep(workdir, config(startup_trials=4))
     elif method == "extended":
-        sweep(workdir, sweep_config(name, seed, args.trials // 2, args))
-        raw = sweep_config(name, seed, args.trials, args)
-        summary = sweep(workdir, raw, "--resume", name)
+        sweep(workdir, config(args.trials // 2))
+        summary = sweep(workdir, config(), "--resume", name)
     else:
-        warm = {"sweep": WARM_SOURCE, "top": 3}
-        summary = sweep(workdir, sweep_config(name, seed, args.trials, args, warm_start=warm))
-    sweep_curve(run, workdir, name, summary, start)
+        summary = sweep(workdir, config(warm_start={"sweep": WARM_SOURCE, "top": 3}))
+    sweep_curve(workload, run, workdir, name, summary, start)
     run.seconds = time.time() - start
     return run
+
+
+def import_omniglot(workdir: Path) -> Path:
+    """The full Omniglot (vinyals protocol, 28x28) imported into ``workdir`` as a user does."""
+    out = workdir / "omniglot.parquet"
+    if not out.is_file():
+        sources = [str(OMNIGLOT / f"images_{part}.npz") for part in ("background", "evaluation")]
+        command = [
+            str(Path(sys.executable).parent / "metasweep"),
+            "data",
+            "import",
+            *sources,
+            "--out",
+            str(out),
+        ]
+        done = subprocess.run([*command, "--no-progress"], capture_output=True, text=True, check=False)
+        if done.returncode != 0:
+            sys.exit(f"metasweep data import failed ({done.returncode}):\n{done.stderr[-3000:]}")
+    return out
 
 
 def mean_sd(values: list[float]) -> str:
@@ -216,11 +326,12 @@ def mean_sd(values: list[float]) -> str:
     return f"{statistics.mean(values):.3f} ± {statistics.stdev(values):.3f}"
 
 
-def table(runs: list[Run], budget: int) -> list[str]:
+def table(workload: Workload, runs: list[Run], budget: int) -> list[str]:
     paper = {r.seed: r for r in runs if r.method == "paper"}
+    metric, test = workload.metric, workload.test
     lines = [
-        "| method | trials | meta-iterations spent | wall s | best val/mse at 1/3 budget | at the budget "
-        "| at the end | budget share to reach the paper's final val/mse | test/mse of the choice |",
+        f"| method | trials | meta-iterations spent | wall s | best {metric} at 1/3 budget | at the budget "
+        f"| at the end | budget share to reach the paper's final {metric} | {test} of the choice |",
         "|---|---:|---:|---:|---:|---:|---:|---|---:|",
     ]
     for method in METHODS:
@@ -230,7 +341,7 @@ def table(runs: list[Run], budget: int) -> list[str]:
         shares = []
         for r in mine:
             target = paper[r.seed].curve[-1][2] if r.seed in paper else math.nan
-            hit = r.reached(target)
+            hit = r.reached(target, workload)
             shares.append("never" if hit is None else f"{hit / budget:.2f}")
         cells = [
             method,
@@ -247,7 +358,7 @@ def table(runs: list[Run], budget: int) -> list[str]:
     return lines
 
 
-def plot(runs: list[Run], budget: int, path: Path, title: str) -> None:
+def plot(workload: Workload, runs: list[Run], budget: int, path: Path, title: str) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -266,10 +377,11 @@ def plot(runs: list[Run], budget: int, path: Path, title: str) -> None:
         axes[1].step(ts, ys, where="post", color=colours[run.method], alpha=0.8)
     for ax, xlabel in zip(axes, ("meta-iterations spent (all trials)", "wall-clock seconds"), strict=True):
         ax.set_xlabel(xlabel)
-        ax.set_yscale("log")
+        if not workload.higher:
+            ax.set_yscale("log")
         ax.grid(alpha=0.3)
     axes[0].axvline(budget / 3, color="tab:red", ls=":", lw=1, label="1/3 of the budget")
-    axes[0].set_ylabel("best val/mse so far (log)")
+    axes[0].set_ylabel(f"best {workload.metric} so far" + ("" if workload.higher else " (log)"))
     axes[0].legend(fontsize=8)
     figure.suptitle(title, fontsize=9)
     figure.tight_layout()
@@ -278,18 +390,39 @@ def plot(runs: list[Run], budget: int, path: Path, title: str) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--workload", choices=tuple(WORKLOADS), default="sinusoid")
     parser.add_argument("--seeds", type=int, default=3)
-    parser.add_argument("--budget", type=int, default=20000, help="meta-iterations of each method")
-    parser.add_argument("--grace", type=int, default=250, help="ASHA's first rung; trials run to 9x it")
+    parser.add_argument(
+        "--budget", type=int, default=None, help="meta-iterations of each method (20000; omniglot 2000)"
+    )
+    parser.add_argument(
+        "--grace", type=int, default=None, help="ASHA's first rung; trials run to 9x it (250; omniglot 25)"
+    )
+    parser.add_argument(
+        "--dataset", type=Path, default=None, help="omniglot: an imported Parquet (default: import one)"
+    )
     parser.add_argument(
         "--trials", type=int, default=None, help="trials a sweep (default: to fit the budget)"
     )
     parser.add_argument("--methods", default=",".join(METHODS[:-1]))
-    parser.add_argument("--results", default="search_quality", help="results file name, before _<date>")
+    parser.add_argument(
+        "--results", default=None, help="results file name, before _<date> (search_quality[_omniglot])"
+    )
     parser.add_argument(
         "--workdir", type=Path, default=None, help="keep the sweeps here (default: a temp dir)"
     )
     args = parser.parse_args()
+    workload = WORKLOADS[args.workload]
+    omniglot = workload.name == "omniglot"
+    args.budget = args.budget or (2000 if omniglot else 20000)
+    args.grace = args.grace or (25 if omniglot else 250)
+    args.results = args.results or ("search_quality_omniglot" if omniglot else "search_quality")
+    if omniglot and args.dataset is None and not (OMNIGLOT / "images_background.npz").is_file():
+        parser.error(f"the Omniglot data is not at {OMNIGLOT} (see its README); or pass --dataset")
+    if args.dataset is not None:
+        if not args.dataset.is_file():
+            parser.error(f"no dataset at {args.dataset}")
+        args.dataset = args.dataset.resolve()  # the trials run in folders of their own
     methods = args.methods.split(",")
     unknown = sorted(set(methods) - set(METHODS))
     if unknown:
@@ -299,33 +432,36 @@ def main() -> None:
     args.trials = args.trials or max(4, round(args.budget / (4 * args.grace)))
     started = datetime.datetime.now(datetime.UTC)
     with tempfile.TemporaryDirectory(prefix="search-quality-") as tmp:
-        workdir = args.workdir or Path(tmp)
+        workdir = (args.workdir or Path(tmp)).resolve()
         workdir.mkdir(parents=True, exist_ok=True)
+        if omniglot and args.dataset is None:
+            args.dataset = import_omniglot(workdir)
         runs: list[Run] = []
+        metric, test = workload.metric, workload.test
         if "warm" in methods:  # the related task's sweep, once, not counted
-            raw = sweep_config(WARM_SOURCE, 100, args.trials, args)
+            raw = sweep_config(workload, WARM_SOURCE, 100, args.trials, args)
             raw["data"]["shots"] = 5
             source = sweep(workdir, raw)
             print(
-                f"warm-start source: 5 shots, {args.trials} trials, best {METRIC} {source[METRIC]:.4f}",
+                f"warm-start source: 5 shots, {args.trials} trials, best {metric} {source[metric]:.4f}",
                 flush=True,
             )
         for seed in range(args.seeds):
             for method in methods:
                 run = (
-                    run_paper(args.budget, seed, workdir, args.grace)
+                    run_paper(workload, args.budget, seed, workdir, args)
                     if method == "paper"
-                    else run_sweeps(method, seed, workdir, args)
+                    else run_sweeps(workload, method, seed, workdir, args)
                 )
                 runs.append(run)
                 print(
                     f"seed {seed} {method:8s} {run.trials:3d} trials {run.iterations:6,d} it "
-                    f"{run.seconds:6.0f} s  best {METRIC} {run.curve[-1][2]:.4f}  {TEST} {run.test:.4f}",
+                    f"{run.seconds:6.0f} s  best {metric} {run.curve[-1][2]:.4f}  {test} {run.test:.4f}",
                     flush=True,
                 )
     command = " ".join(["python", "benchmarks/search_quality.py", *sys.argv[1:]])
     header = [
-        f"# search quality, sinusoid MAML (10 shots, eval 10 inner steps), {started:%Y-%m-%d %H:%M} UTC",
+        f"# search quality, {workload.title}, {started:%Y-%m-%d %H:%M} UTC",
         f"# machine: {platform.machine()}, {os.cpu_count()} CPUs, Python {platform.python_version()}",
         f"# command: {command}",
         f"# budget {args.budget:,} meta-iterations a method; sweeps: {args.trials} trials, ASHA grace "
@@ -333,12 +469,14 @@ def main() -> None:
         f"{args.seeds} seeds",
         "",
     ]
-    lines = header + table(runs, args.budget)
+    lines = header + table(workload, runs, args.budget)
     lines += ["", "choices (seed: settings):"]
     lines += [f"  {r.method} seed {r.seed}: {json.dumps(r.choice, sort_keys=True)}" for r in runs]
     out = save(args.results, lines)
     out.with_suffix(".json").write_text(json.dumps([r.__dict__ for r in runs], indent=1))
-    plot(runs, args.budget, out.with_suffix(".png"), header[0].lstrip("# ") + f", {args.seeds} seeds")
+    plot(
+        workload, runs, args.budget, out.with_suffix(".png"), header[0].lstrip("# ") + f", {args.seeds} seeds"
+    )
     print(f"wrote {out.with_suffix('.png')}")
 
 
