@@ -9,8 +9,8 @@ pid_file="$CLUSTER_DIR/ray-worker-$i.pid"
 raylet=$(pgrep -f "raylet.*--node_manager_port=$base( |$)" || true)
 [ -n "$raylet" ] || { echo "worker node $i is not running" >&2; exit 1; }
 block=$(cat "$pid_file" 2>/dev/null || true)
-victims="$raylet $(pgrep -P "$raylet" | tr '\n' ' ') $block"
-[ -n "$block" ] && victims="$victims $(pgrep -P "$block" | tr '\n' ' ')"
+# shellcheck disable=SC2086
+victims=$(descendants $block "$raylet" | sort -u)  # the raylet descends from `ray start --block`
 # shellcheck disable=SC2086
 kill -9 $victims 2>/dev/null || true
 rm -f "$pid_file"

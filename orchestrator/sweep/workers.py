@@ -355,11 +355,6 @@ class GroupJanitor:
         with self._lock:
             self._watched.setdefault(controller._actor_id.hex(), (controller, []))[1].append(group)
 
-    def watching(self) -> int:
-        """How many controllers are watched: those not known to have died."""
-        with self._lock:
-            return len(self._watched)
-
     def _loop(self, every_s: float) -> None:
         asked: dict[str, Any] = {}  # one question in flight a controller
         while True:

@@ -11,6 +11,7 @@ import subprocess
 import time
 from pathlib import Path
 
+import psutil
 import pytest
 
 SCRIPTS = Path(__file__).resolve().parents[2] / "cluster" / "local"
@@ -121,10 +122,11 @@ def test_stop_ray_stops_the_cluster_s_process_trees_and_nothing_else(tmp_path: P
 
 
 def _children(pid: int) -> list[int]:
-    found = subprocess.run(["pgrep", "-P", str(pid)], capture_output=True, text=True).stdout.split()
-    return [int(c) for c in found] + [g for c in found for g in _children(int(c))]
+    return [c.pid for c in psutil.Process(pid).children(recursive=True)]
 
 
 def _alive(pid: int) -> bool:
-    state = Path(f"/proc/{pid}/stat")
-    return state.exists() and state.read_text().split(")")[-1].split()[0] != "Z"
+    try:
+        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False
