@@ -317,6 +317,15 @@ def import_omniglot(workdir: Path) -> Path:
     return out
 
 
+def load_runs(path: Path, parser: argparse.ArgumentParser) -> list[Run]:
+    """The runs of an earlier results file (its ``.json``), refused unless readable."""
+    try:
+        raw = json.loads(path.read_text())
+        return [Run(**{**r, "curve": [tuple(c) for c in r["curve"]]}) for r in raw]
+    except (OSError, ValueError, TypeError, KeyError) as exc:
+        parser.error(f"--add {path}: not a results file of this benchmark ({exc})")
+
+
 def mean_sd(values: list[float]) -> str:
     values = [v for v in values if not math.isnan(v)]
     if not values:
@@ -393,6 +402,17 @@ def main() -> None:
     parser.add_argument("--workload", choices=tuple(WORKLOADS), default="sinusoid")
     parser.add_argument("--seeds", type=int, default=3)
     parser.add_argument(
+        "--first-seed", type=int, default=0, help="run seeds FIRST_SEED .. FIRST_SEED + SEEDS - 1"
+    )
+    parser.add_argument(
+        "--add",
+        type=Path,
+        action="append",
+        default=[],
+        metavar="RESULTS.json",
+        help="an earlier run's raw results (same workload, budget and grace) to report with these",
+    )
+    parser.add_argument(
         "--budget", type=int, default=None, help="meta-iterations of each method (20000; omniglot 2000)"
     )
     parser.add_argument(
@@ -423,6 +443,7 @@ def main() -> None:
         if not args.dataset.is_file():
             parser.error(f"no dataset at {args.dataset}")
         args.dataset = args.dataset.resolve()  # the trials run in folders of their own
+    earlier = [load_runs(path, parser) for path in args.add]
     methods = args.methods.split(",")
     unknown = sorted(set(methods) - set(METHODS))
     if unknown:
@@ -446,7 +467,7 @@ def main() -> None:
                 f"warm-start source: 5 shots, {args.trials} trials, best {metric} {source[metric]:.4f}",
                 flush=True,
             )
-        for seed in range(args.seeds):
+        for seed in range(args.first_seed, args.first_seed + args.seeds):
             for method in methods:
                 run = (
                     run_paper(workload, args.budget, seed, workdir, args)
@@ -460,13 +481,19 @@ def main() -> None:
                     flush=True,
                 )
     command = " ".join(["python", "benchmarks/search_quality.py", *sys.argv[1:]])
+    runs = [*(r for part in earlier for r in part), *runs]
+    seeds = sorted({r.seed for r in runs})
     header = [
         f"# search quality, {workload.title}, {started:%Y-%m-%d %H:%M} UTC",
         f"# machine: {platform.machine()}, {os.cpu_count()} CPUs, Python {platform.python_version()}",
         f"# command: {command}",
+        *(
+            f"# with the runs of {path} (seeds {sorted({r.seed for r in part})})"
+            for path, part in zip(args.add, earlier, strict=True)
+        ),
         f"# budget {args.budget:,} meta-iterations a method; sweeps: {args.trials} trials, ASHA grace "
         f"{args.grace}, reduction factor 3, max {args.grace * 9} iterations a trial, 2 at a time; "
-        f"{args.seeds} seeds",
+        f"{len(seeds)} seeds",
         "",
     ]
     lines = header + table(workload, runs, args.budget)
@@ -475,7 +502,7 @@ def main() -> None:
     out = save(args.results, lines)
     out.with_suffix(".json").write_text(json.dumps([r.__dict__ for r in runs], indent=1))
     plot(
-        workload, runs, args.budget, out.with_suffix(".png"), header[0].lstrip("# ") + f", {args.seeds} seeds"
+        workload, runs, args.budget, out.with_suffix(".png"), header[0].lstrip("# ") + f", {len(seeds)} seeds"
     )
     print(f"wrote {out.with_suffix('.png')}")
 

@@ -43,6 +43,8 @@ OMNIGLOT_MISSING = f"Omniglot data not found at {OMNIGLOT} (see shared/data/omni
 
 _SYSTEM_TMP = pytest.StashKey[tuple[Path, set[str]]]()
 _SUITE_TMP = pytest.StashKey[Path]()
+_SHM = Path("/dev/shm")
+_SHM_BEFORE = pytest.StashKey[set[str]]()
 
 
 def _xdist_controller(config: pytest.Config) -> bool:
@@ -61,6 +63,7 @@ def pytest_configure(config: pytest.Config) -> None:
     private.chmod(0o1777)  # PostgreSQL runs as its own user
     config.stash[_SYSTEM_TMP] = system, set(os.listdir(system))
     config.stash[_SUITE_TMP] = private
+    config.stash[_SHM_BEFORE] = set(os.listdir(_SHM)) if _SHM.is_dir() else set()
     os.environ["TMPDIR"] = str(private)  # Ray honours it too
     tempfile.tempdir = None
 
@@ -97,11 +100,23 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     shutil.rmtree(private, ignore_errors=True)
     new = set(os.listdir(system)) - before - {private.name}
     leaks += [f"{system / name}" for name in sorted(new) if not name.startswith(("pytest-of-", "mst-"))]
+    leaks += _mlflow_job_queues(
+        set(os.listdir(_SHM)) - session.config.stash[_SHM_BEFORE] if _SHM.is_dir() else set()
+    )
     if leaks:
         reporter = session.config.pluginmanager.get_plugin("terminalreporter")
         if reporter is not None:
             reporter.write_line("the tests left behind:\n  " + "\n  ".join(leaks), red=True)
         session.exitstatus = pytest.ExitCode.TESTS_FAILED
+
+
+def _mlflow_job_queues(before: set[str]) -> list[str]:
+    """The folders new in /dev/shm since ``before`` that an MLflow server's GenAI job runner made
+    (its queue's SQLite files, which it never removes): a server started without
+    MLFLOW_SERVER_ENABLE_JOB_EXECUTION=false. Only MLflow's: other entries there (PostgreSQL's
+    shared memory) come and go with their owners, those of the other test process included."""
+    new = set(os.listdir(_SHM)) - before if _SHM.is_dir() else set()
+    return [f"{_SHM / n}" for n in sorted(new) if list((_SHM / n).glob("*.mlflow-huey-store"))]
 
 
 def pytest_runtest_setup(item: pytest.Item) -> None:

@@ -18,6 +18,10 @@ case "$MLFLOW_BACKEND" in
 esac
 
 export MLFLOW_BACKEND_STORE_URI="$store"  # `ps` shows arguments, not the environment
+# No GenAI job runner unless asked for: tracking and the registry do not use it, and it would start
+# eight more processes importing MLflow (25 CPU-seconds each start here) and leave its queue's
+# files in /dev/shm at every start.
+export MLFLOW_SERVER_ENABLE_JOB_EXECUTION="${MLFLOW_SERVER_ENABLE_JOB_EXECUTION:-false}"
 args=(--host "$BIND_HOST" --port "$MLFLOW_PORT" --workers 1
       --artifacts-destination "$state/artifacts" --serve-artifacts)
 if [ "$MLFLOW_AUTH" = 1 ]; then

@@ -3,6 +3,7 @@ artifacts served by the server), then the pulled model loaded with no server at 
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 import time
@@ -46,6 +47,9 @@ def mlflow_server(free_port, wait_for_port, tmp_path: Path) -> Iterator[str]:
             "--host", "127.0.0.1", "--port", str(port), "--workers", "1",
         ],
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        # As cluster/local/start-mlflow.sh runs it: without the GenAI job runner, which would
+        # leave its queue's files in /dev/shm.
+        env={**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"},
     )  # fmt: skip
     wait_for_port(port, server, "mlflow server", timeout=90)
     yield f"http://127.0.0.1:{port}"
