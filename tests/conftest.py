@@ -100,9 +100,7 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     shutil.rmtree(private, ignore_errors=True)
     new = set(os.listdir(system)) - before - {private.name}
     leaks += [f"{system / name}" for name in sorted(new) if not name.startswith(("pytest-of-", "mst-"))]
-    leaks += _mlflow_job_queues(
-        set(os.listdir(_SHM)) - session.config.stash[_SHM_BEFORE] if _SHM.is_dir() else set()
-    )
+    leaks += _mlflow_job_queues(session.config.stash[_SHM_BEFORE])
     if leaks:
         reporter = session.config.pluginmanager.get_plugin("terminalreporter")
         if reporter is not None:
