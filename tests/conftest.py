@@ -45,6 +45,7 @@ _SYSTEM_TMP = pytest.StashKey[tuple[Path, set[str]]]()
 _SUITE_TMP = pytest.StashKey[Path]()
 _SHM = Path("/dev/shm")
 _SHM_BEFORE = pytest.StashKey[set[str]]()
+_WORKER_LEAKS = pytest.StashKey[list[str]]()
 
 
 def _xdist_controller(config: pytest.Config) -> bool:
@@ -85,11 +86,37 @@ def _still_running(private: Path, grace: float = 15) -> list[psutil.Process]:
 
 
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
-    """Fail a session whose tests left a process running or a file in the system's temp folder."""
-    if _xdist_controller(session.config):
-        return
-    private = session.config.stash[_SUITE_TMP]
-    system, before = session.config.stash[_SYSTEM_TMP]
+    """Fail a session whose tests left a process running or a file in the system's temp folder.
+    Under pytest-xdist each worker checks its own and hands what it found to the controller
+    (``workeroutput``), which reports it and sets the exit status: a worker's own exit status and
+    terminal never reach the user."""
+    config = session.config
+    if _xdist_controller(config):
+        leaks = sorted(set(config.stash.get(_WORKER_LEAKS, [])))  # the workers share /tmp
+    else:
+        leaks = _leaks(config)
+        if hasattr(config, "workerinput"):
+            config.workeroutput["leaks"] = leaks  # type: ignore[attr-defined]
+            return
+    if leaks:
+        reporter = config.pluginmanager.get_plugin("terminalreporter")
+        if reporter is not None:
+            reporter.write_line("the tests left behind:\n  " + "\n  ".join(leaks), red=True)
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_testnodedown(node: Any, error: object) -> None:
+    """An xdist worker's leaks, gathered on the controller (the hook exists only with xdist)."""
+    leaks = getattr(node, "workeroutput", {}).get("leaks", [])
+    node.config.stash[_WORKER_LEAKS] = node.config.stash.get(_WORKER_LEAKS, []) + list(leaks)
+
+
+def _leaks(config: pytest.Config) -> list[str]:
+    """What this process's tests left: processes still running with the suite's TMPDIR (killed
+    now), new entries in the system's temp folder and MLflow job queues in /dev/shm."""
+    private = config.stash[_SUITE_TMP]
+    system, before = config.stash[_SYSTEM_TMP]
     leaks = []
     for process in _still_running(private):
         with contextlib.suppress(psutil.Error):
@@ -100,12 +127,7 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     shutil.rmtree(private, ignore_errors=True)
     new = set(os.listdir(system)) - before - {private.name}
     leaks += [f"{system / name}" for name in sorted(new) if not name.startswith(("pytest-of-", "mst-"))]
-    leaks += _mlflow_job_queues(session.config.stash[_SHM_BEFORE])
-    if leaks:
-        reporter = session.config.pluginmanager.get_plugin("terminalreporter")
-        if reporter is not None:
-            reporter.write_line("the tests left behind:\n  " + "\n  ".join(leaks), red=True)
-        session.exitstatus = pytest.ExitCode.TESTS_FAILED
+    return leaks + _mlflow_job_queues(config.stash[_SHM_BEFORE])
 
 
 def _mlflow_job_queues(before: set[str]) -> list[str]:
