@@ -577,6 +577,17 @@ def reported_metrics(task_kind: str) -> tuple[str, ...]:
     return (f"val/{score}", f"val/{score}_ci95", "val/loss", "train/loss", *COSTS)
 
 
+def own_direction(metric: str) -> Mode | None:
+    """The direction in which a reported metric gets better, where it has one of its own:
+    ``max`` for accuracy, ``min`` for errors, losses and costs; None for the others (the
+    confidence intervals' half-widths)."""
+    if metric.endswith("/accuracy"):
+        return "max"
+    if metric.startswith("cost/") or metric.endswith(("/mse", "/loss")):
+        return "min"
+    return None
+
+
 class Objective(_Section):
     """One objective of a multi-objective sweep."""
 
@@ -585,7 +596,9 @@ class Objective(_Section):
         "train/loss, cost/adapt_ms, cost/inner_steps"
     )
     mode: Literal["min", "max"] | None = Field(
-        None, description="min or max (default: the metric's own: max for accuracy, min for losses and costs)"
+        None,
+        description="min or max: the metric's own direction, max for accuracy, min for losses and "
+        "costs (the default; the opposite is refused)",
     )
 
 
@@ -703,7 +716,11 @@ class SearchConfig(_Section):
             )
         if len(set(metrics)) < len(metrics):
             twice = next(m for i, m in enumerate(metrics) if m in metrics[:i])
-            raise ValueError(f"objectives names {twice} twice")
+            modes = sorted({o.mode for o in self.objectives if o.metric == twice and o.mode})
+            conflict = (
+                f", as {' and '.join(modes)}: a metric is minimised or maximised" if len(modes) > 1 else ""
+            )
+            raise ValueError(f"objectives names {twice} twice{conflict}")
         if self.metric is not None:
             raise ValueError(
                 f"metric={self.metric} and objectives both set; the objectives' first is the "
@@ -824,6 +841,15 @@ class SweepConfig(RunConfig):
                 raise ValueError(
                     f"{where}: {metric} is not a metric a {self.task_kind} run reports; {hint}"
                     f"one of {', '.join(known)}"
+                )
+        for i, objective in enumerate(self.search.objectives):
+            own = own_direction(objective.metric)
+            if objective.mode is not None and own is not None and objective.mode != own:
+                raise ValueError(
+                    f"search.objectives[{i}].mode={objective.mode} would "
+                    f"{'maximise' if objective.mode == 'max' else 'minimise'} {objective.metric}, "
+                    f"which a better meta-learner {'raises' if own == 'max' else 'lowers'}; "
+                    f"drop mode ({objective.metric} is {own}imised)"
                 )
         # A limit on a metric the search does not weigh would pick off the front it built.
         optimised = self.objective_metrics

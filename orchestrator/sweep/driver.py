@@ -216,7 +216,7 @@ def run_sweep(
     earlier = None if resume else warm_start(config, uri, storage, objectives)
     # After the checks that need no store, so that a sweep refused by them creates none.
     tracker = SweepTracker(uri, config.tracking.experiment, config.name, resume=resume)
-    if resume and study_db is None:  # as Tune left it, which can finish the trials it planned only
+    if resume and not todo.kept:  # as Tune left it, which can finish the trials it planned only
         planned = tracker.planned_samples()
         if planned is not None and planned != config.search.num_samples:
             where = f"at {redact(study_url)}" if study_url else "(it stayed in Tune's memory)"
@@ -378,7 +378,7 @@ def run_sweep(
         best_metrics = {k: float(v) for k, v in last.items() if k.startswith(("val/", "cost/"))}
         tracker.log_best(best_id, best_params, {**best_metrics, **test_metrics})
         tracker.tag_sweep({"metasweep.champion": why})
-        tell("drawing the sweep's plots and logging them to its MLflow run")
+        tell(f"drawing the plots of the sweep's {len(results)} trials and logging them to its MLflow run")
         with tempfile.TemporaryDirectory() as tmp:
             for plot in sweep_plots(results, config, problem, Path(tmp)):
                 tracker.log_artifact(plot, "plots")

@@ -349,12 +349,15 @@ class Plan:
         restore: the experiment to continue with ``Tuner.restore`` (a driver that died), or None.
         start: the experiment to start, or None.
         samples: trials ``start`` runs.
+        kept: whether the study storage holds this sweep's study; without it a sweep can only be
+            continued as Tune left it, not extended.
     """
 
     earlier: tuple[str, ...]
     restore: str | None
     start: str | None
     samples: int
+    kept: bool = True
 
     @property
     def extends(self) -> bool:
@@ -375,10 +378,9 @@ def plan(config: SweepConfig, resume: bool, storage: optuna.storages.BaseStorage
     name, wanted = config.name, config.search.num_samples
     if not resume:
         return Plan((), None, name, wanted)
-    if storage is None:
-        return Plan((), name, None, 0)
-    if name not in optuna.study.get_all_study_names(storage):  # kept in memory by 0.2.0
-        return Plan((), name, None, 0)
+    # Kept in memory by 0.2.0, or the storage named is another sweep's.
+    if storage is None or name not in optuna.study.get_all_study_names(storage):
+        return Plan((), name, None, 0, kept=False)
     study = optuna.load_study(study_name=name, storage=storage)
     attrs = study.user_attrs
     if PLANNED not in attrs:  # a study written by something else than a sweep

@@ -60,7 +60,13 @@ TWO = "search.objectives=[{metric: val/mse}, {metric: cost/adapt_ms}]"
          "(val/mse); constrain an objective, or add cost/adapt_ms to search.objectives"),
         ([TWO, "tracking.champion_constraints={val/loss: {max: 5}}"],
          "val/loss is not an objective of this sweep (val/mse, cost/adapt_ms)"),
-        ([TWO, "search.objectives[0].mode=up"], "search.objectives"),
+        (["search.objectives=[{metric: val/mse, mode: up}, {metric: cost/adapt_ms}]"],
+         "search.objectives.0.mode: Input should be 'min' or 'max' (got 'up')"),
+        (["search.objectives=[{metric: val/mse, mode: min}, {metric: val/mse, mode: max}]"],
+         "objectives names val/mse twice, as max and min: a metric is minimised or maximised"),
+        (["search.objectives=[{metric: val/mse}, {metric: cost/adapt_ms, mode: max}]"],
+         "search.objectives[1].mode=max would maximise cost/adapt_ms, which a better meta-learner "
+         "lowers; drop mode (cost/adapt_ms is minimised)"),
     ],
 )  # fmt: skip
 def test_objectives_that_cannot_work_exit_2_before_anything_exists(
@@ -72,17 +78,17 @@ def test_objectives_that_cannot_work_exit_2_before_anything_exists(
     assert not Path("runs").exists() and not Path("mlflow.db").exists()
 
 
-def test_objectives_take_their_metrics_own_direction_unless_told() -> None:
+def test_objectives_take_their_metrics_own_direction() -> None:
     sweep = load_config_dict(
         {"search": {"objectives": [
-            {"metric": "val/mse"}, {"metric": "cost/adapt_ms"}, {"metric": "train/loss", "mode": "max"}
+            {"metric": "val/mse"}, {"metric": "cost/adapt_ms"}, {"metric": "train/loss", "mode": "min"}
         ]}},
         [],
         SweepConfig,
     )  # fmt: skip
     assert sweep.multi_objective
     assert sweep.objectives(sweep.problem(None)) == (
-        ("val/mse", "min"), ("cost/adapt_ms", "min"), ("train/loss", "max")
+        ("val/mse", "min"), ("cost/adapt_ms", "min"), ("train/loss", "min")
     )  # fmt: skip
     assert sweep.objective(sweep.problem(None)) == ("val/mse", "min")
     single = load_config_dict({}, [], SweepConfig)

@@ -61,11 +61,17 @@ def test_resnet12_on_images_it_cannot_pool_exits_2(make_folder, cli) -> None:
     import_image_folder(
         make_folder(Path("tiny"), classes=12, per_class=4, size=12, mode="RGB"), "tiny.parquet", mode="RGB"
     )
-    Path("run.yaml").write_text("model: {name: resnet12}\ndata: {dataset: tiny.parquet, ways: 3, shots: 1}\n")
-    result = cli("train", "run.yaml", "--no-progress")
-    assert_refused(
-        result,
-        "model.name=resnet12 cannot take inputs of shape (3, 12, 12)",
-        "too small for four 2x2 poolings",
+    settings = "model: {name: resnet12}\ndata: {dataset: tiny.parquet, ways: 3, shots: 1}\n"
+    Path("run.yaml").write_text(settings)
+    Path("sweep.yaml").write_text(
+        settings + "search: {space: {train.inner_lr: {type: loguniform, low: 0.01, high: 1}}}\n"
     )
-    assert not Path("runs").exists()
+    # A sweep is refused before any trial, or its Ray, starts.
+    for command in (("train", "run.yaml", "--no-progress"), ("sweep", "sweep.yaml")):
+        result = cli(*command)
+        assert_refused(
+            result,
+            "model.name=resnet12 cannot take inputs of shape (3, 12, 12)",
+            "too small for four 2x2 poolings",
+        )
+        assert not Path("runs").exists() and not Path("mlflow.db").exists()

@@ -122,8 +122,9 @@ def test_a_sweep_is_started_continued_or_extended_as_its_study_records(tmp_path:
     storage = open_storage(f"sqlite:///{tmp_path / STUDY_FILE}")
     config = sweep(num_samples=2)
     assert plan(config, resume=False, storage=None) == Plan((), None, "s", 2)
-    assert plan(config, resume=True, storage=None) == Plan((), "s", None, 0)  # as Tune left it
-    assert plan(config, resume=True, storage=storage) == Plan((), "s", None, 0)  # no study: 0.2.0's
+    assert plan(config, resume=True, storage=None) == Plan((), "s", None, 0, kept=False)  # as Tune left it
+    # No study by this name: 0.2.0's sweep, or a storage of another sweep's.
+    assert plan(config, resume=True, storage=storage) == Plan((), "s", None, 0, kept=False)
 
     study = optuna.create_study(study_name="s", storage=storage)
     record_plan(storage, config, plan(config, resume=False, storage=None), "val/mse")
@@ -313,3 +314,13 @@ def test_tpe_searches_at_random_for_its_startup_trials_then_models() -> None:
     assert mine[:3] == random[:3] and mine[3:] != random[3:]
     with pytest.raises(ValueError, match="startup_trials applies to the tpe and gp samplers, not sampler="):
         sweep(sampler="random", startup_trials=3)
+
+
+def test_tpe_lies_about_running_trials_unless_told_and_nsga2_evolves_within_a_sweep() -> None:
+    # Optuna keeps both settings private; they are what a sweep's samplers are built with.
+    assert make_sampler(sweep().search)._constant_liar is True  # type: ignore[attr-defined]
+    assert make_sampler(sweep(constant_liar=False).search)._constant_liar is False  # type: ignore[attr-defined]
+    # A generation of two rounds of concurrent trials, at least 8, not Optuna's 50.
+    assert make_sampler(sweep(sampler="nsga2").search)._population_size == 8  # type: ignore[attr-defined]
+    nsga = make_sampler(sweep(sampler="nsga2", max_concurrent=6).search)
+    assert nsga._population_size == 12  # type: ignore[attr-defined]
