@@ -28,3 +28,22 @@ def assert_refused(result: subprocess.CompletedProcess[str], *says: str) -> str:
     for text in says:
         assert text in message, (text, message[-3000:])
     return message
+
+
+NOISE = {
+    "ExperimentalWarning": "Optuna's warnings of multivariate TPE",
+    "Token authentication is enabled": "Ray's notice of its own default",
+    "TensorBoard": "Tune's hint to run TensorBoard",
+    "tensorboard": "Tune's hint to run TensorBoard",
+    "Add type hints": "MLflow's type-hint warning at a model's load",
+    "\x1b[": "a raw terminal escape code in captured output",
+    "DeprecationWarning": "a deprecation warning",
+    "Downloading artifacts": "MLflow's bars, one per artifact, instead of the command's one",
+}
+"""What the newcomer issue found in a first hour's output, and what each was."""
+
+
+def assert_quiet(output: str) -> None:
+    """Assert that a command's ``output`` holds none of :data:`NOISE`."""
+    found = [f"{what} ({text!r})" for text, what in NOISE.items() if text in output]
+    assert not found, f"noise in the output: {found}\n{output[-3000:]}"

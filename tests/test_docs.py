@@ -11,6 +11,9 @@ Every ``bash`` and ``python`` block carries a marker on the line before it:
 - ``<!-- snippet: pytest -->``: a test file, run with pytest, which must pass;
 - ``<!-- snippet: not run: REASON -->``: not executed, and the reason is required.
 
+A ``console`` block is a transcript: each ``$ metasweep ...`` line is run and must print the
+lines shown after it. A command in a block of no language fails the suite.
+
 Whatever the marker, every ``metasweep`` command line in a bash block is parsed by the CLI's own
 parser (an unknown option or a missing argument fails), every example config it names validates
 with its ``--set`` overrides, every python block compiles and every yaml block parses. The
@@ -96,6 +99,47 @@ def test_every_code_snippet_says_whether_it_runs() -> None:
     unmarked = [s.id for s in CODE if not s.marker]
     assert not unmarked, f"add <!-- snippet: run --> or <!-- snippet: not run: REASON --> before {unmarked}"
     assert RUN, "no snippet runs at all"
+    # A command shown in a block of no language would escape every check here.
+    hidden = [
+        s.id
+        for s in SNIPPETS
+        if s.language in ("", "text", "sh", "shell") and re.search(r"^\$? ?metasweep ", s.text, re.M)
+    ]
+    assert not hidden, f"show commands in a bash block, or as a console transcript: {hidden}"
+
+
+CONSOLE = [s for s in SNIPPETS if s.language == "console"]
+
+
+def transcript(text: str) -> list[tuple[list[str], list[str]]]:
+    """A console block's ``$ metasweep ...`` commands, each with the output lines shown after it."""
+    found: list[tuple[list[str], list[str]]] = []
+    for line in text.splitlines():
+        if line.startswith("$ "):
+            words = shlex.split(line[2:])
+            assert words[:1] == ["metasweep"], f"a console transcript shows metasweep commands only: {line}"
+            found.append((words[1:], []))
+        else:
+            assert found, f"output before any command: {line}"
+            found[-1][1].append(line)
+    return found
+
+
+@pytest.mark.parametrize("snippet", CONSOLE, ids=[s.id for s in CONSOLE])
+def test_console_transcripts_show_what_the_command_prints(snippet: Snippet, cli, tmp_path: Path) -> None:
+    """Each command of a console block, run in a fresh folder that sees examples/, prints every
+    output line shown (``(...)`` stands for the rest of a line cut short), and exits 2 where the
+    output is an error. Transcripts show commands that end before any work (refusals, help)."""
+    (tmp_path / "examples").symlink_to(ROOT / "examples")
+    for words, shown in transcript(snippet.text):
+        result = cli(*words)
+        printed = (result.stdout + result.stderr).splitlines()
+        for line in filter(None, shown):
+            pattern = re.escape(line).replace(re.escape("(...)"), ".*")
+            assert any(re.fullmatch(pattern, p) for p in printed), f"{snippet.id}: {line!r} not in {printed}"
+        error = any(line.startswith("metasweep: error:") for line in shown)
+        assert result.returncode == (2 if error else 0), (snippet.id, result.returncode)
+    assert not (tmp_path / "runs").exists() and not (tmp_path / "mlflow.db").exists()
 
 
 def scaled(text: str) -> str:

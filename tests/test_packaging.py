@@ -33,13 +33,17 @@ def wheel(root: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
         else:
             shutil.copy(path, source / name)
     out = tmp_path_factory.mktemp("dist")
-    subprocess.run(
-        [sys.executable, "-m", "pip", "wheel", "--quiet", "--no-deps", "--no-build-isolation",
+    built = subprocess.run(
+        [sys.executable, "-m", "pip", "wheel", "-v", "--no-deps", "--no-build-isolation",
          "--wheel-dir", str(out), str(source)],
         check=True, capture_output=True, text=True,
     )  # fmt: skip
-    (built,) = out.glob("metasweep-*.whl")
-    return built
+    # The build backend's own output (shown with -v): the newcomer issue saw setuptools deprecate
+    # the project's license as a TOML table at every install.
+    output = built.stdout + built.stderr
+    assert "deprecat" not in output.lower(), output[-3000:]
+    (wheel,) = out.glob("metasweep-*.whl")
+    return wheel
 
 
 @pytest.fixture(scope="module")

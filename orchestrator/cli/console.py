@@ -42,12 +42,16 @@ def progress_bar(*fields: str, enabled: bool = True) -> Progress:
 def track(
     items: Iterable[T], description: str, total: int | None = None, enabled: bool = True
 ) -> Iterator[T]:
-    """Yield ``items`` while the progress bar counts them."""
+    """Yield ``items`` while the progress bar counts them, out of ``total`` (an estimate: the bar
+    ends at the count reached)."""
     with progress_bar(enabled=enabled) as progress:
         task = progress.add_task(description, total=total)
+        done = 0
         for item in items:
             yield item
+            done += 1
             progress.advance(task)
+        progress.update(task, total=done)
 
 
 @contextmanager

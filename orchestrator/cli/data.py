@@ -119,8 +119,8 @@ def data_import(
         if not source.exists():
             raise UserError(f"{source} does not exist")
 
-    def reading(classes: Iterable[ClassImages]) -> Iterable[ClassImages]:
-        return track(classes, "reading classes", enabled=progress)
+    def reading(classes: Iterable[ClassImages], total: int | None) -> Iterable[ClassImages]:
+        return track(classes, "reading classes", total=total, enabled=progress)
 
     if kind == "auto":
         kind = "omniglot" if all(_is_omniglot(p) for p in sources) else "folder"

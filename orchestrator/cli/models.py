@@ -177,12 +177,15 @@ def ui(
     )  # fmt: skip
     previous = signal.signal(signal.SIGTERM, _interrupt)
     try:
-        server.wait()
+        code = server.wait()
     except KeyboardInterrupt:
         say("stopping the MLflow UI")
+        code = 0
     finally:
         stop_group(server)
         signal.signal(signal.SIGTERM, previous)
+    if code:
+        raise UserError(f"the MLflow UI stopped by itself with exit code {code}; its output above says why")
 
 
 @app.command(cls=Command)

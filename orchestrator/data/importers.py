@@ -32,12 +32,49 @@ OMNIGLOT_PIXELS = "white background (255), black ink (0)"
 MAX_MEMBER_BYTES = 2**30  # one member (Omniglot's largest, an npz array, is 213 MB)
 MAX_ARCHIVE_BYTES = 4 * 2**30  # all members together
 MAX_RATIO = 200  # uncompressed / compressed size of a member (Omniglot's npz: 71)
-Progress = Callable[[Iterable[ClassImages]], Iterable[ClassImages]]
-"""Wraps the stream of classes being read, e.g. in a progress bar; the identity by default."""
+Progress = Callable[[Iterable[ClassImages], int | None], Iterable[ClassImages]]
+"""Wraps the stream of classes being read and how many it holds (None: not known before reading),
+e.g. in a progress bar; the identity by default."""
 
 
-def _quietly(classes: Iterable[ClassImages]) -> Iterable[ClassImages]:
+def _quietly(classes: Iterable[ClassImages], total: int | None = None) -> Iterable[ClassImages]:
     return classes
+
+
+def class_folders(root: Path) -> list[Path]:
+    """The class subfolders of ``root``, sorted (hidden ones left out)."""
+    return sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
+
+
+def omniglot_count(sources: Sequence[Path]) -> int | None:
+    """The characters ``sources`` hold, counted without decoding an image: an npz's array header,
+    a zip's directory, a folder's listing (a character found twice counts twice); None where a
+    source cannot be read that way (reading it says why)."""
+    total = 0
+    try:
+        for source in sources:
+            if source.suffix == ".npz":
+                with zipfile.ZipFile(source) as archive, archive.open("images.npy") as member:
+                    major, _ = np.lib.format.read_magic(member)
+                    read_header = (
+                        np.lib.format.read_array_header_1_0
+                        if major == 1
+                        else np.lib.format.read_array_header_2_0
+                    )
+                    shape, _, _ = read_header(member)
+                total += shape[0]
+            elif source.is_dir():
+                names = (
+                    f.relative_to(source.parent).as_posix() + "/x.png" for f in source.rglob("character*")
+                )
+                total += len({m.group(2, 3, 4) for n in names if (m := _OMNIGLOT_CHAR.search(n))})
+            else:
+                with zipfile.ZipFile(source) as archive:
+                    found = (_OMNIGLOT_CHAR.search(n) for n in archive.namelist())
+                    total += len({m.group(2, 3, 4) for m in found if m})
+    except (OSError, ValueError, KeyError, zipfile.BadZipFile, EOFError, IndexError):
+        return None
+    return total
 
 
 _OMNIGLOT_CHAR = re.compile(r"(?:^|/)(images_(background|evaluation)[^/]*)/([^/]+)/(character\d+)/([^/]+)$")
@@ -162,7 +199,7 @@ def read_image_folder(root: Path, size: int | None, mode: str) -> Iterator[Class
     """
     if not root.is_dir():
         raise UserError(f"{root} is not a folder; expected root/<class name>/<images>")
-    classes = sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
+    classes = class_folders(root)
     if not classes:
         raise UserError(f"{root} has no class subfolders; expected root/<class name>/<images>")
     shapes: set[tuple[int, ...]] = set()
@@ -187,6 +224,10 @@ def read_image_folder(root: Path, size: int | None, mode: str) -> Iterator[Class
                 "pass --image-size N to resize every image to N x N"
             )
         yield ClassImages(folder.name, stacked)
+
+
+def _class_count(root: Path) -> int | None:
+    return len(class_folders(root)) if root.is_dir() else None
 
 
 def omniglot_classes(sources: Sequence[Path], size: int | None) -> Iterator[ClassImages]:
@@ -335,7 +376,7 @@ def import_omniglot(
     if protocol not in ("vinyals", "lake"):
         raise UserError(f"unknown protocol {protocol!r}; valid protocols: vinyals, lake")
     stream = omniglot_classes(sources, image_size)
-    classes = list(progress(stream))
+    classes = list(progress(stream, omniglot_count(sources)))
     if protocol == "vinyals":
         splits = assign_splits_vinyals(classes, seed, train_classes, val_classes)
     else:
@@ -415,14 +456,15 @@ def import_image_folder(
                     splits.append(split)
                     yield found
 
-        classes = list(progress(each_split()))  # one progress bar over the three folders
+        # One progress bar over the three folders.
+        classes = list(progress(each_split(), sum(len(class_folders(root / split)) for split in SPLITS)))
         seen: dict[str, str] = {}
         for found, split in zip(classes, splits, strict=True):
             if found.name in seen:
                 raise UserError(f"class {found.name!r} is in both {seen[found.name]}/ and {split}/ of {root}")
             seen[found.name] = split
     else:
-        classes = list(progress(read_image_folder(root, image_size, mode)))
+        classes = list(progress(read_image_folder(root, image_size, mode), _class_count(root)))
         splits = (
             assign_splits_lists(classes, lists)
             if lists

@@ -18,6 +18,9 @@ def test_import_info_preview(make_folder, run_cli, tmp_path: Path) -> None:
     result = run_cli("data", "import", str(root), "--out", "d.parquet", "--split-ratios", "0.6,0.2,0.2")
     assert result.returncode == 0, result.stderr
     assert "wrote d.parquet" in result.stderr
+    # One progress bar, drawn once where stderr is not a terminal, counting every class.
+    bar = [line for line in result.stderr.splitlines() if "reading classes" in line]
+    assert len(bar) == 1 and "10/10" in bar[0], result.stderr
     info = run_cli("data", "info", "d.parquet", "--preview", "grid.png")
     assert info.returncode == 0, info.stderr
     for expected in ("train 6, val 2, test 2", "[12, 12, 1]", "images per class", "size on disk"):

@@ -96,6 +96,39 @@ def test_npz_import_vinyals_and_lake(tmp_path: Path) -> None:
     assert test_names == {f"character{965 + i:04d}" for i in range(5)}
 
 
+def test_the_progress_bar_is_told_how_many_classes_are_coming(make_folder, tmp_path: Path) -> None:
+    """Before the first class is decoded, from an npz's array header, a zip's directory or a
+    folder's listing; each import hands its count to the bar with the stream."""
+    bg, ev = make_npz(tmp_path / "images_background.npz", 12), make_npz(tmp_path / "images_evaluation.npz", 7)
+    assert importers.omniglot_count([bg, ev]) == 19
+    folder = tmp_path / "images_background"
+    for alphabet, characters in (("Greek", 3), ("Latin", 2)):
+        for c in range(characters):
+            (folder / alphabet / f"character{c + 1:02d}").mkdir(parents=True)
+            Image.new("L", (105, 105), 255).save(folder / alphabet / f"character{c + 1:02d}" / "0001_01.png")
+    assert importers.omniglot_count([folder]) == 5
+    archive = tmp_path / "images_background.zip"
+    with zipfile.ZipFile(archive, "w") as z:
+        for png in sorted(folder.rglob("*.png")):
+            z.write(png, png.relative_to(tmp_path).as_posix())
+    assert importers.omniglot_count([archive, folder]) == 10  # a character found twice counts twice
+    assert importers.omniglot_count([tmp_path / "missing.npz"]) is None
+
+    told: list[int | None] = []
+
+    def bar(classes, total):  # type: ignore[no-untyped-def]
+        told.append(total)
+        return classes
+
+    importers.import_omniglot(
+        [bg, ev], str(tmp_path / "o.parquet"), train_classes=12, val_classes=2, progress=bar
+    )
+    importers.import_image_folder(
+        make_folder(tmp_path / "photos", classes=6), str(tmp_path / "f.parquet"), progress=bar
+    )
+    assert told == [19, 6]
+
+
 def test_splits_never_share_a_class(tmp_path: Path) -> None:
     bg = make_npz(tmp_path / "images_background.npz", characters=30, drawings=2, size=28)
     out = tmp_path / "v.parquet"
