@@ -17,7 +17,9 @@ Each side is a fresh process timed from its start to its exit, as a user waits f
 
 Each trial is trivial (``--iterations`` meta-iterations of a small MLP), so the difference is
 overhead: with two trial counts, the slope of the difference is the cost per trial and its
-intercept the fixed cost. The issue's targets: at most 0.5 s per trial and 10 s fixed.
+intercept the fixed cost. The issue's targets: at most 0.5 s per trial and 10 s fixed, flat in
+the number of trials already run: the time between trial starts among the first and the last
+quarter of the larger sweep's trials, on both sides, shows whether it is.
 
 Then the searcher's own cost (Ray #46965 reports 41 s against 9 s for 100 trials): bare Tune at
 ``--searcher-trials`` trials with OptunaSearch and with Tune's default searcher (random search).
@@ -141,8 +143,24 @@ def timed(command: list[str], folder: Path) -> float:
     return seconds
 
 
-def measure(trials: int, iterations: int, work: Path, label: str = "") -> dict[str, float]:
-    """Both sides once at ``trials`` trials, each in a new folder of its own."""
+def start_gaps(folder: Path, count: int) -> tuple[float, float]:
+    """Mean seconds between consecutive trial starts among the first ``count`` trials and among
+    the last ``count`` of a sweep in ``folder``: when each Tune trial's ``params.json`` (written
+    as it starts) was written. Equal gaps: a trial costs the same whatever ran before it."""
+    starts = sorted(path.stat().st_mtime for path in folder.rglob("params.json"))
+    first, last = starts[:count], starts[-count:]
+    return (first[-1] - first[0]) / (count - 1), (last[-1] - last[0]) / (count - 1)
+
+
+def measure(
+    trials: int,
+    iterations: int,
+    work: Path,
+    label: str = "",
+    gaps: dict[str, tuple[float, float]] | None = None,
+) -> dict[str, float]:
+    """Both sides once at ``trials`` trials, each in a new folder of its own; with ``gaps``, each
+    side's :func:`start_gaps` over a quarter of the trials, by side."""
     seconds = {}
     for side in ("bare", "metasweep"):
         folder, config = sweep_folder(f"{side}-{trials}-", trials, iterations, work)
@@ -152,6 +170,8 @@ def measure(trials: int, iterations: int, work: Path, label: str = "") -> dict[s
             command = [str(Path(sys.executable).with_name("metasweep")), "sweep", str(config)]
         seconds[side] = timed(command, folder)
         print(f"  {trials:4d} trials  {side:9s} {seconds[side]:7.1f} s {label}", flush=True)
+        if gaps is not None:
+            gaps[side] = start_gaps(folder, max(trials // 4, 2))
     return seconds
 
 
@@ -179,8 +199,13 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="sweep-overhead-") as tmp:
         print(f"sweep overhead: sinusoid MAML, {args.iterations} meta-iterations a trial, concurrency 2")
         measure(2, args.iterations, Path(tmp), "(warm-up: bytecode and file caches; not counted)")
+        gaps: dict[str, tuple[float, float]] = {}  # of the last run at the larger count
         repeats = {
-            n: [measure(n, args.iterations, Path(tmp)) for _ in range(args.repeats)] for n in (few, many)
+            n: [
+                measure(n, args.iterations, Path(tmp), gaps=gaps if n == many else None)
+                for _ in range(args.repeats)
+            ]
+            for n in (few, many)
         }
         search = searchers(args.searcher_trials, args.iterations, Path(tmp))
     runs = {n: {side: statistics.median(r[side] for r in rs) for side in rs[0]} for n, rs in repeats.items()}
@@ -204,6 +229,10 @@ def main() -> None:
         "",
         f"per trial over bare Tune: {per_trial:.2f} s (target at most 0.5 s)",
         f"fixed over bare Tune: {fixed:.1f} s (target at most 10 s)",
+        "",
+        f"flat in the trials already run? seconds between trial starts at {many} trials (last run), among "
+        f"the first {max(many // 4, 2)} and the last {max(many // 4, 2)} trials:",
+        *(f"  {side:9s} {first:.3f} s, then {last:.3f} s" for side, (first, last) in gaps.items()),
         "",
         f"searcher, bare Tune, {args.searcher_trials} trials (one run each): Tune's default "
         f"{search['basic']:.1f} s, OptunaSearch {search['optuna']:.1f} s, "

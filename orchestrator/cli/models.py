@@ -155,7 +155,7 @@ def ui(
 
     A tracking server (http://...) has a UI of its own: ui prints its address instead.
     """
-    from metasweep.orchestrator.tracking.store import existing_store, tracking_uri, ui_url
+    from metasweep.orchestrator.tracking.store import existing_store, experiment_pages, tracking_uri, ui_url
 
     uri = tracking_uri(uri)
     if uri.startswith(("http://", "https://")):
@@ -164,6 +164,8 @@ def ui(
     check_port(port)
     existing_store(uri)
     say(f"MLflow UI for {uri} at {ui_url(uri, 'experiments', port)} (Ctrl-C to stop)")
+    for name, link in experiment_pages(uri, port):
+        say(f"  {name}: {link}")
     # One worker and no GenAI job runner: a single-user UI over a file store needs neither, and
     # the job runner would write to the same SQLite file a running sweep writes to.
     env = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}

@@ -90,8 +90,32 @@ def find_study(name: str, tracking: str, sweep_dir: str, chosen: str | None = No
 
 def study_exists(url: str) -> bool:
     """Whether the storage at ``url`` may hold studies already: any database but an SQLite file
-    that does not exist yet (opening it would create it)."""
-    return not url.startswith("sqlite:///") or Path(url.removeprefix("sqlite:///")).exists()
+    that does not exist yet, or a PostgreSQL database without the study schema yet (opening
+    either without creating it would fail, or create it)."""
+    if url.startswith("sqlite:///"):
+        return Path(url.removeprefix("sqlite:///")).exists()
+    if url.startswith("postgresql") and f"search_path%3D{SCHEMA}" in url:
+        return _schema_exists(url)
+    return True
+
+
+def _schema_exists(url: str) -> bool:
+    """Whether the PostgreSQL database at ``url`` has the study schema; True where it cannot
+    tell (an unreachable database: opening it then says why)."""
+    import sqlalchemy
+
+    engine = sqlalchemy.create_engine(url)
+    try:
+        with engine.connect() as connection:
+            found = connection.execute(
+                sqlalchemy.text("SELECT 1 FROM information_schema.schemata WHERE schema_name = :name"),
+                {"name": SCHEMA},
+            )
+            return found.first() is not None
+    except Exception:  # sqlalchemy's errors of an unreachable or refusing database
+        return True
+    finally:
+        engine.dispose()
 
 
 def open_storage(url: str, create: bool = True) -> optuna.storages.RDBStorage:

@@ -120,6 +120,22 @@ def ui_url(uri: str, page: str = "", port: int = UI_PORT) -> str:
     return f"{base}/#/{quote(page)}?{UI_VIEW}"
 
 
+def experiment_pages(uri: str, port: int = UI_PORT, limit: int = 10) -> list[tuple[str, str]]:
+    """``(name, link)`` of the runs page of each experiment in the store ``uri`` (the most recently
+    updated ``limit``; not MLflow's "Default", which metasweep never logs to), in the model-training
+    view: the page that a click in MLflow 3.17's own list of experiments may not open (it showed
+    the GenAI overview in tests/integration/test_mlflow_ui_browser.py)."""
+    from mlflow.tracking import MlflowClient
+
+    found = MlflowClient(uri).search_experiments(max_results=limit + 1, order_by=["last_update_time DESC"])
+    pages = [
+        (e.name, ui_url(uri, f"experiments/{e.experiment_id}/runs", port))
+        for e in found
+        if e.experiment_id != "0"
+    ]
+    return pages[:limit]
+
+
 def use_store(uri: str) -> None:
     """Point MLflow's fluent API (runs, ``register_model``, ``models:/`` URIs) at ``uri`` for
     both tracking and registry: those calls read the process-wide URIs, not arguments, and a

@@ -441,3 +441,39 @@ def test_bad_submissions_exit_2_and_submit_nothing(free_port, run_cli, cluster: 
         result = run_cli(*args)
         assert_refused(result, message)
     assert run_cli("jobs", "list", "--address", cluster.address).stdout == before
+
+
+@pytest.mark.skipif(not POSTGRES, reason="PostgreSQL is not installed (apt-get install postgresql)")
+def test_a_study_beside_a_postgresql_store_lives_in_its_own_schema(cluster: Cluster) -> None:
+    """A sweep tracked straight into PostgreSQL keeps its study in the same database, schema
+    ``optuna``, which opening the storage creates (the cluster's PostgreSQL, MLflow's store)."""
+    import optuna
+    import sqlalchemy
+
+    from metasweep.orchestrator.errors import UserError
+    from metasweep.orchestrator.sweep.study import find_study, open_storage, study_exists, study_storage
+
+    password = (cluster.folder / "postgres_password").read_text().strip()
+    tracking = f"postgresql+psycopg2://mlflow:{password}@127.0.0.1:{cluster.env['PG_PORT']}/mlflow"
+    url = study_storage(None, tracking, str(cluster.storage / "pg"))
+    assert url is not None and url.endswith("?options=-csearch_path%3Doptuna")
+    assert not study_exists(url)  # no schema yet: looking creates nothing
+    with pytest.raises(UserError, match="no Optuna study of sweep 'pg'"):
+        find_study("pg", tracking, str(cluster.storage / "pg"))
+    assert not study_exists(url)
+    optuna.create_study(study_name="pg", storage=open_storage(url)).optimize(
+        lambda t: t.suggest_float("x", 0, 1), n_trials=2
+    )
+    assert study_exists(url) and find_study("pg", tracking, str(cluster.storage / "pg")) == url
+    assert len(optuna.load_study(study_name="pg", storage=open_storage(url)).trials) == 2  # opened again
+    engine = sqlalchemy.create_engine(tracking)
+    try:
+        with engine.connect() as connection:
+            tables = sqlalchemy.inspect(connection)
+            assert "studies" in tables.get_table_names(schema="optuna")
+            assert "studies" not in tables.get_table_names(schema="public")  # MLflow's own schema
+            assert "experiments" in tables.get_table_names(schema="public")
+            names = connection.execute(sqlalchemy.text("SELECT study_name FROM optuna.studies")).scalars()
+            assert list(names) == ["pg"]
+    finally:
+        engine.dispose()

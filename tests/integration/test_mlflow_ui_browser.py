@@ -41,9 +41,11 @@ CHROMIUM_FLAGS = [
     "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
     "--disable-background-networking", "--disable-component-update", "--disable-sync",
 ]  # fmt: skip
-# A fresh profile opens an assistant panel over a third of the page; these are the keys its close
-# button writes. Which view the UI shows (GenAI or model training) is left to the links the sweep
-# prints: that is what the test is about.
+# A fresh profile opens MLflow 3.17's assistant panel over a third of the page on its first visit:
+# the UI's own client-side behaviour, which no server setting turns off (a user closes it once).
+# These are the keys its close button writes, so that the screenshots show the page beneath.
+# Which view the UI shows (GenAI or model training) is not preset: that is left to the links the
+# sweep and `metasweep ui` print, which is what the test is about.
 UI_PREFERENCES = """
 localStorage.setItem("mlflow.assistant.panelOpen_v1", "false");
 localStorage.setItem("mlflow.assistant.fab.autoOpenedOnFirstLoad_v1", "true");
@@ -78,24 +80,28 @@ def swept_ui(
     sweep with two trials and a registered champion, and the links the sweep printed (by name:
     trials, sweep, plots, model), pointed at this UI's port.
 
-    The UI starts while the sweep runs: on a busy 2-core machine each takes half a minute or more.
-    The store is created first, so that neither process races the other's schema migration, and
-    the server's job runner (huey consumers for GenAI features no page here uses) stays off: it is
-    eight more processes to start and it writes to the SQLite file the sweep is writing to."""
+    The UI starts once the sweep has ended, as a user starts it, so that what it prints names the
+    sweep's experiment. The server's job runner (huey consumers for GenAI features no page here
+    uses) stays off: it is eight more processes to start."""
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     monkeypatch.delenv("MLFLOW_REGISTRY_URI", raising=False)
     uri = f"sqlite:///{migrated_store(tmp_path)}"
     port = free_port()
-    ui = subprocess.Popen(
-        [sys.executable, "-m", "metasweep", "ui", "--port", str(port), "--tracking-uri", uri],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
-        env={**os.environ, "MLFLOW_DISABLE_TELEMETRY": "true", "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"},
-    )  # fmt: skip
+    Path("sweep.yaml").write_text(SWEEP)
+    result = run_cli("sweep", "sweep.yaml", "--set", f"tracking.uri={uri}", timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert f"registered {MODEL} v1 as @champion" in result.stderr
+    # Then the UI, as a user starts it after a sweep: what it prints names the sweep's experiment.
+    with (tmp_path / "ui.log").open("w") as said:
+        ui = subprocess.Popen(
+            [sys.executable, "-m", "metasweep", "ui", "--port", str(port), "--tracking-uri", uri],
+            stdout=said, stderr=subprocess.STDOUT, start_new_session=True,
+            env={
+                **os.environ, "MLFLOW_DISABLE_TELEMETRY": "true",
+                "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false", "PYTHONUNBUFFERED": "1",
+            },
+        )  # fmt: skip
     try:
-        Path("sweep.yaml").write_text(SWEEP)
-        result = run_cli("sweep", "sweep.yaml", "--set", f"tracking.uri={uri}", timeout=600)
-        assert result.returncode == 0, result.stderr[-3000:]
-        assert f"registered {MODEL} v1 as @champion" in result.stderr
         wait_for_port(port, ui, "metasweep ui", timeout=120)
         url = f"http://127.0.0.1:{port}"
         # uvicorn listens before its workers are up; /health answers once one serves requests.
@@ -106,6 +112,12 @@ def swept_ui(
             for name, link in re.findall(r"^  (trials|sweep|plots|model): +(\S+)", result.stderr, re.M)
         }
         assert set(links) == {"trials", "sweep", "plots", "model"}, result.stderr[-3000:]
+        # What `metasweep ui` says to open.
+        said = (tmp_path / "ui.log").read_text()
+        printed = re.search(r"MLflow UI for \S+ at (\S+) ", said)
+        runs = re.search(rf"^  {EXPERIMENT}: (\S+)$", said, re.M)
+        assert printed and runs, said[-2000:]
+        links["ui"], links["ui-runs"] = printed.group(1), runs.group(1).replace(":5000/", f":{port}/")
         yield url, uri, links
     finally:
         stop_group(ui, grace_s=15)  # the CLI's own: MLflow's workers go with it
@@ -157,23 +169,31 @@ def test_mlflow_ui_shows_the_sweep_its_trials_their_curves_and_the_champion(
     best = next(c for c in children if c.info.run_name == parent.data.tags["metasweep.best_trial"])
     evaluations = len(client.get_metric_history(best.info.run_id, "val/mse"))
     assert evaluations == 3  # steps 20, 40, 60
+    sweep_link = page.get_by_role("link", name=SWEEP_NAME, exact=True)
+    trial_links = page.get_by_role("link", name=re.compile("^(" + "|".join(map(re.escape, trials)) + ")$"))
     try:
-        page.goto(f"{ui_url}/#/experiments")
-        expect(page.get_by_role("link", name=EXPERIMENT, exact=True)).to_be_visible(timeout=WAIT_MS)
-        screenshot(page, tmp_path, "1-experiments")
-
-        # The summary's link opens on the runs: the sweep is one top-level row; its trials appear
-        # under it only once it is expanded.
+        # The first page of a fresh profile: the summary's link opens on the runs, the sweep one
+        # top-level row; its trials appear under it only once it is expanded.
         assert links["trials"] == f"{ui_url}/#/experiments/{experiment_id}/runs?workflowType=machine_learning"
         page.goto(links["trials"])
         expect(page.get_by_text(f"{1 + len(trials)} matching runs")).to_be_visible(timeout=WAIT_MS)
-        sweep_link = page.get_by_role("link", name=SWEEP_NAME, exact=True)
         expect(sweep_link).to_be_visible(timeout=WAIT_MS)
-        trial_links = page.get_by_role(
-            "link", name=re.compile("^(" + "|".join(map(re.escape, trials)) + ")$")
-        )
         expect(trial_links).to_have_count(0)
-        screenshot(page, tmp_path, "2-runs-collapsed")
+        screenshot(page, tmp_path, "1-runs-collapsed")
+
+        # What `metasweep ui` prints: the list of experiments, and a link to each experiment's runs,
+        # which opens the same runs. (A click on the experiment in MLflow 3.17's own list opened
+        # its GenAI overview here, "Detect Issues in Your Traces", so ui prints the runs' links.)
+        assert links["ui"] == f"{ui_url}/#/experiments?workflowType=machine_learning", links["ui"]
+        page.goto(links["ui"])
+        expect(page.get_by_test_id("experiment-list-item-link").filter(has_text=EXPERIMENT)).to_be_visible(
+            timeout=WAIT_MS
+        )
+        screenshot(page, tmp_path, "2-experiments")
+        assert links["ui-runs"] == links["trials"], links
+        page.goto(links["ui-runs"])
+        expect(page.get_by_text(f"{1 + len(trials)} matching runs")).to_be_visible(timeout=WAIT_MS)
+        expect(sweep_link).to_be_visible(timeout=WAIT_MS)
         sweep_row = page.get_by_role("row").filter(has=sweep_link)
         sweep_row.locator('[col-id="attributes.`Run Name`"] button').click()
         expect(trial_links).to_have_count(len(trials), timeout=WAIT_MS)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 
 import mlflow
@@ -9,7 +10,7 @@ import numpy as np
 import pytest
 from mlflow.tracking import MlflowClient
 
-from tests.refusals import assert_refused
+from tests.refusals import assert_quiet, assert_refused
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -58,6 +59,8 @@ def test_champion_pull_and_adapt(omniglot, run_cli, migrated_store, tmp_path: Pa
     pulled = run_cli("models", "pull", "omni@champion", "--out", "model", "--tracking-uri", uri())
     assert pulled.returncode == 0, pulled.stderr
     assert not list(Path("model").rglob("*.pkl")), "models load without pickled objects"
+    for output in (result.stderr, pulled.stderr):
+        assert_quiet(output)
     listed = run_cli("models", "list", "omni", "--tracking-uri", uri())
     assert "champion" in listed.stdout and "challenger" in listed.stdout
 
@@ -77,9 +80,13 @@ def test_champion_pull_and_adapt(omniglot, run_cli, migrated_store, tmp_path: Pa
         Image.fromarray(ds.pixels[start + 1, :, :, 0]).save(Path("query") / f"class{c}_1.png")
     adapted = run_cli("adapt", "model", "--support", "support", "--query", "query", "--out", "p.csv")
     assert adapted.returncode == 0, adapted.stderr
+    assert_quiet(adapted.stderr)
     cli_predictions = [line.split("\t")[1] for line in adapted.stdout.strip().splitlines()]
 
-    model = mlflow.pyfunc.load_model("model")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        model = mlflow.pyfunc.load_model("model")
+    assert not [w for w in caught if "type hint" in str(w.message).lower()], [str(w.message) for w in caught]
     sx = np.stack([ds.pixels[ds.class_start[c], :, :, 0] for c in classes])
     qx = np.stack([ds.pixels[ds.class_start[c] + 1, :, :, 0] for c in classes])
     in_process = model.predict({"support_x": sx, "support_y": np.arange(5), "query_x": qx})

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -15,7 +16,7 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from metasweep.orchestrator.tracking.runs import LOST
-from tests.refusals import assert_refused
+from tests.refusals import assert_quiet, assert_refused
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -78,7 +79,15 @@ def test_sweep_tracks_every_trial_as_a_child_run_and_extends_when_finished(
     summary = json.loads(result.stdout.strip().splitlines()[-1])
     assert {"best_trial", "train.inner_lr", "val/mse", "test/mse", "test/mse_ci95"} <= set(summary)
     assert "s1: 4 trials, best first" in result.stderr  # the per-trial summary
+    assert_quiet(result.stderr)
     assert "scoring trial " in result.stderr and " on 30 meta-test tasks, 3 inner steps each" in result.stderr
+    # What the driver does after the search, in order.
+    said = [
+        line for line in result.stderr.splitlines() if line.startswith(("scoring", "drawing", "registering"))
+    ]
+    assert [line.split()[0] for line in said] == ["scoring", "drawing", "registering"], said
+    assert said[1] == "drawing the plots of the sweep's 4 trials and logging them to its MLflow run"
+    assert said[2] == "registering the best model as s1-sine"
     # Trials reported progress between evaluations (Tune's result files hold those reports too);
     # the checks below show that neither MLflow's histories nor ASHA took them for evaluations.
     results = [json.loads(line) for f in Path("runs/sweeps/s1").glob("*/result.json") for line in f.open()]
@@ -164,6 +173,7 @@ def test_sweep_tracks_every_trial_as_a_child_run_and_extends_when_finished(
     assert "the new trials are judged with 4 earlier trials at each rung" in extended.stderr
     assert "trials scored at each rung (meta-iteration: trials) 20: 6, 40: " in extended.stderr
     assert "s1: 6 trials, best first" in extended.stderr
+    assert "drawing the plots of the sweep's 6 trials" in extended.stderr
     runs = client.search_runs([experiment.experiment_id])
     assert [r.info.run_id for r in runs if "mlflow.parentRunId" not in r.data.tags] == [parent.info.run_id]
     children = [r for r in runs if "mlflow.parentRunId" in r.data.tags]
@@ -177,6 +187,12 @@ def test_sweep_tracks_every_trial_as_a_child_run_and_extends_when_finished(
     assert len(study.trials) == 6 and all(t.state.is_finished() for t in study.trials)
     assert [t.params for t in study.trials].count({"train.inner_lr": 0.01, "train.inner_steps": 1}) == 1
     assert len(client.search_model_versions("name = 's1-sine'")) == 2  # registered again
+    listed = cli("models", "list", "s1-sine", "--tracking-uri", uri())
+    assert listed.returncode == 0, listed.stderr
+    rows = [line for line in listed.stdout.splitlines() if "s1-sine" in line]
+    assert len(rows) == 2 and all("test/mse" in r and "ways" not in r for r in rows), listed.stdout
+    values = [float(v) for r in rows for v in re.findall(r"\b\d+\.\d+(?:e-?\d+)?\b", r)]
+    assert values and all(v == float(f"{v:.4g}") for v in values), listed.stdout  # rounded, 4 digits
     tags = client.get_run(parent.info.run_id).data.tags
     assert tags["metasweep.num_samples"] == "6"
     best = json.loads(extended.stdout.strip().splitlines()[-1])  # a new champion or the old one
@@ -204,6 +220,28 @@ def test_sweep_tracks_every_trial_as_a_child_run_and_extends_when_finished(
     ]  # fmt: skip
     assert s2_parent[0].data.tags["metasweep.warm_start"] == "s1"
 
+    # Warm starts that cannot work are refused before anything of sweep s3 exists.
+    for settings, expected in [
+        (["search.objectives=[{metric: val/mse}, {metric: cost/adapt_ms}]"],
+         "search.warm_start: sweep 's1' optimised val/mse (min); this sweep optimises val/mse, "
+         "cost/adapt_ms (min, min): their results do not compare"),
+        (["search.warm_start.sweep=s3"], "search.warm_start: sweep 's3' is this sweep; name an earlier one"),
+    ]:  # fmt: skip
+        args = [arg for setting in settings for arg in ("--set", setting)]
+        refused = cli(
+            "sweep", "sweep.yaml", "--set", "name=s3", "--set", "search.warm_start.sweep=s1", *args, *here
+        )
+        assert_refused(refused, expected)
+        assert not Path("runs/sweeps/s3").exists()
+        assert not client.search_runs([experiment.experiment_id], "tags.`metasweep.sweep` = 's3'")
+    # Another sweep's study storage holds no study of s1's: no extension, and s2's study untouched.
+    s2_db = f"sqlite:///{Path('runs/sweeps/s2/optuna.db').absolute()}"
+    other = cli(
+        "sweep", "sweep.yaml", "--resume", "s1", "--set", "search.num_samples=8",
+        "--set", f"search.study_storage={s2_db}", *here,
+    )  # fmt: skip
+    assert_refused(other, f"has no Optuna study at {s2_db}", "--set search.num_samples=6` continues it")
+    assert len(optuna.load_study(study_name="s2", storage=s2_db).trials) == 8
     study_file.rename(study_file.with_suffix(".moved"))  # a study storage gone missing
     lost = cli("sweep", "sweep.yaml", "--resume", "s1", "--set", "search.num_samples=8", *here)
     assert_refused(lost, "has no Optuna study at sqlite:///", "--set search.num_samples=6` continues it")

@@ -49,14 +49,13 @@ def weights(run: str) -> tuple[int, dict[str, torch.Tensor]]:
     return saved["iteration"], saved["learner"]
 
 
-@pytest.mark.parametrize("workload", ["conv4"])
+@pytest.mark.parametrize("workload", ["conv4", "sinusoid"])
 def test_two_workers_train_the_parameters_one_worker_does(
     workload: str, run_cli, make_folder, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """20 meta-iterations of second-order MAML: the meta-batch split over two Ray Train workers
-    (gloo) gives the parameters one process reaches with the whole meta-batch. (The sinusoid
-    MLP passes here too when added to the parameters; it would cost the suite a minute, and
-    tests/algorithms/test_distributed.py checks it in float64.)
+    (gloo) gives the parameters one process reaches with the whole meta-batch, on Conv-4 and
+    on the sinusoid MLP (33 s here; tests/algorithms/test_distributed.py checks both in float64).
 
     For Conv-4 the one process computes as each worker does: one thread (a worker of one CPU
     runs one) and passes of a worker's two tasks. Second order through per-task BatchNorm of
