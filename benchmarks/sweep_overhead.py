@@ -145,9 +145,16 @@ def timed(command: list[str], folder: Path) -> float:
 
 def start_gaps(folder: Path, count: int) -> tuple[float, float]:
     """Mean seconds between consecutive trial starts among the first ``count`` trials and among
-    the last ``count`` of a sweep in ``folder``: when each Tune trial's ``params.json`` (written
-    as it starts) was written. Equal gaps: a trial costs the same whatever ran before it."""
-    starts = sorted(path.stat().st_mtime for path in folder.rglob("params.json"))
+    the last ``count`` of a sweep in ``folder``: the ``timestamp`` of each Tune trial's first
+    result (whole seconds, so each mean is good to about 1 / (count - 1) s; the files' own times
+    are those of Tune's last sync). Equal gaps: a trial costs the same whatever ran before it."""
+    import json
+
+    starts = sorted(
+        json.loads(path.read_text().splitlines()[0])["timestamp"]
+        for path in folder.rglob("result.json")
+        if path.read_text().strip()
+    )
     first, last = starts[:count], starts[-count:]
     return (first[-1] - first[0]) / (count - 1), (last[-1] - last[0]) / (count - 1)
 

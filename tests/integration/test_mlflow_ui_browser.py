@@ -6,6 +6,7 @@ Every page is saved as a screenshot under the test's tmp_path (the paths are pri
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import shutil
@@ -194,6 +195,20 @@ def test_mlflow_ui_shows_the_sweep_its_trials_their_curves_and_the_champion(
         page.goto(links["ui-runs"])
         expect(page.get_by_text(f"{1 + len(trials)} matching runs")).to_be_visible(timeout=WAIT_MS)
         expect(sweep_link).to_be_visible(timeout=WAIT_MS)
+        # From MLflow's own list, the experiment opens on its runs once the user has switched the
+        # view to "Model training" (MLflow remembers it; before, it opened the GenAI overview here).
+        page.goto(links["ui"])
+        listed = page.get_by_test_id("experiment-list-item-link").filter(has_text=EXPERIMENT)
+        listed.click()
+        # The GenAI overview's "Detect Issues" guidance takes every click until it is dismissed.
+        with contextlib.suppress(sync_api.TimeoutError):
+            page.get_by_role("button", name="Got it").click(timeout=10_000)
+        page.get_by_text("Model training", exact=True).click()
+        expect(page.get_by_text(f"{1 + len(trials)} matching runs")).to_be_visible(timeout=WAIT_MS)
+        page.goto(links["ui"])
+        listed.click()
+        expect(page.get_by_text(f"{1 + len(trials)} matching runs")).to_be_visible(timeout=WAIT_MS)
+        screenshot(page, tmp_path, "2b-from-the-list-after-switching")
         sweep_row = page.get_by_role("row").filter(has=sweep_link)
         sweep_row.locator('[col-id="attributes.`Run Name`"] button').click()
         expect(trial_links).to_have_count(len(trials), timeout=WAIT_MS)
