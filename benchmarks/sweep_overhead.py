@@ -150,11 +150,8 @@ def start_gaps(folder: Path, count: int) -> tuple[float, float]:
     are those of Tune's last sync). Equal gaps: a trial costs the same whatever ran before it."""
     import json
 
-    starts = sorted(
-        json.loads(path.read_text().splitlines()[0])["timestamp"]
-        for path in folder.rglob("result.json")
-        if path.read_text().strip()
-    )
+    results = (path.read_text() for path in folder.rglob("result.json"))
+    starts = sorted(json.loads(text.splitlines()[0])["timestamp"] for text in results if text.strip())
     first, last = starts[:count], starts[-count:]
     return (first[-1] - first[0]) / (count - 1), (last[-1] - last[0]) / (count - 1)
 

@@ -23,7 +23,7 @@ from pydantic.fields import FieldInfo
 from metasweep.algorithms import ALGORITHMS, Capabilities, learner_class
 from metasweep.orchestrator.errors import UserError
 from metasweep.orchestrator.learner import BACKBONE_TASKS, BACKBONES, LearnerSpec, check_input
-from metasweep.orchestrator.problem import Mode, Problem, mode_of
+from metasweep.orchestrator.problem import Mode, Problem, mode_of, own_direction
 from metasweep.orchestrator.redact import redact, uri_scheme
 
 SINUSOID = "sinusoid"
@@ -575,17 +575,6 @@ def reported_metrics(task_kind: str) -> tuple[str, ...]:
     constrain."""
     score = "accuracy" if task_kind == "classification" else "mse"
     return (f"val/{score}", f"val/{score}_ci95", "val/loss", "train/loss", *COSTS)
-
-
-def own_direction(metric: str) -> Mode | None:
-    """The direction in which a reported metric gets better, where it has one of its own:
-    ``max`` for accuracy, ``min`` for errors, losses and costs; None for the others (the
-    confidence intervals' half-widths)."""
-    if metric.endswith("/accuracy"):
-        return "max"
-    if metric.startswith("cost/") or metric.endswith(("/mse", "/loss")):
-        return "min"
-    return None
 
 
 class Objective(_Section):

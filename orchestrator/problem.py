@@ -60,11 +60,20 @@ class Problem:
         return cls(**{**data, "input_shape": tuple(data["input_shape"])})
 
 
-def mode_of(metric: str, problem: Problem) -> Mode:
-    """The direction of any reported metric: the problem's own for its score, ``min`` for losses,
-    errors and costs (``cost/*``)."""
-    if metric.rsplit("/", 1)[-1] == problem.metric:
-        return problem.mode
+def own_direction(metric: str) -> Mode | None:
+    """The direction in which a reported metric gets better, where it has one of its own:
+    ``max`` for accuracy, ``min`` for errors, losses and costs (``cost/*``); None for the others
+    (the confidence intervals' half-widths)."""
+    if metric.endswith("accuracy"):
+        return "max"
     if metric.startswith("cost/") or metric.endswith(("loss", "mse")):
         return "min"
-    return "max"
+    return None
+
+
+def mode_of(metric: str, problem: Problem) -> Mode:
+    """The direction of any reported metric: the problem's own for its score, else the metric's
+    own (:func:`own_direction`), else ``max``."""
+    if metric.rsplit("/", 1)[-1] == problem.metric:
+        return problem.mode
+    return own_direction(metric) or "max"

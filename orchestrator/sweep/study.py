@@ -94,9 +94,12 @@ def study_exists(url: str) -> bool:
     either without creating it would fail, or create it)."""
     if url.startswith("sqlite:///"):
         return Path(url.removeprefix("sqlite:///")).exists()
-    if url.startswith("postgresql") and f"search_path%3D{SCHEMA}" in url:
-        return _schema_exists(url)
-    return True
+    return not _in_study_schema(url) or _schema_exists(url)
+
+
+def _in_study_schema(url: str) -> bool:
+    """Whether ``url`` is a PostgreSQL storage in the study schema (:func:`study_storage`'s)."""
+    return url.startswith("postgresql") and f"search_path%3D{SCHEMA}" in url
 
 
 def _schema_exists(url: str) -> bool:
@@ -128,7 +131,7 @@ def open_storage(url: str, create: bool = True) -> optuna.storages.RDBStorage:
     try:
         if create and url.startswith("sqlite:///"):
             Path(url.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
-        elif create and f"search_path%3D{SCHEMA}" in url and url.startswith("postgresql"):
+        elif create and _in_study_schema(url):
             import sqlalchemy
 
             engine = sqlalchemy.create_engine(url)
